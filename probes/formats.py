@@ -1,0 +1,140 @@
+"""Detect a model file's format from its content (never from its extension).
+
+Used by the static scan (which parser to run), the loader (which safe path to
+take) and ``subject add`` (what to record). Reads at most a few KiB per file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+# Formats
+SAFETENSORS = "safetensors"
+TORCH_ZIP = "torch-zip"  # torch.save since 1.6: zip with <name>/data.pkl
+TORCHSCRIPT = "torchscript"  # zip with <name>/code/ and constants.pkl
+TORCH_LEGACY = "torch-legacy"  # magic-number pickle + stacked pickles + raw storages
+TORCH_TAR = "torch-tar"  # very old torch.save tar format
+PICKLE = "pickle"
+JOBLIB_COMPRESSED = "joblib-compressed"  # zlib/gzip/bz2/xz/lz4 stream holding a pickle
+NUMPY = "npy"
+NPZ = "npz"
+ZIP = "zip"  # some other zip
+HF_FOLDER = "hf-folder"
+FOLDER = "folder"
+EMPTY = "empty"
+UNKNOWN = "unknown"
+
+PICKLE_FORMATS = {PICKLE, TORCH_ZIP, TORCHSCRIPT, TORCH_LEGACY, TORCH_TAR, JOBLIB_COMPRESSED, NUMPY, NPZ}
+WEIGHT_FORMATS = {SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, TORCH_LEGACY, TORCH_TAR, PICKLE, JOBLIB_COMPRESSED}
+
+_NPY_MAGIC = b"\x93NUMPY"
+_COMPRESSED_MAGICS = {
+    b"\x78\x01": "zlib", b"\x78\x5e": "zlib", b"\x78\x9c": "zlib", b"\x78\xda": "zlib",
+    b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4",
+    b"ZF": "joblib-zlib",  # joblib's own zlib container header "ZF0x..."
+}
+_PICKLE_OPCODE_STARTS = set(b"(]}cX\x8c\x80KJMNFGIRUVabdeghjlopqrsttu")
+
+
+def _read_head(path: Path, n: int = 4096) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+    if len(head) < 10:
+        return False
+    (hlen,) = struct.unpack("<Q", head[:8])
+    size = path.stat().st_size
+    if hlen <= 1 or 8 + hlen > size or hlen > 100 * 1024 * 1024:
+        return False
+    start = head[8:9]
+    return start == b"{"
+
+
+def _classify_zip(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return ZIP
+    if any(n.endswith(".npy") for n in names) and all(n.endswith(".npy") for n in names):
+        return NPZ
+    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+        return TORCHSCRIPT
+    if any(n.endswith("data.pkl") for n in names):
+        return TORCH_ZIP
+    return ZIP
+
+
+def detect_file(path: str | Path) -> str:
+    """One of the format constants above for a single file."""
+    p = Path(path)
+    if p.stat().st_size == 0:
+        return EMPTY
+    head = _read_head(p)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _classify_zip(p)
+    if head.startswith(_NPY_MAGIC):
+        return NUMPY
+    if _looks_like_safetensors(p, head):
+        return SAFETENSORS
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        try:
+            with tarfile.open(p) as tf:
+                names = tf.getnames()
+            if "pickle" in names or "storages" in names or "tensors" in names:
+                return TORCH_TAR
+        except (tarfile.TarError, OSError):
+            pass
+        return UNKNOWN
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        # A torch legacy file starts with a pickled magic number (a LONG1 int).
+        if head[2:3] == b"\x8a" and head[3:4] == b"\x0a" and head[4:14] == (0x1950A86A20F9469CFC6C).to_bytes(10, "little"):
+            return TORCH_LEGACY
+        return PICKLE
+    for magic in _COMPRESSED_MAGICS:
+        if head.startswith(magic):
+            return JOBLIB_COMPRESSED
+    if head[:1] and head[0] in _PICKLE_OPCODE_STARTS:
+        return PICKLE  # protocol 0/1 pickles have no header; the scanner decides for sure
+    return UNKNOWN
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def detect(path: str | Path) -> str:
+    """Format of a file, or ``hf-folder`` / ``folder`` for a directory."""
+    p = Path(path)
+    if p.is_dir():
+        return HF_FOLDER if is_hf_folder(p) else FOLDER
+    return detect_file(p)
+
+
+def hf_config(path: Path) -> dict:
+    """The folder's config.json as a dict ({} if unreadable); never executes anything."""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return cfg if isinstance(cfg, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def guess_kind(path: str | Path) -> str:
+    """Cheap guess of the subject kind without loading: ``causal-lm``, ``image-classifier`` or ``unknown``."""
+    p = Path(path)
+    if p.is_dir():
+        cfg = hf_config(p)
+        archs = " ".join(cfg.get("architectures") or [])
+        if "CausalLM" in archs or "LMHead" in archs or cfg.get("model_type") in {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "phi"}:
+            return "causal-lm"
+        if "ImageClassification" in archs or cfg.get("model_type") in {"resnet", "vit", "convnext"}:
+            return "image-classifier"
+        return "unknown"
+    return "unknown"
