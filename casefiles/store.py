@@ -1,0 +1,377 @@
+"""The case store: one SQLite file (WAL) per set of cases, via sqlite-utils.
+
+Every logical write is one ``BEGIN IMMEDIATE`` transaction that also appends its
+audit row, so a crash never leaves half a write, and two processes writing the
+same file either both succeed or one gets :class:`CaseFileBusy`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlite_utils import Database
+
+from casefiles import audit as chain
+from casefiles import schema
+from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
+
+RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CaseStore:
+    """A case file. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 5.0,
+                 actor: str | None = None) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise CaseFileError(f"case file not found: {self.path}")
+        if self.path.exists() and self.path.is_dir():
+            raise CaseFileError(f"case file path is a directory: {self.path}")
+        if self.path.exists() and self.path.stat().st_size and not self._has_sqlite_header():
+            raise CaseFileError(f"{self.path}: not a case file (not an SQLite database)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise CaseFileError(f"cannot open case file {self.path}: {_one_line(exc)}") from None
+        self.db = Database(conn)
+        self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise CaseFileError(f"{self.path}: cannot switch the case file to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._migrate()
+            self._mark_interrupted()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if _is_busy(exc):
+                raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
+            raise CaseFileError(f"{self.path}: unreadable case file ({_one_line(exc)})") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CaseFileError(f"{self.path}: corrupt case file ({_one_line(exc)})") from None
+        except CaseFileError:
+            conn.close()
+            raise
+
+    def _has_sqlite_header(self) -> bool:
+        try:
+            with open(self.path, "rb") as fh:
+                return fh.read(16) == b"SQLite format 3\x00"
+        except OSError as exc:
+            raise CaseFileError(f"cannot read case file {self.path}: {_one_line(exc)}") from None
+
+    # -- plumbing --------------------------------------------------------------------------
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> "CaseStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Database]:
+        """One logical write: an immediate transaction, committed or rolled back whole."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
+            raise CaseFileError(f"{self.path}: {_one_line(exc)}") from None
+        try:
+            yield self.db
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if _is_busy(exc):
+                    raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
+                raise
+
+    def _migrate(self) -> None:
+        version = schema.current_version(self.db)
+        if version > schema.SCHEMA_VERSION:
+            raise CaseFileError(f"{self.path}: case file schema v{version} is newer than this workbench "
+                                f"understands (v{schema.SCHEMA_VERSION}); upgrade the workbench")
+        todo = schema.pending(self.db)
+        if not todo:
+            return
+        if version > 0:  # keep the examiner's original before changing its shape
+            self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            shutil.copy2(self.path, self.path.with_name(f"{self.path.name}.v{version}.bak"))
+        with self.write():
+            for v in todo:
+                if schema.current_version(self.db) < v:  # another process may have migrated meanwhile
+                    schema.apply(self.db, v)
+
+    def _mark_interrupted(self) -> None:
+        """Runs left ``running`` by a process that no longer exists crashed: mark them."""
+        host = socket.gethostname()
+        # A run owned by a live process (this one included: the TUI may open a
+        # second connection while its worker runs) is not stale; one from another
+        # host cannot be checked and is left alone.
+        stale = [r for r in self.db.query("select id, case_id, pid, host, probe from runs where status = 'running'")
+                 if r["host"] is None or (r["host"] == host and not _pid_alive(r["pid"]))]
+        if not stale:
+            return
+        with self.write():
+            for r in stale:
+                self.db["runs"].update(r["id"], {"status": "interrupted", "finished": now(),
+                                                 "error": "the process running this probe ended before it finished"})
+                self._audit(r["case_id"], "run.interrupted", {"run_id": r["id"], "probe": r["probe"]})
+
+    def _audit(self, case_id: int, action: str, detail: dict[str, Any]) -> None:
+        """Append one hash-chained audit row (caller holds the transaction)."""
+        case = self.db["cases"].get(case_id)
+        row = {"case_id": case_id, "seq": (case["audit_count"] or 0) + 1, "ts": now(), "actor": self.actor,
+               "action": action, "detail": chain.canonical(detail)}
+        prev = case["audit_head"] or chain.GENESIS
+        row["prev_hash"] = prev
+        row["hash"] = chain.chain_hash(prev, chain.row_content(row))
+        self.db["audit"].insert(row)
+        self.db["cases"].update(case_id, {"audit_head": row["hash"], "audit_count": row["seq"], "updated": row["ts"]})
+
+    def _get(self, table: str, row_id: int, what: str) -> dict[str, Any]:
+        rows = list(self.db.query(f"select * from {table} where id = ?", [row_id]))
+        if not rows:
+            raise NotFound(f"no {what} with id {row_id} in {self.path}")
+        return rows[0]
+
+    # -- cases -----------------------------------------------------------------------------
+    def new_case(self, title: str, description: str = "") -> int:
+        title = title.strip()
+        if not title:
+            raise CaseFileError("a case needs a title")
+        with self.write():
+            ts = now()
+            case_id = self.db["cases"].insert({"title": title, "description": description, "created": ts,
+                                               "updated": ts, "audit_head": chain.GENESIS, "audit_count": 0}).last_pk
+            self._audit(case_id, "case.created", {"title": title})
+        return int(case_id)
+
+    def list_cases(self) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "select c.id, c.title, c.created, c.updated, "
+            "(select count(*) from subjects s where s.case_id = c.id) as subjects, "
+            "(select count(*) from runs r where r.case_id = c.id) as runs "
+            "from cases c order by c.id"))
+
+    def get_case(self, case_id: int) -> dict[str, Any]:
+        return self._get("cases", case_id, "case")
+
+    # -- subjects --------------------------------------------------------------------------
+    def add_subject(self, case_id: int, *, path: str, sha256: str, size: int, format: str, kind: str,
+                    files: list[dict[str, Any]], name: str | None = None,
+                    metadata: dict[str, Any] | None = None) -> int:
+        self.get_case(case_id)
+        with self.write():
+            sid = self.db["subjects"].insert({
+                "case_id": case_id, "name": name or Path(path).name, "path": str(path), "sha256": sha256,
+                "size": size, "format": format, "kind": kind, "files": json.dumps(files),
+                "metadata": json.dumps(metadata or {}), "added": now()}).last_pk
+            self._audit(case_id, "subject.added", {"subject_id": sid, "path": str(path), "sha256": sha256,
+                                                   "format": format, "kind": kind})
+        return int(sid)
+
+    def list_subjects(self, case_id: int) -> list[dict[str, Any]]:
+        return [self._decode_subject(r) for r in
+                self.db.query("select * from subjects where case_id = ? order by id", [case_id])]
+
+    def get_subject(self, subject_id: int) -> dict[str, Any]:
+        return self._decode_subject(self._get("subjects", subject_id, "subject"))
+
+    def set_subject_kind(self, subject_id: int, kind: str) -> None:
+        """Record the kind the loader found (``subject add`` can only guess it)."""
+        subject = self.get_subject(subject_id)
+        if subject["kind"] == kind:
+            return
+        with self.write():
+            self.db["subjects"].update(subject_id, {"kind": kind})
+            self._audit(subject["case_id"], "subject.kind", {"subject_id": subject_id, "kind": kind})
+
+    def find_subject(self, case_id: int, sha256: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("select * from subjects where case_id = ? and sha256 = ? order by id",
+                                  [case_id, sha256]))
+        return self._decode_subject(rows[0]) if rows else None
+
+    @staticmethod
+    def _decode_subject(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "files": json.loads(r["files"] or "[]"), "metadata": json.loads(r["metadata"] or "{}")}
+
+    # -- runs ------------------------------------------------------------------------------
+    def start_run(self, case_id: int, subject_id: int | None, probe: str, params: dict[str, Any]) -> int:
+        """Write the run row as ``running`` before the probe starts."""
+        self.get_case(case_id)
+        with self.write():
+            rid = self.db["runs"].insert({"case_id": case_id, "subject_id": subject_id, "probe": probe,
+                                          "params": json.dumps(params, sort_keys=True, default=str),
+                                          "status": "running", "started": now(), "pid": os.getpid(),
+                                          "host": socket.gethostname()}).last_pk
+            self._audit(case_id, "run.started", {"run_id": rid, "subject_id": subject_id, "probe": probe})
+        return int(rid)
+
+    def finish_run(self, run_id: int, *, status: str, result: dict[str, Any] | None = None,
+                   error: str | None = None, duration_s: float | None = None,
+                   findings: list[dict[str, Any]] | None = None,
+                   artifacts: dict[str, bytes] | None = None) -> None:
+        """Close a run as done/failed/cancelled, with its result, findings and artifacts, in one write."""
+        if status not in ("done", "failed", "cancelled"):
+            raise ValueError(f"cannot finish a run as {status!r}")
+        run = self._get("runs", run_id, "run")
+        result = result or {}
+        with self.write():
+            self.db["runs"].update(run_id, {
+                "status": status, "finished": now(),
+                "duration_s": duration_s if duration_s is not None else result.get("duration_s"),
+                "verdict": result.get("verdict"), "score": result.get("score"), "summary": result.get("summary"),
+                "result": json.dumps(result, sort_keys=True) if result else None, "error": error})
+            for f in findings or []:
+                self.db["findings"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                            "run_id": run_id, "probe": run["probe"], "created": now(),
+                                            **{k: f.get(k) for k in ("severity", "title", "detail", "atlas")}})
+            for name, data in (artifacts or {}).items():
+                self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                             "run_id": run_id, "name": name, "media_type": _media_type(name),
+                                             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                             "data": data, "created": now()})
+            self._audit(run["case_id"], f"run.{status}", {
+                "run_id": run_id, "probe": run["probe"], "verdict": result.get("verdict"),
+                "score": result.get("score"), "error": error,
+                "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in (artifacts or {}).items()}})
+
+    def list_runs(self, *, case_id: int | None = None, subject_id: int | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        if case_id is not None:
+            where.append("case_id = ?"), args.append(case_id)
+        if subject_id is not None:
+            where.append("subject_id = ?"), args.append(subject_id)
+        sql = "select * from runs" + (" where " + " and ".join(where) if where else "") + " order by id"
+        return [self._decode_run(r) for r in self.db.query(sql, args)]
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        return self._decode_run(self._get("runs", run_id, "run"))
+
+    @staticmethod
+    def _decode_run(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "params": json.loads(r["params"] or "{}"), "result": json.loads(r["result"]) if r["result"] else None}
+
+    def list_findings(self, case_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from findings where case_id = ? order by id", [case_id]))
+
+    def list_artifacts(self, *, case_id: int | None = None, run_id: int | None = None,
+                       with_data: bool = False) -> list[dict[str, Any]]:
+        cols = "*" if with_data else "id, case_id, subject_id, run_id, name, media_type, sha256, size, created"
+        key, val = ("run_id", run_id) if run_id is not None else ("case_id", case_id)
+        return list(self.db.query(f"select {cols} from artifacts where {key} = ? order by id", [val]))
+
+    # -- notes -----------------------------------------------------------------------------
+    def add_note(self, case_id: int, body: str, *, subject_id: int | None = None) -> int:
+        self.get_case(case_id)
+        if subject_id is not None:
+            self.get_subject(subject_id)
+        with self.write():
+            ts = now()
+            nid = self.db["notes"].insert({"case_id": case_id, "subject_id": subject_id, "body": body,
+                                           "created": ts, "updated": ts}).last_pk
+            self._audit(case_id, "note.added", {"note_id": nid, "subject_id": subject_id,
+                                                "sha256": hashlib.sha256(body.encode()).hexdigest()})
+        return int(nid)
+
+    def save_note(self, case_id: int, body: str, *, subject_id: int | None = None) -> int:
+        """Autosave target: upsert the single working note of a case or subject (used by the TUI editor)."""
+        rows = list(self.db.query(
+            "select id, body from notes where case_id = ? and subject_id is ? order by id desc limit 1",
+            [case_id, subject_id]))
+        if not rows:
+            return self.add_note(case_id, body, subject_id=subject_id)
+        if rows[0]["body"] == body:
+            return int(rows[0]["id"])
+        with self.write():
+            self.db["notes"].update(rows[0]["id"], {"body": body, "updated": now()})
+            self._audit(case_id, "note.edited", {"note_id": rows[0]["id"],
+                                                 "sha256": hashlib.sha256(body.encode()).hexdigest()})
+        return int(rows[0]["id"])
+
+    def list_notes(self, case_id: int, *, subject_id: int | None | str = "any") -> list[dict[str, Any]]:
+        if subject_id == "any":
+            return list(self.db.query("select * from notes where case_id = ? order by id", [case_id]))
+        return list(self.db.query("select * from notes where case_id = ? and subject_id is ? order by id",
+                                  [case_id, subject_id]))
+
+    # -- audit -----------------------------------------------------------------------------
+    def record(self, case_id: int, action: str, detail: dict[str, Any]) -> None:
+        """Append an audit row for an action that changes nothing else (e.g. an export)."""
+        self.get_case(case_id)
+        with self.write():
+            self._audit(case_id, action, detail)
+
+    def audit_rows(self, case_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from audit where case_id = ? order by id", [case_id]))
+
+    def verify(self, case_id: int) -> chain.ChainReport:
+        case = self.get_case(case_id)
+        return chain.verify_chain(self.audit_rows(case_id), expected_head=case["audit_head"],
+                                  expected_count=case["audit_count"])
+
+    # -- export ----------------------------------------------------------------------------
+    def case_bundle(self, case_id: int) -> dict[str, Any]:
+        """Everything the report needs, as plain data (the export is a pure function of this)."""
+        case = self.get_case(case_id)
+        return {"case": case, "subjects": self.list_subjects(case_id), "runs": self.list_runs(case_id=case_id),
+                "findings": self.list_findings(case_id), "notes": self.list_notes(case_id),
+                "artifacts": self.list_artifacts(case_id=case_id), "audit": self.audit_rows(case_id),
+                "verify": self.verify(case_id).to_dict()}
+
+
+def _media_type(name: str) -> str:
+    return {"npy": "application/x-npy", "json": "application/json", "txt": "text/plain",
+            "md": "text/markdown", "png": "image/png"}.get(name.rsplit(".", 1)[-1], "application/octet-stream")

@@ -1,0 +1,415 @@
+"""The ``workbench`` command: a thin Typer layer over the headless core.
+
+Exit codes (stable, CI gates depend on them): 0 analysis done, 1 the
+``--fail-on`` risk band was reached, 2 bad input or usage (one line on stderr,
+nothing written to the case file). Heavy imports (torch, the store, the TUI)
+happen inside commands so ``workbench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+
+app = typer.Typer(
+    name="workbench",
+    help="Trojan Workbench: investigate ML models for backdoors and booby-trapped files, offline.\n\n"
+         "Run without a command to open the terminal workbench on the default case file.",
+    no_args_is_help=False, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]})
+case_app = typer.Typer(help="Create, list, show, export and verify cases.", no_args_is_help=True)
+note_app = typer.Typer(help="Add notes to a case or a subject.", no_args_is_help=True)
+subject_app = typer.Typer(help="Add suspect models to a case.", no_args_is_help=True)
+app.add_typer(case_app, name="case")
+app.add_typer(note_app, name="note")
+app.add_typer(subject_app, name="subject")
+
+DbOpt = Annotated[Optional[Path], typer.Option(
+    "--db", help="Case file to use (default: $WORKBENCH_DB, else the platform's data dir).",
+    envvar="WORKBENCH_DB", show_envvar=True)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+BAND_ORDER = {"low": 0, "medium": 1, "high": 2}
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _open_store(db: Path | None, *, create: bool = True):
+    from casefiles import CaseStore
+    from workbench.paths import default_db_path
+
+    return CaseStore(db or default_db_path(), create=create)
+
+
+class _Guard:
+    """Turn the core's one-line errors into ``error: ...`` on stderr and exit code 2."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, (typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt)):
+            return False
+        from casefiles.errors import CaseFileError
+        from probes.errors import ProbeError
+
+        if isinstance(exc, (CaseFileError, ProbeError)):
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+@app.callback(invoke_without_command=True)
+def main_callback(ctx: typer.Context, db: DbOpt = None,
+                  version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False) -> None:
+    if version:
+        from workbench import __version__
+
+        typer.echo(f"workbench {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        with _Guard():
+            from workbench.paths import default_db_path
+
+            _run_tui(db or default_db_path())
+
+
+def _run_tui(db: Path, **kwargs: Any) -> None:
+    try:
+        from workbench.ui.app import run_app
+    except ImportError as exc:  # pragma: no cover - only before the TUI lands
+        fail(f"the terminal workbench is not available: {exc}")
+    run_app(db, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+@case_app.command("new")
+def case_new(title: Annotated[str, typer.Argument(help="Case title, e.g. \"Vendor model 2026-11\".")],
+             description: Annotated[str, typer.Option("--description", "-d", help="One-paragraph description.")] = "",
+             db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Create a case and print its id."""
+    with _Guard(), _open_store(db) as store:
+        cid = store.new_case(title, description)
+        if as_json:
+            _print_json(store.get_case(cid))
+        else:
+            typer.echo(f"case {cid} created in {store.path}")
+
+
+@case_app.command("list")
+def case_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List the cases in the case file."""
+    with _Guard(), _open_store(db, create=False) as store:
+        cases = store.list_cases()
+        if as_json:
+            _print_json(cases)
+            return
+        if not cases:
+            typer.echo(f"no cases in {store.path} (create one with: workbench case new TITLE)")
+            return
+        typer.echo(f"{'id':>4}  {'subjects':>8}  {'runs':>5}  {'updated':<24}  title")
+        for c in cases:
+            typer.echo(f"{c['id']:>4}  {c['subjects']:>8}  {c['runs']:>5}  {c['updated']:<24}  {c['title']}")
+
+
+@case_app.command("show")
+def case_show(case_id: Annotated[int, typer.Argument(help="Case id.")], db: DbOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """Show a case: subjects, probe runs, notes and the audit head."""
+    from casefiles.export import overall_verdict
+
+    with _Guard(), _open_store(db, create=False) as store:
+        bundle = store.case_bundle(case_id)
+        if as_json:
+            bundle["artifacts"] = [dict(a) for a in bundle["artifacts"]]
+            _print_json(bundle)
+            return
+        c = bundle["case"]
+        typer.echo(f"Case {c['id']}: {c['title']}")
+        if c.get("description"):
+            typer.echo(f"  {c['description']}")
+        typer.echo(f"  opened {c['created']}, overall verdict: {overall_verdict(bundle['runs'])}")
+        typer.echo(f"\nSubjects ({len(bundle['subjects'])}):")
+        for s in bundle["subjects"]:
+            typer.echo(f"  [{s['id']}] {s['name']}  {s['format']}/{s['kind']}  sha256 {s['sha256'][:16]}…  {s['path']}")
+        typer.echo(f"\nRuns ({len(bundle['runs'])}):")
+        for r in bundle["runs"]:
+            dur = f"{r['duration_s']:.2f}s" if r.get("duration_s") is not None else "-"
+            verdict = r.get("verdict") or "-"
+            tail = r.get("summary") or r.get("error") or ""
+            typer.echo(f"  [{r['id']}] subject {r['subject_id']} {r['probe']:<22} {r['status']:<11} {verdict:<12} {dur:>8}  {tail}")
+        typer.echo(f"\nNotes: {len(bundle['notes'])}")
+        v = bundle["verify"]
+        typer.echo(f"Audit: {v['rows']} rows, head {v['head'][:16]}…, {'intact' if v['ok'] else 'BROKEN (run case verify)'}")
+
+
+@case_app.command("export")
+def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
+                output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the report here (default: stdout).")] = None,
+                db: DbOpt = None) -> None:
+    """Export the case as a markdown report (subjects, runs, findings, ATLAS mapping, notes, audit head)."""
+    import hashlib
+
+    from casefiles.export import render_markdown
+
+    with _Guard(), _open_store(db, create=False) as store:
+        text = render_markdown(store.case_bundle(case_id))
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                fail(f"cannot write {output}: {exc.strerror or exc}")
+            typer.echo(f"report written to {output}", err=True)
+        store.record(case_id, "case.exported", {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                                "output": str(output) if output else "stdout"})
+
+
+@case_app.command("verify")
+def case_verify(case_id: Annotated[int, typer.Argument(help="Case id.")],
+                head: Annotated[Optional[str], typer.Option("--head", help="Also check that this head hash (e.g. from an exported report) is part of the trail.")] = None,
+                db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the audit trail's hash chain: exit 0 when intact, 1 when tampered, naming the row."""
+    with _Guard(), _open_store(db, create=False) as store:
+        report = store.verify(case_id)
+        problems = list(report.problems)
+        if head and head not in {r["hash"] for r in store.audit_rows(case_id)}:
+            problems.append(f"head hash {head[:16]}… is not in this case's audit trail")
+        ok = not problems
+        if as_json:
+            _print_json({**report.to_dict(), "ok": ok, "problems": problems})
+        elif ok:
+            typer.echo(f"audit trail intact: {report.rows} rows, head {report.head}")
+        else:
+            typer.echo(f"audit trail BROKEN ({len(problems)} problem{'s' if len(problems) != 1 else ''}):")
+            for p in problems:
+                typer.echo(f"  - {p}")
+        raise typer.Exit(0 if ok else 1)
+
+
+# --------------------------------------------------------------------------------------------
+def _text_from_editor() -> str:
+    import shlex
+    import subprocess
+    import tempfile
+
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        fail("no note text: give TEXT, --file FILE, or set $EDITOR")
+    with tempfile.NamedTemporaryFile("w+", suffix=".md", delete=False) as fh:
+        path = fh.name
+    try:
+        rc = subprocess.call([*shlex.split(editor), path])
+        if rc != 0:
+            fail(f"editor exited with status {rc}; note not saved")
+        return Path(path).read_text(encoding="utf-8")
+    finally:
+        os.unlink(path)
+
+
+@note_app.command("add")
+def note_add(case_id: Annotated[int, typer.Argument(help="Case id.")],
+             text: Annotated[Optional[str], typer.Argument(help="Note text (markdown). Omit to use --file or $EDITOR.")] = None,
+             file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the note from a file ('-' for stdin).")] = None,
+             subject: Annotated[Optional[int], typer.Option("--subject", "-s", help="Attach the note to this subject id.")] = None,
+             db: DbOpt = None) -> None:
+    """Add a markdown note to a case (or one of its subjects)."""
+    with _Guard():
+        if text is None and file is not None:
+            if str(file) == "-":
+                text = sys.stdin.read()
+            else:
+                try:
+                    text = file.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    fail(f"cannot read note file {file}: {getattr(exc, 'strerror', None) or exc}")
+        elif text is None:
+            text = _text_from_editor()
+        if not text.strip():
+            fail("the note is empty; nothing saved")
+        with _open_store(db, create=False) as store:
+            if subject is not None and store.get_subject(subject)["case_id"] != case_id:
+                fail(f"subject {subject} belongs to another case")
+            nid = store.add_note(case_id, text, subject_id=subject)
+        typer.echo(f"note {nid} added to case {case_id}")
+
+
+@subject_app.command("add")
+def subject_add(case_id: Annotated[int, typer.Argument(help="Case id.")],
+                path: Annotated[Path, typer.Argument(help="A model file or a Hugging Face-style folder.")],
+                db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Record a suspect model: path, sha256 of every file, size, detected format and kind. Nothing is loaded."""
+    from workbench.subject_files import describe
+
+    with _Guard():
+        info = describe(path)  # validate before opening (and so before writing) the case file
+        with _open_store(db, create=False) as store:
+            store.get_case(case_id)
+            sid = store.add_subject(case_id, path=info.path, sha256=info.sha256, size=info.size,
+                                    format=info.format, kind=info.kind, files=info.files, name=info.name)
+        if as_json:
+            _print_json({"id": sid, **info.to_dict()})
+        else:
+            typer.echo(f"subject {sid} added: {info.name} ({info.format}, {info.kind}, {len(info.files)} file(s), "
+                       f"sha256 {info.sha256})")
+
+
+# --------------------------------------------------------------------------------------------
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            fail(f"--param takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--input-shape takes C,H,W (e.g. 3,32,32), got {text!r}")
+    if len(shape) != 3 or min(shape) <= 0:
+        fail(f"--input-shape takes three positive numbers C,H,W, got {text!r}")
+    return shape
+
+
+class _StderrProgress:
+    """Progress on stderr: a rewritten line on a terminal, nothing when piped (stdout stays clean JSON)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        pct = f"{100 * done / total:3.0f}%" if total else "   "
+        line = f"{stage:<22} {pct} {message}"[:100]
+        sys.stderr.write("\r" + line.ljust(len(self.last)))
+        sys.stderr.flush()
+        self.last = line
+
+    def close(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\r" + " " * len(self.last) + "\r")
+
+
+def _summary_lines(report) -> list[str]:
+    d = report.to_dict()
+    s = d["subject"]
+    lines = [f"{s['path']}", f"  sha256 {s['sha256']}  format {s['format']}  kind {s['kind']}", ""]
+    for r in d["results"]:
+        lines.append(f"  {r['probe']:<22} {r['verdict']:<12} score {r['score']:.2f}  {r['summary']}")
+    for e in d["errors"]:
+        lines.append(f"  {e['probe']:<22} {e['status']:<12} {e['error']}")
+    t = d["trust"]
+    lines += ["", f"Verdict: {d['verdict']}  risk {t['score'] if t['score'] is not None else '-'}/100 ({t['band'] or '-'})",
+              f"Evidence: {d['evidence']}"]
+    return lines
+
+
+@app.command("scan")
+def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Face-style folder.")],
+         data: Annotated[Optional[Path], typer.Option("--data", help="Clean labelled inputs (.npz with x, y) for the behavioural probes.")] = None,
+         audit: Annotated[Optional[Path], typer.Option("--audit", help="A suspect training set (.npz) to audit (spectral, activation-clustering).")] = None,
+         probes: Annotated[Optional[str], typer.Option("--probes", help="Comma-separated probes (default: the layered set that applies). Known: static, dynamic, neural-cleanse, strip, spectral, activation-clustering, kl, fingerprint.")] = None,
+         arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture for a bare state_dict: path/to/file.py:ClassName.")] = None,
+         input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Image input shape C,H,W when it cannot be inferred.")] = None,
+         reference: Annotated[Optional[Path], typer.Option("--reference", help="A trusted model of the same family, to calibrate the KL hunt.")] = None,
+         prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompt file (one per line) for language-model probes.")] = None,
+         candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Candidate trigger list (one per line) for the KL hunt.")] = None,
+         baseline: Annotated[Optional[str], typer.Option("--baseline", help="Folder of trusted models (or a stored baseline name) for the fingerprint ensemble.")] = None,
+         param: Annotated[list[str], typer.Option("--param", help="Extra probe parameter KEY=VALUE (JSON value), repeatable.")] = [],
+         seed: Annotated[int, typer.Option("--seed", help="Seed for every probe (results are deterministic for a seed).")] = 0,
+         device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda when present, else cpu).")] = None,
+         case: Annotated[Optional[int], typer.Option("--case", help="Record the subject and every run in this case.")] = None,
+         sarif: Annotated[Optional[Path], typer.Option("--sarif", help="Write the static scan's findings as SARIF 2.1.0 to this file.")] = None,
+         fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 when the risk band is at or above low|medium|high.")] = None,
+         db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the layered scan: static scan, safe load, the probes that apply, and a risk verdict."""
+    from workbench.scan import ScanOptions, parse_probe_list, prepare, run_scan
+
+    if fail_on is not None and fail_on not in BAND_ORDER:
+        fail("--fail-on takes low, medium or high")
+    with _Guard():
+        extra = _parse_params(param)
+        for key, value in (("reference", reference), ("prompts_file", prompts), ("candidates", candidates),
+                           ("baseline", baseline)):
+            if value is not None:
+                if key != "baseline" and not Path(value).exists():
+                    fail(f"{key.replace('_file', '')} not found: {value}")
+                extra[key] = str(value)
+        options = ScanOptions(probes=parse_probe_list(probes), data=str(data) if data else None,
+                              audit=str(audit) if audit else None, arch=arch, input_shape=_parse_shape(input_shape),
+                              seed=seed, device=device, params=extra)
+        prepared = prepare(path, options)
+        store = None
+        if case is not None:
+            store = _open_store(db, create=False)
+            store.get_case(case)
+        elif db is not None and not as_json:
+            typer.echo("note: --db without --case records nothing; add --case ID to keep the runs", err=True)
+        progress = _StderrProgress(enabled=True)
+        try:
+            report = run_scan(prepared, store=store, case_id=case, progress=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            fail("interrupted; runs in progress were recorded as cancelled or will show as interrupted", 130)
+        finally:
+            progress.close()
+            if store is not None:
+                store.close()
+        out = report.to_dict()
+        if sarif is not None:
+            _write_sarif(sarif, out["results"])
+        if not out["results"]:
+            fail(out["errors"][0]["error"] if out["errors"] else "no probe produced a result")
+        if as_json:
+            _print_json(out)
+        else:
+            for line in _summary_lines(report):
+                typer.echo(line)
+        band = out["trust"]["band"]
+        if fail_on and band and BAND_ORDER[band] >= BAND_ORDER[fail_on]:
+            raise typer.Exit(1)
+
+
+def _write_sarif(dest: Path, results: list[dict[str, Any]]) -> None:
+    try:
+        from probes.static_scan.sarif import to_sarif
+    except ImportError:
+        fail("SARIF output needs the static scan module")
+    static = [r for r in results if r.get("probe") == "static"]
+    try:
+        dest.write_text(json.dumps(to_sarif(static), indent=2), encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {dest}: {exc.strerror or exc}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
