@@ -1,0 +1,1 @@
+"""Locally built test subjects (the digits zoo)."""
