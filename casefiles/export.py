@@ -56,6 +56,7 @@ def _per_class_table(result: dict[str, Any]) -> list[str]:
         for k, v in r.items():
             if k not in headers and not isinstance(v, (list, dict)):
                 headers.append(k)
+    headers.sort(key=lambda h: (h != "class", h != "n"))  # the class column first, then as stored
     lines = _table(headers, ([r.get(h) for h in headers] for r in rows[:_MAX_TABLE_ROWS]))
     if len(rows) > _MAX_TABLE_ROWS:
         lines.append(f"\n… {len(rows) - _MAX_TABLE_ROWS} more rows in the case file.")
