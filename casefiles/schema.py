@@ -50,7 +50,19 @@ def _v2(db: Database) -> None:
     db["runs"].add_column("host", str)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2]
+def _v3(db: Database) -> None:
+    """Named baselines of known-clean models for the fingerprint ensemble: each
+    member's fingerprint is computed once and kept with the model's sha256."""
+    db["baselines"].create({"id": int, "name": str, "kind": str, "description": str, "created": str},
+                           pk="id", not_null={"name", "created"})
+    db["baselines"].create_index(["name"], unique=True)
+    db["baseline_members"].create({"id": int, "baseline_id": int, "path": str, "sha256": str, "fingerprint": str,
+                                   "created": str}, pk="id", foreign_keys=[("baseline_id", "baselines", "id")],
+                                  not_null={"baseline_id", "sha256", "fingerprint"})
+    db["baseline_members"].create_index(["baseline_id", "sha256"], unique=True)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

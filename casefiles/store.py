@@ -362,6 +362,40 @@ class CaseStore:
         return chain.verify_chain(self.audit_rows(case_id), expected_head=case["audit_head"],
                                   expected_count=case["audit_count"])
 
+    # -- baselines -------------------------------------------------------------------------
+    def add_baseline_member(self, name: str, *, path: str, sha256: str, fingerprint: dict[str, Any],
+                            kind: str = "", description: str = "") -> bool:
+        """Add a model's fingerprint to baseline ``name`` (created on first use).
+
+        Returns False when that model (same sha256) is already a member.
+        Baselines are reference data shared by every case in the file, so they
+        are not part of any case's audit trail.
+        """
+        with self.write():
+            rows = list(self.db.query("select id from baselines where name = ?", [name]))
+            if rows:
+                bid = rows[0]["id"]
+            else:
+                bid = self.db["baselines"].insert({"name": name, "kind": kind, "description": description,
+                                                   "created": now()}).last_pk
+            if list(self.db.query("select 1 from baseline_members where baseline_id = ? and sha256 = ?", [bid, sha256])):
+                return False
+            self.db["baseline_members"].insert({"baseline_id": bid, "path": path, "sha256": sha256,
+                                                "fingerprint": json.dumps(fingerprint), "created": now()})
+        return True
+
+    def list_baselines(self) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "select b.id, b.name, b.kind, b.created, count(m.id) as members from baselines b "
+            "left join baseline_members m on m.baseline_id = b.id group by b.id order by b.name"))
+
+    def baseline_fingerprints(self, name: str) -> list[dict[str, Any]]:
+        rows = list(self.db.query("select id from baselines where name = ?", [name]))
+        if not rows:
+            raise NotFound(f"no baseline named {name!r} in {self.path} (create one with: workbench baseline add)")
+        return [{"sha256": r["sha256"], "path": r["path"], **json.loads(r["fingerprint"])} for r in self.db.query(
+            "select * from baseline_members where baseline_id = ? order by id", [rows[0]["id"]])]
+
     # -- export ----------------------------------------------------------------------------
     def case_bundle(self, case_id: int) -> dict[str, Any]:
         """Everything the report needs, as plain data (the export is a pure function of this)."""

@@ -28,6 +28,8 @@ subject_app = typer.Typer(help="Add suspect models to a case.", no_args_is_help=
 app.add_typer(case_app, name="case")
 app.add_typer(note_app, name="note")
 app.add_typer(subject_app, name="subject")
+baseline_app = typer.Typer(help="Named baselines of known-clean models for the fingerprint ensemble.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
 
 DbOpt = Annotated[Optional[Path], typer.Option(
     "--db", help="Case file to use (default: $WORKBENCH_DB, else the platform's data dir).",
@@ -268,6 +270,41 @@ def subject_add(case_id: Annotated[int, typer.Argument(help="Case id.")],
 
 
 # --------------------------------------------------------------------------------------------
+@baseline_app.command("add")
+def baseline_add(name: Annotated[str, typer.Argument(help="Baseline name, e.g. digits-cnn.")],
+                 models: Annotated[list[Path], typer.Argument(help="Trusted models (files or folders) of one architecture.")],
+                 data: Annotated[Optional[Path], typer.Option("--data", help="Reference inputs (.npz) to fingerprint with, as for scan.")] = None,
+                 arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture for bare state_dicts: FILE.py:ClassName.")] = None,
+                 input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W when it cannot be inferred.")] = None,
+                 seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic reference inputs.")] = 0,
+                 db: DbOpt = None) -> None:
+    """Fingerprint trusted models once and keep them in the case file under NAME."""
+    from probes.data import load_npz
+    from workbench.baselines import add_models
+
+    with _Guard():
+        reference = load_npz(data) if data else None
+        with _open_store(db) as store:
+            added = add_models(store, name, models, data=reference, arch=arch, input_shape=_parse_shape(input_shape),
+                               seed=seed, progress=lambda i, n, m: typer.echo(f"[{i}/{n}] {m}", err=True))
+        typer.echo(f"baseline {name}: {added} model(s) added")
+
+
+@baseline_app.command("list")
+def baseline_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List the stored baselines."""
+    with _Guard(), _open_store(db, create=False) as store:
+        rows = store.list_baselines()
+        if as_json:
+            _print_json(rows)
+        elif not rows:
+            typer.echo("no baselines (create one with: workbench baseline add NAME MODEL...)")
+        else:
+            for r in rows:
+                typer.echo(f"{r['name']:<24} {r['members']:>4} model(s)  {r['kind'] or '':<18} created {r['created']}")
+
+
+# --------------------------------------------------------------------------------------------
 def _parse_params(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -353,12 +390,18 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
         fail("--fail-on takes low, medium or high")
     with _Guard():
         extra = _parse_params(param)
-        for key, value in (("reference", reference), ("prompts_file", prompts), ("candidates", candidates),
-                           ("baseline", baseline)):
+        for key, value in (("reference", reference), ("prompts_file", prompts), ("candidates", candidates)):
             if value is not None:
-                if key != "baseline" and not Path(value).exists():
+                if not Path(value).exists():
                     fail(f"{key.replace('_file', '')} not found: {value}")
                 extra[key] = str(value)
+        if baseline is not None:
+            if Path(baseline).is_dir():
+                extra["baseline"] = str(Path(baseline).resolve())
+            else:  # a baseline stored in the case file
+                with _open_store(db, create=False) as bstore:
+                    extra["baseline_fingerprints"] = bstore.baseline_fingerprints(baseline)
+                extra["baseline_name"] = baseline
         options = ScanOptions(probes=parse_probe_list(probes), data=str(data) if data else None,
                               audit=str(audit) if audit else None, arch=arch, input_shape=_parse_shape(input_shape),
                               seed=seed, device=device, params=extra)

@@ -258,3 +258,15 @@ def test_two_processes_writing_one_case_file(tmp_path):
             assert report.ok, report.problems
         complete = [c for c in cases if c["runs"] == 1]
         assert len(complete) == ok
+
+
+def test_baselines_keep_each_model_once(store):
+    fp = {"vector": [0.1, 0.2], "feature_names": ["a", "b"]}
+    assert store.add_baseline_member("digits-cnn", path="/m/a.pt", sha256="a" * 64, fingerprint=fp, kind="image-classifier")
+    assert store.add_baseline_member("digits-cnn", path="/m/b.pt", sha256="b" * 64, fingerprint=fp)
+    assert not store.add_baseline_member("digits-cnn", path="/m/a-copy.pt", sha256="a" * 64, fingerprint=fp)
+    assert [(b["name"], b["members"]) for b in store.list_baselines()] == [("digits-cnn", 2)]
+    members = store.baseline_fingerprints("digits-cnn")
+    assert [m["vector"] for m in members] == [[0.1, 0.2], [0.1, 0.2]]
+    with pytest.raises(NotFound, match="no baseline named"):
+        store.baseline_fingerprints("nope")
