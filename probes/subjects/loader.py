@@ -308,6 +308,22 @@ def hf_weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return safe, pickled
 
 
+def _check_hf_index(folder: Path, index: Path) -> None:
+    """A shard index may only name plain files inside the folder (no paths leading elsewhere)."""
+    import json
+
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        shards = set((data.get("weight_map") or {}).values())
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise ProbeError(f"{index}: unreadable shard index") from None
+    for shard in shards:
+        if not isinstance(shard, str) or _bad_member_name(shard) or "/" in shard:
+            raise ProbeError(f"{index}: shard name {shard!r} points outside the folder (path traversal); refused")
+        if not (folder / shard).is_file():
+            raise ProbeError(f"{index}: lists shard {shard} that is not in the folder")
+
+
 def _hf_kind(p: Path, cfg: dict) -> str:
     archs = [str(a) for a in (cfg.get("architectures") or []) if isinstance(a, str)]
     if any(a.endswith("ForImageClassification") for a in archs):
@@ -346,6 +362,8 @@ def _load_hf_folder(p: Path, *, input_shape, device) -> Subject:
         if index_only:
             raise ProbeError(f"{p}: {index_only[0]} lists weight shards that are not in the folder")
         raise ProbeError(f"no model weights in {p}")
+    for name in index_only:
+        _check_hf_index(p, p / name)
     # transformers prefers safetensors; pickled shards are read only when there are none.
     if not safe:
         for f in pickled:
