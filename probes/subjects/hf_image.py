@@ -10,6 +10,7 @@ an error, not a warning: a half-random suspect is no evidence.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from probes.errors import ProbeError
@@ -65,8 +66,21 @@ def config_input_shape(folder: Path, config) -> tuple[tuple[int, int, int] | Non
     return None, ""
 
 
+def _offline_and_quiet() -> None:
+    """Belt and braces on top of ``local_files_only``: the hub client stays offline; no progress bars or log lines."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def load_hf_image_classifier(folder: Path, device: str):
     """``(adapter_module, config, loading_info)`` for an image-classification folder."""
+    _offline_and_quiet()
     import torch
     from transformers import AutoConfig, AutoModelForImageClassification
 

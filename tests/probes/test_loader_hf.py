@@ -128,6 +128,25 @@ def test_loader_hf_malicious_bin_never_runs(resnet_dir, tmp_path):
     assert "\n" not in str(err.value) and "pytorch_model.bin" in str(err.value)
 
 
+def test_loader_hf_bin_weights_only_even_if_scan_misses(resnet_dir, tmp_path, monkeypatch):
+    """Defence in depth: with a scanner that sees nothing, transformers' torch.load must still refuse."""
+    from probes.result import ProbeResult
+
+    fake = types.ModuleType("probes.static_scan")
+    fake.scan_path = lambda p: ProbeResult("static", "clean", 0.0, "ok", details={"findings": []})
+    monkeypatch.setitem(sys.modules, "probes.static_scan", fake)
+    d, model = resnet_dir
+    marker = tmp_path.parent / f"PWNED-{tmp_path.name}"
+    (tmp_path / "config.json").write_bytes((d / "config.json").read_bytes())
+    sd = dict(model.state_dict())
+    sd["payload"] = _Payload(str(marker))
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeModelError) as err:
+        load_subject(tmp_path, input_shape=(3, 24, 24), device="cpu")
+    assert not marker.exists()
+    assert "full unpickler" in str(err.value)
+
+
 def test_loader_hf_auto_map_refused(resnet_dir, tmp_path):
     d, _ = resnet_dir
     for f in d.iterdir():
