@@ -1,0 +1,773 @@
+"""A symbolic pickle machine: walks opcodes and simulates stack and memo, never imports or calls.
+
+The simulator decodes every opcode itself (the argument formats of
+:mod:`pickletools`), keeps a model of the unpickler's stack, metastack and memo,
+and records what the real unpickler *would* import and call:
+
+* every ``GLOBAL`` / ``STACK_GLOBAL`` / ``INST`` import, resolved through the
+  memo and through constant strings wherever they came from;
+* every call (``REDUCE``, ``INST``, ``OBJ``, ``NEWOBJ``/``NEWOBJ_EX``), including
+  calls of values computed at load time (``getattr(importlib.import_module('os'),
+  'system')``, ``operator.attrgetter``/``methodcaller`` results, ``functools.partial``);
+* ``BUILD`` on imported objects (monkey-patching) and ``BUILD`` states that plant
+  ``__setstate__``/``__reduce__`` hooks;
+* extension-registry opcodes (``EXT1/2/4``), whose target is unknowable statically;
+* ``bytes`` constants that are themselves pickles (or zips) - scanned recursively;
+* joblib's inline arrays: after ``BUILD`` of a ``NumpyArrayWrapper`` the raw array
+  bytes (or, for object arrays, a nested pickle) follow in the stream, exactly
+  as joblib reads them.
+
+Binary blobs are skipped by length without being copied, so a pickle holding
+large arrays is walked at close to I/O speed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from probes.static_scan import policy
+
+BLOB_KEEP = 1 << 20  # bytes/str constants larger than this are not copied
+MAX_NESTING = 6
+LOADERS = {
+    "pickle.loads", "pickle.load", "_pickle.loads", "_pickle.load", "pickle._loads",
+    "pickle._load", "dill.loads", "dill.load", "cloudpickle.loads", "torch.load",
+    "torch.serialization.load", "joblib.load", "numpy.load", "marshal.loads",
+    "pickle.Unpickler", "_pickle.Unpickler",
+}
+
+
+class PickleParseError(Exception):
+    def __init__(self, pos: int, msg: str):
+        super().__init__(msg)
+        self.pos = pos
+        self.msg = msg
+
+
+@dataclass(eq=False)
+class SGlobal:
+    """An imported name (real, or 'virtual' when reached through getattr & co.)."""
+
+    module: str
+    name: str
+    offset: int
+    opcode: str
+    tier: str = policy.UNKNOWN
+    reason: str = ""
+    eff_module: str = ""
+    eff_name: str = ""
+    via: str = ""
+    uses: set = field(default_factory=set)
+    call_offset: int | None = None
+    call_opcode: str | None = None
+
+    @property
+    def full(self) -> str:
+        m = policy.normalize_module(self.module)
+        return f"{m}.{self.name}" if self.name else m
+
+
+@dataclass(eq=False)
+class SObj:
+    """The result of a call / instantiation / persistent id / extension lookup."""
+
+    kind: str  # call | new | persid | ext | unknown
+    func: Any = None
+    args: tuple = ()
+    offset: int = 0
+    opcode: str = ""
+    resolved: SGlobal | None = None  # what this value *is*, when it is a looked-up attribute
+    partial: tuple | None = None
+    attrgetter: list | None = None
+    methodcaller: tuple | None = None
+    const: Any = None
+    planted: dict = field(default_factory=dict)
+    items: list = field(default_factory=list)
+    state: Any = None
+
+
+@dataclass(eq=False)
+class SList:
+    items: list = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class SDict:
+    pairs: list = field(default_factory=list)
+
+    def get(self, key, default=None):
+        for k, v in self.pairs:
+            if k == key and isinstance(k, str):
+                return v
+        return default
+
+
+@dataclass(eq=False)
+class SSet:
+    items: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SBlob:
+    """A large bytes/str constant left in the buffer (start, end are buffer positions)."""
+
+    start: int
+    end: int
+
+
+_MISSING = object()
+
+
+def describe(v: Any) -> str:
+    if isinstance(v, SGlobal):
+        return v.full
+    if isinstance(v, SObj):
+        if v.resolved is not None:
+            return v.resolved.full
+        if v.kind == "ext":
+            return f"extension-registry object {v.args[0] if v.args else '?'}"
+        if isinstance(v.func, SGlobal):
+            return f"result of {v.func.full}(...)"
+        return f"{v.kind} result"
+    if isinstance(v, (str, bytes, int, float)) or v is None:
+        r = repr(v)
+        return r if len(r) < 60 else r[:57] + "..."
+    return type(v).__name__
+
+
+def sym(v: Any) -> tuple[str, str] | None:
+    """(module, dotted name) that a value statically denotes, if any."""
+    if isinstance(v, SGlobal):
+        return v.module, v.name
+    if isinstance(v, SObj) and v.resolved is not None:
+        return v.resolved.module, v.resolved.name
+    return None
+
+
+def const_str(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(v, SObj) and isinstance(v.const, str):
+        return v.const
+    return None
+
+
+# ---------------------------------------------------------------- opcode table
+A_NONE, A_U1, A_U2, A_I4, A_U4, A_U8, A_LONG1, A_LONG4, A_S1, A_S4, A_B1, A_B4, A_B8, \
+    A_BA8, A_U_1, A_U_4, A_U_8, A_F8, A_LINE_INT, A_LINE_LONG, A_LINE_STR, A_LINE_RAW, \
+    A_LINE_PAIR, A_LINE_UNI, A_LINE_FLOAT = range(25)
+
+_OPS: dict[int, tuple[str, int]] = {}
+
+
+def _build_table() -> None:
+    import pickletools
+
+    kinds = {
+        None: A_NONE, "uint1": A_U1, "uint2": A_U2, "int4": A_I4, "uint4": A_U4, "uint8": A_U8,
+        "long1": A_LONG1, "long4": A_LONG4, "string1": A_S1, "string4": A_S4, "bytes1": A_B1,
+        "bytes4": A_B4, "bytes8": A_B8, "bytearray8": A_BA8, "unicodestring1": A_U_1,
+        "unicodestring4": A_U_4, "unicodestring8": A_U_8, "float8": A_F8,
+        "decimalnl_short": A_LINE_INT, "decimalnl_long": A_LINE_LONG, "stringnl": A_LINE_STR,
+        "stringnl_noescape": A_LINE_RAW, "stringnl_noescape_pair": A_LINE_PAIR,
+        "unicodestringnl": A_LINE_UNI, "floatnl": A_LINE_FLOAT,
+    }
+    for op in pickletools.opcodes:
+        _OPS[ord(op.code)] = (op.name, kinds[op.arg.name if op.arg else None])
+
+
+_build_table()
+
+
+def looks_like_pickle(buf, start: int, end: int) -> bool:
+    """Cheap check: a protocol 2+ header, or a protocol 0 GLOBAL line."""
+    if end - start < 4:
+        return False
+    b0 = buf[start]
+    if b0 == 0x80:
+        return buf[start + 1] <= 5 and buf[start + 2] in _OPS
+    if b0 in (0x63, 0x28, 0x69, 0x5D, 0x7D):  # c ( i ] }
+        nl = buf.find(b"\n", start, min(end, start + 256))
+        return nl > start + 1 and buf[start] == 0x63
+    return False
+
+
+class PickleSim:
+    """Walk one pickle (from ``start`` to its STOP) in ``buf`` and report what it would do.
+
+    ``emit(finding_dict)`` receives findings; ``nested(buf, start, end, kind, label)``
+    is called for bytes constants that look like pickles or zips and returns
+    ``True`` if it scanned them. Offsets in findings are ``pos - base``.
+    """
+
+    def __init__(self, buf, start: int, end: int, *, emit: Callable[[dict], None],
+                 base: int = 0, nested: Callable | None = None, depth: int = 0,
+                 context: str = "", joblib_arrays: bool = True):
+        self.buf = buf
+        self.start = start
+        self.end = end
+        self.emit = emit
+        self.base = base
+        self.nested = nested
+        self.depth = depth
+        self.context = context
+        self.joblib_arrays = joblib_arrays
+        self.globals: list[SGlobal] = []
+        self.persids: list = []
+        self.value: Any = None
+        self.proto = 0
+        self.n_ops = 0
+        self.stop_pos: int | None = None
+        self.skipped_bytes = 0  # blob / inline-array bytes not copied
+
+    # ---------------------------------------------------------------- findings
+    def _finding(self, pos: int, opcode: str, module: str | None, name: str | None,
+                 severity: str, rule: str, explanation: str) -> None:
+        if self.context:
+            explanation = f"{self.context}: {explanation}"
+        self.emit({"offset": pos - self.base, "opcode": opcode, "module": module, "name": name,
+                   "severity": severity, "rule": rule, "explanation": explanation})
+
+    def _global(self, module: str, name: str, pos: int, opcode: str, via: str = "") -> SGlobal:
+        tier, reason, em, en = policy.classify(module, name)
+        g = SGlobal(module, name, pos, opcode, tier, reason, em, en, via)
+        self.globals.append(g)
+        return g
+
+    def _use(self, v: Any, mode: str, pos: int, opcode: str) -> None:
+        g = v if isinstance(v, SGlobal) else (v.resolved if isinstance(v, SObj) else None)
+        if g is None:
+            if isinstance(v, SObj) and v.partial is not None:
+                self._use(v.partial[0], mode, pos, opcode)
+            return
+        g.uses.add(mode)
+        if mode == "call" and g.call_offset is None:
+            g.call_offset, g.call_opcode = pos, opcode
+
+    def finish(self) -> None:
+        """Emit one finding per non-allowlisted import (called at STOP or on a parse error)."""
+        for g in self.globals:
+            if g.tier == policy.ALLOW:
+                continue
+            mod = g.eff_module or g.module
+            nm = g.eff_name if g.eff_module else g.name
+            via = f" (reached through {g.via})" if g.via else ""
+            if (g.eff_module, g.eff_name) != (g.module, g.name) and g.eff_module:
+                via += f" (written as {g.module}.{g.name})"
+            called = (f"; called by {g.call_opcode} at offset {g.call_offset - self.base}"
+                      if g.call_offset is not None else "")
+            if g.tier == policy.CRITICAL:
+                self._finding(g.offset, g.opcode, mod, nm, "critical", "dangerous-callable",
+                              f"{mod}.{nm}: {g.reason}{via}{called}")
+            elif "call" in g.uses:
+                if policy.well_known(g.module) and policy.looks_like_class(g.name) and not g.via:
+                    self._finding(g.offset, g.opcode, mod, nm, "low", "review-class",
+                                  f"constructor of library class {g.full} is called while loading{called}; review")
+                else:
+                    self._finding(g.offset, g.opcode, mod, nm, "high", "unknown-callable",
+                                  f"{g.full} is not on the allowlist and is called while loading{via}{called}")
+            else:
+                sev = "low" if policy.well_known(g.module) and not g.via else "medium"
+                how = ("instantiated without __init__ (NEWOBJ/reconstructor), its __setstate__ may run"
+                       if ("new" in g.uses or "build" in g.uses) else "imported (its module's code runs on import)")
+                self._finding(g.offset, g.opcode, mod, nm, sev, "review-class",
+                              f"class/name outside the allowlist {g.full} is {how}{via}; review")
+
+    # ---------------------------------------------------------------- semantics
+    def _check_args(self, full: str, args: tuple, pos: int, opcode: str) -> None:
+        spec = policy.CALLS_ARGUMENTS.get(full)
+        if not spec:
+            return
+        if "*" in spec:
+            for v in _walk_values(args):
+                self._use(v, spec["*"], pos, opcode)
+        for i, mode in spec.items():
+            if i == "*" or not isinstance(args, tuple) or i >= len(args):
+                continue
+            v = args[i]
+            if mode == "base" and isinstance(v, SGlobal) and v.full == "builtins.object":
+                continue
+            self._use(v, "call" if mode in ("call", "base") else "new", pos, opcode)
+
+    def _virtual(self, target: tuple[str, str], attr: str, pos: int, opcode: str, via: str) -> SGlobal:
+        module, name = target
+        name = f"{name}.{attr}" if name and attr else (name or attr)
+        return self._global(module, name, pos, opcode, via)
+
+    def _call(self, func: Any, args: Any, pos: int, opcode: str, mode: str = "call") -> SObj:
+        if not isinstance(args, tuple):
+            args = tuple(args.items) if isinstance(args, SList) else (args,)
+        res = SObj("call" if mode == "call" else "new", func, args, pos, opcode)
+        if isinstance(func, SGlobal):
+            self._use(func, mode, pos, opcode)
+            full = func.full
+            if func.tier == policy.ALLOW:
+                self._check_args(full, args, pos, opcode)
+                if full == "functools.partial" and args:
+                    res.partial = (args[0], args[1:])
+                elif full in ("_codecs.encode", "codecs.encode") and args and isinstance(args[0], str):
+                    s = args[0]
+                    if len(s) >= 4 and (s[0] == "\x80" or s.startswith("PK\x03\x04")):
+                        data = s.encode("latin-1", "replace")
+                        res.const = data
+                        self._nested_bytes(data, 0, len(data), pos, "bytes built by _codecs.encode")
+            elif full in ("builtins.getattr",) and len(args) >= 2 and const_str(args[1]) is not None:
+                t = sym(args[0])
+                if t:
+                    res.resolved = self._virtual(t, const_str(args[1]), pos, opcode, "builtins.getattr")
+                else:
+                    res.resolved = self._global("?", const_str(args[1]), pos, opcode, "builtins.getattr on a computed object")
+            elif full in ("importlib.import_module", "builtins.__import__", "importlib.__import__") and args and const_str(args[0]):
+                res.resolved = self._global(const_str(args[0]), "", pos, opcode, full)
+            elif full in ("operator.attrgetter", "_operator.attrgetter"):
+                res.attrgetter = [const_str(a) for a in args if const_str(a)]
+            elif full in ("operator.methodcaller", "_operator.methodcaller") and args and const_str(args[0]):
+                res.methodcaller = (const_str(args[0]), args[1:])
+            elif full in ("operator.add", "_operator.add", "operator.concat", "_operator.concat") and len(args) == 2:
+                a, b = const_str(args[0]), const_str(args[1])
+                if a is not None and b is not None:
+                    res.const = a + b
+            elif full in ("builtins.str.join",) and len(args) == 2 and const_str(args[0]) is not None:
+                parts = args[1].items if isinstance(args[1], SList) else args[1]
+                if isinstance(parts, (list, tuple)) and all(const_str(p) is not None for p in parts):
+                    res.const = const_str(args[0]).join(const_str(p) for p in parts)
+            elif full in ("sys.modules.get", "sys.modules.__getitem__") and args and const_str(args[0]):
+                res.resolved = self._global(const_str(args[0]), "", pos, opcode, full)
+            return res
+        if isinstance(func, SObj):
+            if func.partial is not None:
+                return self._call(func.partial[0], tuple(func.partial[1]) + args, pos, opcode, mode)
+            if func.resolved is not None:
+                self._use(func.resolved, "call", pos, opcode)
+                return res
+            if func.attrgetter is not None and args:
+                t = sym(args[0])
+                for a in func.attrgetter:
+                    res.resolved = self._virtual(t, a, pos, opcode, "operator.attrgetter") if t else \
+                        self._global("?", a, pos, opcode, "operator.attrgetter on a computed object")
+                return res
+            if func.methodcaller is not None and args:
+                t = sym(args[0])
+                v = self._virtual(t, func.methodcaller[0], pos, opcode, "operator.methodcaller") if t else \
+                    self._global("?", func.methodcaller[0], pos, opcode, "operator.methodcaller on a computed object")
+                self._use(v, "call", pos, opcode)
+                return res
+        self._finding(pos, opcode, None, None, "high", "computed-call",
+                      f"{opcode} calls {describe(func)}, a value computed while loading (not a plain import)")
+        return res
+
+    def _build(self, inst: Any, state: Any, pos: int) -> int | None:
+        dicts = []
+        if isinstance(state, SDict):
+            dicts.append(state)
+        elif isinstance(state, tuple) and len(state) == 2:
+            dicts.extend(d for d in state if isinstance(d, SDict))
+        for d in dicts:
+            for k, v in d.pairs:
+                if isinstance(k, str) and k.startswith("__") and k.endswith("__") and k not in ("__dict__", "__doc__", "__module__"):
+                    t = sym(v)
+                    self._finding(pos, "BUILD", t[0] if t else None, t[1] if t else None, "critical", "build-hook",
+                                  f"BUILD plants {k} on {describe(inst)} = {describe(v)}; the unpickler will call it")
+                    self._use(v, "call", pos, "BUILD")
+                    if isinstance(inst, SObj):
+                        inst.planted[k] = v
+        if isinstance(inst, SGlobal):
+            keys = [k for d in dicts for k, _ in d.pairs]
+            sev = "critical" if inst.tier == policy.CRITICAL else "high"
+            self._finding(pos, "BUILD", inst.eff_module or inst.module, inst.eff_name or inst.name, sev, "monkey-patch",
+                          f"BUILD sets attributes {keys[:5]!r} on imported object {inst.full} (monkey-patching)")
+            for d in dicts:
+                for _, v in d.pairs:
+                    self._use(v, "call", pos, "BUILD")
+            return None
+        if isinstance(inst, SObj):
+            hook = inst.planted.get("__setstate__", _MISSING)
+            if hook is not _MISSING and not any("__setstate__" == k for d in dicts for k, _ in d.pairs):
+                self._call(hook, (state,), pos, "BUILD")
+            if isinstance(inst.func, SGlobal):
+                self._use(inst.func, "build", pos, "BUILD")
+                if self.joblib_arrays and inst.func.tier == policy.ALLOW and inst.func.name in ("NumpyArrayWrapper",):
+                    return self._joblib_array_size(state)
+            inst.state = state
+        return None
+
+    def _joblib_array_size(self, state: Any) -> int | None:
+        """Bytes of the inline array after a NumpyArrayWrapper BUILD; -1 = nested object pickle."""
+        if not isinstance(state, SDict):
+            return None
+        shape = state.get("shape")
+        dtype = state.get("dtype")
+        if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise PickleParseError(self.start, "joblib array wrapper with an unreadable shape")
+        count = 1
+        for s in shape:
+            count *= s
+        itemsize, hasobject = _dtype_info(dtype)
+        if hasobject:
+            return -1
+        if itemsize is None:
+            raise PickleParseError(self.start, "joblib array wrapper with an unreadable dtype")
+        self._joblib_align = state.get("numpy_array_alignment_bytes", _MISSING) is not _MISSING
+        return count * itemsize
+
+    def _nested_bytes(self, buf, a: int, b: int, pos: int, what: str) -> None:
+        if self.nested is None or self.depth >= MAX_NESTING or b - a < 4:
+            return
+        self.nested(buf, a, b, pos, what, self.depth + 1)
+
+    # ---------------------------------------------------------------- the walk
+    def run(self) -> int:
+        """Walk to STOP; return the position after STOP. Raises PickleParseError."""
+        try:
+            return self._run()
+        finally:
+            self.finish()
+
+    def _run(self) -> int:  # noqa: C901 - one flat dispatch loop is the fast way in Python
+        buf, end = self.buf, self.end
+        pos = self.start
+        stack: list = []
+        metastack: list = []
+        memo: dict = {}
+        ops = _OPS
+        unpack = struct.unpack_from
+        self._joblib_align = False
+
+        def pop_mark():
+            nonlocal stack
+            items = stack
+            stack = metastack.pop()
+            return items
+
+        while True:
+            if pos >= end:
+                raise PickleParseError(pos, "pickle ends without STOP (truncated)")
+            code = buf[pos]
+            op = ops.get(code)
+            if op is None:
+                raise PickleParseError(pos, f"invalid opcode byte 0x{code:02x}")
+            name, kind = op
+            opos = pos
+            pos += 1
+            self.n_ops += 1
+            arg: Any = None
+            blob = None  # (start, end) of a bytes/str constant in buf
+            try:
+                if kind == A_NONE:
+                    pass
+                elif kind == A_U1:
+                    arg = buf[pos]; pos += 1
+                elif kind == A_U2:
+                    arg = unpack("<H", buf, pos)[0]; pos += 2
+                elif kind == A_I4:
+                    arg = unpack("<i", buf, pos)[0]; pos += 4
+                elif kind == A_U4:
+                    arg = unpack("<I", buf, pos)[0]; pos += 4
+                elif kind == A_U8:
+                    arg = unpack("<Q", buf, pos)[0]; pos += 8
+                elif kind == A_F8:
+                    arg = unpack(">d", buf, pos)[0]; pos += 8
+                elif kind in (A_LONG1, A_LONG4):
+                    if kind == A_LONG1:
+                        n = buf[pos]; pos += 1
+                    else:
+                        n = unpack("<i", buf, pos)[0]; pos += 4
+                        if n < 0:
+                            raise PickleParseError(opos, "negative LONG4 length")
+                    if pos + n > end:
+                        raise PickleParseError(opos, f"{name} runs past the end")
+                    arg = int.from_bytes(buf[pos:pos + n], "little", signed=True) if n <= 4096 else 0
+                    pos += n
+                elif kind in (A_S1, A_S4, A_B1, A_B4, A_B8, A_BA8, A_U_1, A_U_4, A_U_8):
+                    if kind in (A_S1, A_B1, A_U_1):
+                        n = buf[pos]; pos += 1
+                    elif kind == A_S4:
+                        n = unpack("<i", buf, pos)[0]; pos += 4
+                        if n < 0:
+                            raise PickleParseError(opos, "negative BINSTRING length")
+                    elif kind in (A_B4, A_U_4):
+                        n = unpack("<I", buf, pos)[0]; pos += 4
+                    else:
+                        n = unpack("<Q", buf, pos)[0]; pos += 8
+                    if pos + n > end:
+                        raise PickleParseError(opos, f"{name} of {n} bytes runs past the end")
+                    blob = (pos, pos + n)
+                    if n > BLOB_KEEP:
+                        arg = SBlob(pos, pos + n)
+                        self.skipped_bytes += n
+                    elif kind in (A_U_1, A_U_4, A_U_8):
+                        arg = bytes(buf[pos:pos + n]).decode("utf-8", "surrogatepass")
+                    elif kind in (A_S1, A_S4):
+                        arg = bytes(buf[pos:pos + n])  # py2 str: bytes or latin-1 text depending on encoding
+                    else:
+                        arg = bytes(buf[pos:pos + n])
+                    pos += n
+                else:  # newline-terminated text arguments
+                    nl = buf.find(b"\n", pos, end)
+                    if nl < 0:
+                        raise PickleParseError(opos, f"{name} argument has no newline")
+                    line = bytes(buf[pos:nl])
+                    pos = nl + 1
+                    if kind == A_LINE_PAIR:
+                        nl2 = buf.find(b"\n", pos, end)
+                        if nl2 < 0:
+                            raise PickleParseError(opos, f"{name} name has no newline")
+                        arg = (line.decode("utf-8", "replace"), bytes(buf[pos:nl2]).decode("utf-8", "replace"))
+                        pos = nl2 + 1
+                    elif kind == A_LINE_INT:
+                        arg = True if line == b"01" else False if line == b"00" else int(line)
+                    elif kind == A_LINE_LONG:
+                        arg = int(line.rstrip(b"L") or b"0")
+                    elif kind == A_LINE_FLOAT:
+                        arg = float(line)
+                    elif kind == A_LINE_RAW:
+                        arg = line.decode("utf-8", "replace")
+                    elif kind == A_LINE_UNI:
+                        arg = line.decode("raw-unicode-escape")
+                    elif kind == A_LINE_STR:
+                        if len(line) < 2 or line[:1] not in (b"'", b'"') or line[-1:] != line[:1]:
+                            raise PickleParseError(opos, "STRING argument is not quoted")
+                        import codecs
+
+                        arg = codecs.escape_decode(line[1:-1])[0]
+            except (struct.error, IndexError, ValueError) as exc:
+                if isinstance(exc, PickleParseError):
+                    raise
+                raise PickleParseError(opos, f"{name}: truncated or malformed argument") from None
+
+            try:
+                # ---- constants
+                if blob is not None:
+                    a, b = blob
+                    if b - a >= 4 and (buf[a] == 0x80 or buf[a] in (0x63, 0x28) or buf[a:a + 4] == b"PK\x03\x04"):
+                        self._nested_bytes(buf, a, b, opos, f"{name} constant")
+                    stack.append(arg)
+                elif name in ("BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT",
+                              "UNICODE"):
+                    stack.append(arg)
+                elif name == "STRING":
+                    if len(arg) >= 4 and (arg[:1] == b"\x80" or arg[:1] == b"c"):
+                        self._nested_bytes(arg, 0, len(arg), opos, "STRING constant")
+                    stack.append(arg)
+                elif name == "NONE":
+                    stack.append(None)
+                elif name == "NEWTRUE":
+                    stack.append(True)
+                elif name == "NEWFALSE":
+                    stack.append(False)
+                # ---- memo
+                elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[arg] = stack[-1]
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = stack[-1]
+                elif name in ("BINGET", "LONG_BINGET", "GET"):
+                    if arg not in memo:
+                        raise PickleParseError(opos, f"{name} of memo key {arg} that was never stored")
+                    stack.append(memo[arg])
+                # ---- containers
+                elif name == "MARK":
+                    metastack.append(stack)
+                    stack = []
+                elif name == "EMPTY_LIST":
+                    stack.append(SList())
+                elif name == "EMPTY_DICT":
+                    stack.append(SDict())
+                elif name == "EMPTY_TUPLE":
+                    stack.append(())
+                elif name == "EMPTY_SET":
+                    stack.append(SSet())
+                elif name == "TUPLE1":
+                    stack[-1] = (stack[-1],)
+                elif name == "TUPLE2":
+                    b2 = stack.pop(); stack[-1] = (stack[-1], b2)
+                elif name == "TUPLE3":
+                    c3 = stack.pop(); b3 = stack.pop(); stack[-1] = (stack[-1], b3, c3)
+                elif name == "TUPLE":
+                    items = pop_mark(); stack.append(tuple(items))
+                elif name == "LIST":
+                    items = pop_mark(); stack.append(SList(items))
+                elif name == "DICT":
+                    items = pop_mark(); stack.append(SDict(list(zip(items[::2], items[1::2]))))
+                elif name == "FROZENSET":
+                    items = pop_mark(); stack.append(SSet(items))
+                elif name == "APPEND":
+                    v = stack.pop(); self._add_items(stack[-1], [v], opos, name)
+                elif name == "APPENDS":
+                    items = pop_mark(); self._add_items(stack[-1], items, opos, name)
+                elif name == "ADDITEMS":
+                    items = pop_mark(); self._add_items(stack[-1], items, opos, name)
+                elif name == "SETITEM":
+                    v = stack.pop(); k = stack.pop(); self._set_items(stack[-1], [(k, v)], opos, name)
+                elif name == "SETITEMS":
+                    items = pop_mark(); self._set_items(stack[-1], list(zip(items[::2], items[1::2])), opos, name)
+                elif name == "POP":
+                    if stack:
+                        stack.pop()
+                    else:
+                        pop_mark()
+                elif name == "POP_MARK":
+                    pop_mark()
+                elif name == "DUP":
+                    stack.append(stack[-1])
+                # ---- imports and calls
+                elif name == "GLOBAL":
+                    stack.append(self._global(arg[0], arg[1], opos, name))
+                elif name == "STACK_GLOBAL":
+                    nm = stack.pop(); mod = stack.pop()
+                    ms, ns = const_str(mod), const_str(nm)
+                    if ms is None or ns is None:
+                        self._finding(opos, name, ms, ns, "high", "computed-global",
+                                      f"STACK_GLOBAL with a computed module/name ({describe(mod)}, {describe(nm)})")
+                        stack.append(SObj("unknown", offset=opos, opcode=name))
+                    else:
+                        via = "" if isinstance(mod, str) and isinstance(nm, str) else "strings computed while loading"
+                        stack.append(self._global(ms, ns, opos, name, via))
+                elif name == "REDUCE":
+                    args = stack.pop(); func = stack[-1]
+                    stack[-1] = self._call(func, args, opos, name)
+                elif name == "NEWOBJ":
+                    args = stack.pop(); cls = stack[-1]
+                    stack[-1] = self._call(cls, args, opos, name, mode="new")
+                elif name == "NEWOBJ_EX":
+                    kwargs = stack.pop(); args = stack.pop(); cls = stack[-1]
+                    stack[-1] = self._call(cls, args, opos, name, mode="new")
+                    for v in _walk_values(kwargs):
+                        self._use(v, "ref", opos, name)
+                elif name == "INST":
+                    items = pop_mark()
+                    g = self._global(arg[0], arg[1], opos, name)
+                    mode = "new" if (not items and policy.looks_like_class(arg[1])) else "call"
+                    stack.append(self._call(g, tuple(items), opos, name, mode=mode))
+                elif name == "OBJ":
+                    items = pop_mark()
+                    if not items:
+                        raise PickleParseError(opos, "OBJ with an empty mark")
+                    cls, args = items[0], tuple(items[1:])
+                    mode = "new" if (not args and isinstance(cls, SGlobal) and policy.looks_like_class(cls.name)) else "call"
+                    stack.append(self._call(cls, args, opos, name, mode=mode))
+                elif name == "BUILD":
+                    state = stack.pop()
+                    size = self._build(stack[-1], state, opos)
+                    if size is not None:
+                        pos = self._skip_joblib_array(pos, size, opos)
+                elif name in ("PERSID", "BINPERSID"):
+                    pid = arg if name == "PERSID" else stack.pop()
+                    obj = SObj("persid", args=(pid,), offset=opos, opcode=name)
+                    self.persids.append(pid)
+                    stack.append(obj)
+                elif name in ("EXT1", "EXT2", "EXT4"):
+                    self._finding(opos, name, "copyreg", f"extension code {arg}", "high", "ext-opcode",
+                                  f"{name} {arg} imports whatever the loading process registered under this "
+                                  "copyreg extension code; unknowable statically")
+                    stack.append(SObj("ext", args=(arg,), offset=opos, opcode=name))
+                elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+                    if name == "NEXT_BUFFER":
+                        stack.append(SObj("unknown", offset=opos, opcode=name))
+                elif name == "PROTO":
+                    self.proto = arg
+                elif name == "FRAME":
+                    pass
+                elif name == "STOP":
+                    self.value = stack.pop() if stack else None
+                    self.stop_pos = pos
+                    return pos
+                else:  # pragma: no cover - every opcode is handled above
+                    raise PickleParseError(opos, f"unhandled opcode {name}")
+            except IndexError:
+                raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
+
+    def _skip_joblib_array(self, pos: int, size: int, opos: int) -> int:
+        buf = self.buf
+        if size == -1:  # object array: a nested pickle follows, which joblib loads
+            sub = PickleSim(buf, pos, self.end, emit=self.emit, base=self.base, nested=self.nested,
+                            depth=self.depth + 1, context="in a joblib object-array pickle", joblib_arrays=True)
+            newpos = sub.run()
+            self.n_ops += sub.n_ops
+            self.skipped_bytes += sub.skipped_bytes
+            return newpos
+        if self._joblib_align:
+            if pos >= self.end:
+                raise PickleParseError(opos, "joblib array padding runs past the end")
+            pos += 1 + buf[pos]
+        if pos + size > self.end:
+            raise PickleParseError(opos, f"joblib inline array of {size} bytes runs past the end")
+        self.skipped_bytes += size
+        return pos + size
+
+    def _add_items(self, target: Any, items: list, pos: int, opcode: str) -> None:
+        if isinstance(target, (SList, SSet)):
+            target.items.extend(items)
+        elif isinstance(target, SObj):
+            target.items.extend(items)
+        elif isinstance(target, SGlobal):
+            self._mutates(target, pos, opcode, items)
+
+    def _set_items(self, target: Any, pairs: list, pos: int, opcode: str) -> None:
+        if isinstance(target, SDict):
+            target.pairs.extend(pairs)
+        elif isinstance(target, SObj):
+            target.items.extend(pairs)
+        elif isinstance(target, SGlobal):
+            self._mutates(target, pos, opcode, [v for p in pairs for v in p])
+
+    def _mutates(self, target: SGlobal, pos: int, opcode: str, values: list) -> None:
+        sev = "critical" if target.tier == policy.CRITICAL else "high"
+        self._finding(pos, opcode, target.eff_module or target.module, target.eff_name or target.name, sev,
+                      "monkey-patch", f"{opcode} mutates imported object {target.full} (e.g. os.environ, a registry)")
+        for v in values:
+            self._use(v, "call", pos, opcode)
+
+
+def _walk_values(v: Any, depth: int = 0):
+    """Every leaf value inside tuples/lists/dicts/sets (and call results' items)."""
+    if depth > 20:
+        return
+    if isinstance(v, tuple):
+        for x in v:
+            yield from _walk_values(x, depth + 1)
+    elif isinstance(v, (SList, SSet)):
+        for x in v.items:
+            yield from _walk_values(x, depth + 1)
+    elif isinstance(v, SDict):
+        for k, x in v.pairs:
+            yield from _walk_values(k, depth + 1)
+            yield from _walk_values(x, depth + 1)
+    elif isinstance(v, SObj):
+        if v.kind in ("call", "new") and isinstance(v.func, SGlobal) and v.func.tier == policy.ALLOW:
+            for x in v.items:
+                yield from _walk_values(x, depth + 1)
+        yield v
+    else:
+        yield v
+
+
+def _dtype_info(dtype: Any) -> tuple[int | None, bool]:
+    """(itemsize, has_object) of a pickled numpy dtype (``numpy.dtype('f8', False, True)`` + BUILD state)."""
+    if not isinstance(dtype, SObj) or not dtype.args:
+        return None, False
+    s = const_str(dtype.args[0])
+    if s is None:
+        return None, False
+    state = dtype.state
+    if s.startswith("O") or s.startswith("|O"):
+        return 8, True
+    if isinstance(state, tuple) and len(state) >= 8:
+        flags = state[7]
+        if isinstance(flags, int) and flags & 1:  # NPY_ITEM_REFCOUNT: holds Python objects
+            return None, True
+        if isinstance(state[5], int) and state[5] > 0:
+            return state[5], False
+    try:
+        import numpy as np
+
+        dt = np.dtype(s)
+        return dt.itemsize, dt.hasobject
+    except (TypeError, ValueError):
+        return None, False

@@ -1,0 +1,884 @@
+"""Container walkers: find every pickle in a file or folder and feed it to the simulator.
+
+Formats are taken from :func:`probes.formats.detect` (content, not extension).
+Files are memory-mapped and stored archive members are read in place, so a
+multi-GB checkpoint costs its pickle part plus a central-directory walk.
+Nothing is extracted, imported or unpickled.
+"""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import json
+import lzma
+import mmap
+import os
+import re
+import struct
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probes import formats
+from probes.errors import ProbeError
+from probes.progress import check_cancel
+from probes.static_scan import policy
+from probes.static_scan.pickle_sim import PickleParseError, PickleSim, SGlobal, SList, looks_like_pickle
+
+SEVERITY_RANK = {"critical": 4, "high": 3, "medium": 2, "low": 1, "info": 0}
+DEFAULT_MAX_DECOMPRESSED = 1 << 30  # bomb guard for compressed joblib streams / deflated members
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+TORCHSCRIPT_ALLOW = ("__torch__.", "torch.jit._pickle.")
+_SAFETENSORS_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16,
+                     "I8": 8, "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8,
+                     "F8_E5M2": 8, "F8_E8M0": 8, "C64": 64, "C128": 128, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+_HUNT_RE = re.compile(rb"\x80[\x02-\x05]|c[A-Za-z_][\w.]{0,80}\n[A-Za-z_][\w.]{0,80}\n|\x8c[\x01-\x40][A-Za-z_]")
+_TEXT_EXT_HINT = re.compile(rb"[\x00-\x08\x0e-\x1f]")
+
+
+@dataclass
+class Loc:
+    file: str
+    member: str | None = None
+    base: int = 0  # position in the buffer that is offset 0 of the file/member
+    allow_prefixes: tuple = ()
+
+
+@dataclass
+class FileRecord:
+    file: str
+    format: str
+    size: int = 0
+    pickles: int = 0
+    pickle_bytes: int = 0
+    status: str = "scanned"  # scanned | inconclusive | skipped
+    note: str = ""
+
+
+@dataclass
+class Scanner:
+    max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
+    crc_limit: int = 256 << 20  # CRC-check every member of archives up to this size; above, pickles only
+    progress: Any = None
+    cancel: Any = None
+    findings: list = field(default_factory=list)
+    inconclusive: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    pickles: int = 0
+    pickle_bytes: int = 0
+    opcodes: int = 0
+    bytes_total: int = 0
+    _rec: FileRecord | None = None
+
+    # ------------------------------------------------------------ bookkeeping
+    def add(self, loc: Loc, offset: int | None, opcode: str | None, module: str | None, name: str | None,
+            severity: str, rule: str, explanation: str) -> None:
+        self.findings.append({"file": loc.file, "member": loc.member, "offset": offset, "opcode": opcode,
+                              "module": module, "name": name, "severity": severity, "rule": rule,
+                              "explanation": explanation})
+
+    def _emitter(self, loc: Loc, sink: list | None = None):
+        def emit(f: dict) -> None:
+            f = {"file": loc.file, "member": loc.member, **f}
+            (sink if sink is not None else self.findings).append(f)
+        return emit
+
+    def fail(self, loc: Loc, reason: str) -> None:
+        self.inconclusive.append({"file": loc.file, "member": loc.member, "reason": reason})
+        if self._rec is not None:
+            self._rec.status = "inconclusive"
+
+    # ------------------------------------------------------------ entry points
+    def scan_path(self, path: Path) -> None:
+        if not path.exists():
+            raise ProbeError(f"no such file or folder: {path}")
+        if path.is_dir():
+            files = []
+            for root, dirs, names in os.walk(path, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if d != ".git")
+                for n in sorted(names):
+                    files.append(Path(root) / n)
+            root_real = path.resolve()
+            for i, f in enumerate(files):
+                check_cancel(self.cancel)
+                if self.progress:
+                    self.progress(i, len(files), f"scanning {f.relative_to(path)}")
+                if f.is_symlink():
+                    target = f.resolve()
+                    if not str(target).startswith(str(root_real) + os.sep):
+                        self.add(Loc(str(f)), None, None, None, None, "medium", "symlink-outside",
+                                 f"symlink points outside the model folder to {target}; not followed")
+                    continue
+                self.scan_file(f, in_folder=True)
+            if self.progress:
+                self.progress(len(files), len(files), "done")
+        else:
+            if self.progress:
+                self.progress(0, 1, f"scanning {path.name}")
+            self.scan_file(path, in_folder=False)
+            if self.progress:
+                self.progress(1, 1, "done")
+
+    def scan_file(self, path: Path, *, in_folder: bool) -> None:
+        loc = Loc(str(path))
+        try:
+            fmt = formats.detect_file(path)
+            size = path.stat().st_size
+        except OSError as exc:
+            rec = FileRecord(str(path), formats.UNKNOWN)
+            self.records.append(rec)
+            self._rec = rec
+            self.fail(loc, f"unreadable: {exc.strerror or exc}")
+            return
+        rec = FileRecord(str(path), fmt, size)
+        self.records.append(rec)
+        self._rec = rec
+        self.bytes_total += size
+        if fmt == formats.EMPTY:
+            if not in_folder:
+                self.fail(loc, "empty file")
+            rec.status = "skipped" if in_folder else rec.status
+            return
+        try:
+            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                self._dispatch(mm, 0, size, loc, fmt, in_folder=in_folder, path=path)
+        except (OSError, ValueError) as exc:
+            self.fail(loc, f"could not read: {exc}")
+
+    # ------------------------------------------------------------ dispatch
+    def _dispatch(self, buf, start: int, end: int, loc: Loc, fmt: str, *, in_folder: bool, path: Path | None = None) -> None:
+        if fmt in (formats.TORCH_ZIP, formats.TORCHSCRIPT, formats.NPZ, formats.ZIP):
+            self.scan_zip(buf, start, end, loc, fmt)
+        elif fmt == formats.TORCH_LEGACY:
+            self.scan_torch_legacy(buf, start, end, loc)
+        elif fmt == formats.NUMPY:
+            self.scan_npy(buf, start, end, loc)
+        elif fmt == formats.SAFETENSORS:
+            self.scan_safetensors(buf, start, end, loc)
+        elif fmt == formats.JOBLIB_COMPRESSED:
+            self.scan_compressed(buf, start, end, loc)
+        elif fmt == formats.TORCH_TAR and path is not None:
+            self.scan_torch_tar(path, buf, loc)
+        elif fmt == formats.PICKLE:
+            self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
+        else:  # UNKNOWN, or a tar that is not torch's
+            self.scan_unknown(buf, start, end, loc, in_folder=in_folder, path=path)
+
+    def scan_unknown(self, buf, start: int, end: int, loc: Loc, *, in_folder: bool, path: Path | None) -> None:
+        head = bytes(buf[start:min(end, start + 8192)])
+        codec = _compression(head)
+        if codec:
+            return self.scan_compressed(buf, start, end, loc)
+        if looks_like_pickle(buf, start, end):
+            return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
+        if _is_text(head):
+            if self._rec:
+                self._rec.format = "text"
+            name = Path(loc.file).name
+            if in_folder and name.endswith(".py"):
+                self.add(loc, None, None, None, None, "medium", "remote-code",
+                         "Python source in a model folder: loading with trust_remote_code would run it")
+            if in_folder and name == "config.json":
+                self._check_hf_config(buf, start, end, loc)
+            hidden = self.hunt(buf, start, end, loc, "text file")
+            if not hidden and not in_folder:
+                self.fail(loc, "text file, not a model format")
+            return
+        self.fail(loc, "unknown binary format (not pickle, zip, safetensors, numpy, joblib or torch)")
+
+    def _check_hf_config(self, buf, start: int, end: int, loc: Loc) -> None:
+        try:
+            cfg = json.loads(bytes(buf[start:end]).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            self.add(loc, None, None, None, None, "medium", "remote-code",
+                     f"config.json auto_map names custom code {cfg['auto_map']!r} (runs only with trust_remote_code)")
+
+    # ------------------------------------------------------------ pickles
+    def _nested_cb(self, loc: Loc):
+        def nested(buf, a: int, b: int, pos: int, what: str, depth: int) -> None:
+            if bytes(buf[a:a + 4]) == b"PK\x03\x04":
+                data = bytes(buf[a:b])
+                sub = Loc(loc.file, f"{loc.member or ''}!bytes@{pos - loc.base}", 0, loc.allow_prefixes)
+                self.scan_zip(data, 0, len(data), sub, formats.ZIP, nested=True)
+                return
+            if not looks_like_pickle(buf, a, b):
+                return
+            sink: list = []
+            sim = PickleSim(buf, a, b, emit=self._emitter(loc, sink), base=loc.base, nested=nested, depth=depth,
+                            context=f"pickle nested in a {what} at offset {pos - loc.base}")
+            self._allow(sim, loc)
+            try:
+                sim.run()
+                ok = True
+            except PickleParseError:
+                ok = False
+            if ok or any(f["severity"] in ("critical", "high") for f in sink):
+                self.findings.extend(sink)
+                self.pickles += 1
+                self.opcodes += sim.n_ops
+        return nested
+
+    def _allow(self, sim: PickleSim, loc: Loc) -> None:
+        if loc.allow_prefixes:
+            for g_pref in loc.allow_prefixes:
+                sim_allow(sim, g_pref)
+
+    def run_pickle(self, buf, start: int, end: int, loc: Loc, *, context: str = "") -> tuple[PickleSim, int | None, str | None]:
+        """Walk one pickle; (sim, end position or None, error)."""
+        sim = PickleSim(buf, start, end, emit=self._emitter(loc), base=loc.base, nested=self._nested_cb(loc),
+                        context=context)
+        self._allow(sim, loc)
+        try:
+            newpos = sim.run()
+        except PickleParseError as exc:
+            self.opcodes += sim.n_ops
+            return sim, None, f"{exc.msg} at offset {exc.pos - loc.base}"
+        except RecursionError:
+            return sim, None, "nesting too deep"
+        self.pickles += 1
+        self.opcodes += sim.n_ops
+        n = (newpos - start) - sim.skipped_bytes
+        self.pickle_bytes += n
+        if self._rec is not None:
+            self._rec.pickles += 1
+            self._rec.pickle_bytes += n
+        return sim, newpos, None
+
+    def scan_pickle_stream(self, buf, start: int, end: int, loc: Loc, *, what: str = "pickle",
+                           max_pickles: int | None = None) -> tuple[list[PickleSim], int, str | None]:
+        """Every pickle from ``start`` on, concatenated; stops at the first non-pickle byte."""
+        sims: list[PickleSim] = []
+        pos = start
+        while pos < end and (max_pickles is None or len(sims) < max_pickles):
+            check_cancel(self.cancel)
+            ctx = "" if not sims else f"pickle #{len(sims) + 1} in the stream (after the first STOP)"
+            sim, newpos, err = self.run_pickle(buf, pos, end, loc, context=ctx)
+            if err is not None:
+                return sims, pos, err if sims == [] else f"bytes after pickle #{len(sims)} are not a pickle: {err}"
+            sims.append(sim)
+            pos = newpos
+        return sims, pos, None
+
+    def scan_pickle_file(self, buf, start: int, end: int, loc: Loc, *, in_folder: bool) -> None:
+        n_before = len(self.findings)
+        sims, pos, err = self.scan_pickle_stream(buf, start, end, loc)
+        if not sims:
+            head = bytes(buf[start:min(end, start + 8192)])
+            if len(self.findings) == n_before and _is_text(head):
+                # protocol-0 opcodes are printable, so a text file can look like a pickle start
+                return self.scan_unknown_text(buf, start, end, loc, in_folder=in_folder)
+            self.fail(loc, f"not a complete pickle: {err}")
+            return
+        if pos < end:
+            self._trailing(buf, pos, end, loc, "after the last pickle in the stream")
+
+    def scan_unknown_text(self, buf, start, end, loc, *, in_folder: bool) -> None:
+        if self._rec:
+            self._rec.format = "text"
+        if in_folder and loc.file.endswith(".py"):
+            self.add(loc, None, None, None, None, "medium", "remote-code",
+                     "Python source in a model folder: loading with trust_remote_code would run it")
+        hidden = self.hunt(buf, start, end, loc, "text file")
+        if not hidden and not in_folder:
+            self.fail(loc, "text file, not a model format")
+
+    def _trailing(self, buf, pos: int, end: int, loc: Loc, where: str) -> None:
+        self.add(loc, pos - loc.base, None, None, None, "low", "trailing-data",
+                 f"{end - pos} bytes {where} that no loader reads; checked for hidden pickles")
+        self.hunt(buf, pos, end, loc, f"trailing data {where}")
+
+    def hunt(self, buf, start: int, end: int, loc: Loc, what: str, *, limit: int = 64 << 20) -> int:
+        """Look for complete pickles hidden inside opaque bytes; report what they would import."""
+        found = 0
+        tries = 0
+        stop = min(end, start + limit)
+        pos = start
+        for m in _HUNT_RE.finditer(buf, start, stop):
+            a = m.start()
+            if a < pos:
+                continue
+            tries += 1
+            if tries > 2000:
+                break
+            sink: list = []
+            sim = PickleSim(buf, a, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
+                            context=f"hidden pickle in {what} at offset {a - loc.base}")
+            try:
+                newpos = sim.run()
+            except (PickleParseError, RecursionError):
+                continue
+            if not sim.globals and not sink:
+                continue
+            found += 1
+            self.pickles += 1
+            self.opcodes += sim.n_ops
+            self.findings.extend(sink)
+            self.add(loc, a - loc.base, None, None, None, "medium", "hidden-pickle",
+                     f"a complete pickle hides in {what} at offset {a - loc.base}")
+            pos = newpos
+        return found
+
+    # ------------------------------------------------------------ zip archives
+    def scan_zip(self, buf, start: int, end: int, loc: Loc, fmt: str, *, nested: bool = False) -> None:
+        try:
+            zf = zipfile.ZipFile(_MmapFile(buf, start, end))
+            infos = zf.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, struct.error, EOFError, NotImplementedError) as exc:
+            self.fail(loc, f"malformed zip archive: {exc}")
+            return
+        names = [i.filename for i in infos]
+        is_torch = fmt in (formats.TORCH_ZIP, formats.TORCHSCRIPT)
+        prefix = names[0].split("/", 1)[0] + "/" if is_torch and names and "/" in names[0] else ""
+        allow = TORCHSCRIPT_ALLOW if fmt == formats.TORCHSCRIPT else ()
+        seen: dict[str, int] = {}
+        small = (end - start) <= self.crc_limit
+        for info in infos:
+            check_cancel(self.cancel)
+            name = info.filename
+            mloc = Loc(loc.file, (f"{loc.member}!{name}" if loc.member else name), 0, allow)
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 2:
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-duplicate",
+                         f"member name {name!r} occurs more than once; readers disagree on which copy they load")
+            if _traversal(name):
+                self.add(mloc, info.header_offset, None, None, None, "high", "archive-path-traversal",
+                         f"member name {name!r} escapes the extraction directory (absolute path or '..')")
+            if info.flag_bits & 0x1:
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted",
+                         "member has the encrypted flag set; its content cannot be checked")
+                if name.endswith(".pkl") or is_torch:
+                    self.fail(mloc, "encrypted archive member")
+                continue
+            rel = name[len(prefix):] if prefix and name.startswith(prefix) else None
+            if is_torch and rel is None:
+                self.add(mloc, info.header_offset, None, None, None, "low", "archive-prefix",
+                         f"member {name!r} is outside the archive prefix {prefix!r} that torch reads; other tools may load it")
+            kind = _torch_member_kind(rel) if is_torch and rel is not None else None
+            # read the member in place (local header), like a zip reader would
+            try:
+                a, b, local_name = _member_span(buf, start, end, info)
+            except ValueError as exc:
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-malformed", str(exc))
+                self.fail(mloc, str(exc))
+                continue
+            if local_name != name.encode("utf-8") and local_name != name.encode("cp437", "replace"):
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-name-mismatch",
+                         f"local header names {local_name[:80]!r} but the central directory says {name!r}")
+            if is_torch and kind == "extra":
+                self.add(mloc, info.header_offset, None, None, None, "low", "archive-extra-member",
+                         f"member {name!r} is not part of torch's format; torch does not read it")
+            # content
+            want_crc = small or kind in ("pickle", "meta", "extra") or not is_torch
+            if info.compress_type == zipfile.ZIP_STORED:
+                mbuf, ma, mb = buf, a, b
+                mloc.base = a
+            elif info.compress_type == zipfile.ZIP_DEFLATED:
+                try:
+                    raw = _inflate(bytes(buf[a:b]), min(self.max_decompressed, max(info.file_size, 1) * 2 + 1024),
+                                   self.max_decompressed)
+                except ValueError as exc:
+                    self.add(mloc, info.header_offset, None, None, None, "medium", "decompression-cap", str(exc))
+                    self.fail(mloc, str(exc))
+                    continue
+                mbuf, ma, mb = raw, 0, len(raw)
+                mloc.base = 0
+            else:
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-compression",
+                         f"unusual compression method {info.compress_type}; content not checked")
+                self.fail(mloc, f"unsupported compression method {info.compress_type}")
+                continue
+            if want_crc:
+                crc = zlib.crc32(mbuf[ma:mb]) if not isinstance(mbuf, mmap.mmap) else _crc_mmap(mbuf, ma, mb)
+                if crc != info.CRC:
+                    self.add(mloc, info.header_offset, None, None, None, "medium", "archive-crc",
+                             f"CRC-32 mismatch (stored {info.CRC:08x}, actual {crc:08x}); strict readers refuse "
+                             "the archive but lenient ones (torch) may load it")
+            self._scan_member(mbuf, ma, mb, mloc, kind, name, fmt)
+
+    def _scan_member(self, buf, a: int, b: int, loc: Loc, kind: str | None, name: str, fmt: str) -> None:
+        if kind == "data":
+            return  # raw tensor bytes, read by torch as storage; never unpickled
+        if kind == "meta" or (kind == "code" and not name.endswith(".pkl")):
+            head = bytes(buf[a:min(b, a + 4096)])
+            if looks_like_pickle(buf, a, b) and not _is_text(head):
+                self._scan_member_pickle(buf, a, b, loc)
+            return
+        if kind == "pickle" or name.endswith(".pkl") or name.endswith(".debug_pkl"):
+            return self._scan_member_pickle(buf, a, b, loc)
+        if b - a == 0:
+            return
+        head = bytes(buf[a:min(b, a + 4096)])
+        if head.startswith(b"\x93NUMPY"):
+            return self.scan_npy(buf, a, b, loc)
+        if head.startswith(b"PK\x03\x04"):
+            return self.scan_zip(bytes(buf[a:b]), 0, b - a, Loc(loc.file, loc.member, 0), formats.ZIP, nested=True)
+        if _compression(head):
+            return self.scan_compressed(buf, a, b, loc)
+        if looks_like_pickle(buf, a, b) or (head[:1] and head[0] in formats._PICKLE_OPCODE_STARTS and not _is_text(head)):
+            return self._scan_member_pickle(buf, a, b, loc)
+        if fmt == formats.NPZ and name.endswith(".npy"):
+            self.fail(loc, "npz member is not a .npy array")
+            return
+        if not _is_text(head):
+            self.hunt(buf, a, b, loc, f"archive member {name}")
+
+    def _scan_member_pickle(self, buf, a: int, b: int, loc: Loc) -> None:
+        sims, pos, err = self.scan_pickle_stream(buf, a, b, loc)
+        if not sims:
+            self.fail(loc, f"archive member is not a complete pickle: {err}")
+        elif pos < b:
+            self._trailing(buf, pos, b, loc, "after the pickle in this member")
+
+    # ------------------------------------------------------------ legacy torch
+    def scan_torch_legacy(self, buf, start: int, end: int, loc: Loc) -> None:
+        sims, pos, err = self.scan_pickle_stream(buf, start, end, loc, max_pickles=5)
+        if len(sims) < 5:
+            if not sims:
+                self.fail(loc, f"legacy torch file whose first pickle is unreadable: {err}")
+            elif err:
+                self.fail(loc, f"legacy torch file with {len(sims)} of 5 pickles readable: {err}")
+            return
+        magic, proto = sims[0].value, sims[1].value
+        if magic != TORCH_LEGACY_MAGIC or proto != 1001:
+            self.add(loc, 0, None, None, None, "low", "legacy-header",
+                     f"legacy torch header is unusual (magic {magic!r}, protocol {proto!r})")
+        keys = sims[4].value
+        sizes: dict[str, int] = {}
+        for pid in sims[3].persids:
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage"):
+                st, key = pid[1], pid[2]
+                el = policy.STORAGE_ELEMENT_SIZES.get(st.name, None) if isinstance(st, SGlobal) else None
+                if isinstance(key, bytes):
+                    key = key.decode("utf-8", "replace")
+                sizes[str(key)] = el or 0
+        if not isinstance(keys, SList):
+            self._trailing(buf, pos, end, loc, "after the legacy torch pickles (storage key list unreadable)")
+            return
+        for key in keys.items:
+            key = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            el = sizes.get(key)
+            if not el or pos + 8 > end:
+                self._trailing(buf, pos, end, loc, f"where storage {key!r} should start (its type is unknown)")
+                return
+            (numel,) = struct.unpack_from("<q", buf, pos)
+            if numel < 0 or pos + 8 + numel * el > end:
+                self.add(loc, pos - loc.base, None, None, None, "low", "legacy-storage",
+                         f"storage {key!r} claims {numel} elements, more than the file holds")
+                self.hunt(buf, pos, end, loc, "legacy storage area")
+                return
+            pos += 8 + numel * el
+        if pos < end:
+            self._trailing(buf, pos, end, loc, "after the last legacy torch storage")
+
+    def scan_torch_tar(self, path: Path, buf, loc: Loc) -> None:
+        try:
+            with tarfile.open(path, "r:") as tf:
+                members = tf.getmembers()
+        except (tarfile.TarError, OSError) as exc:
+            self.fail(loc, f"malformed tar: {exc}")
+            return
+        for m in members:
+            check_cancel(self.cancel)
+            mloc = Loc(loc.file, m.name, m.offset_data)
+            if _traversal(m.name) or m.issym() or m.islnk():
+                self.add(mloc, m.offset, None, None, None, "high", "archive-path-traversal",
+                         f"tar member {m.name!r} is a link or escapes the extraction directory")
+            if not m.isfile():
+                continue
+            a, b = m.offset_data, m.offset_data + m.size
+            if m.name in ("sys_info", "pickle"):
+                self._scan_member_pickle(buf, a, b, mloc)
+            elif m.name in ("storages", "tensors"):
+                self._scan_tar_records(buf, a, b, mloc, m.name)
+            else:
+                self.add(mloc, m.offset, None, None, None, "low", "archive-extra-member",
+                         f"tar member {m.name!r} is not part of torch's old tar format")
+                self._scan_member(buf, a, b, mloc, None, m.name, formats.TORCH_TAR)
+
+    def _scan_tar_records(self, buf, a: int, b: int, loc: Loc, kind: str) -> None:
+        sim, pos, err = self.run_pickle(buf, a, b, loc)
+        if err or not isinstance(sim.value, int):
+            self.fail(loc, f"old torch tar member {kind!r} does not start with a count pickle: {err}")
+            return
+        for _ in range(sim.value):
+            check_cancel(self.cancel)
+            rec, newpos, err = self.run_pickle(buf, pos, b, loc)
+            if err:
+                self.hunt(buf, pos, b, loc, f"tar member {kind}")
+                return
+            pos = newpos
+            try:
+                if kind == "storages":
+                    st = rec.value[2] if isinstance(rec.value, tuple) and len(rec.value) == 3 else None
+                    el = policy.STORAGE_ELEMENT_SIZES.get(st.name) if isinstance(st, SGlobal) else None
+                    (numel,) = struct.unpack_from("<q", buf, pos)
+                    if not el or numel < 0:
+                        raise ValueError
+                    pos += 8 + numel * el
+                else:
+                    (ndim,) = struct.unpack_from("<i", buf, pos)
+                    if not 0 <= ndim <= 64:
+                        raise ValueError
+                    pos += 8 + 16 * ndim + 8
+            except (struct.error, ValueError):
+                self.hunt(buf, pos, b, loc, f"tar member {kind}")
+                return
+        if pos < b:
+            self._trailing(buf, pos, b, loc, f"after the records of tar member {kind}")
+
+    # ------------------------------------------------------------ numpy
+    def scan_npy(self, buf, start: int, end: int, loc: Loc) -> None:
+        try:
+            major = buf[start + 6]
+            if major == 1:
+                (hlen,) = struct.unpack_from("<H", buf, start + 8)
+                hstart = start + 10
+            elif major in (2, 3):
+                (hlen,) = struct.unpack_from("<I", buf, start + 8)
+                hstart = start + 12
+            else:
+                raise ValueError(f"unknown .npy version {major}")
+            if hstart + hlen > end:
+                raise ValueError("header runs past the end")
+            header = bytes(buf[hstart:hstart + hlen]).decode("utf-8" if major == 3 else "latin-1")
+            meta = ast.literal_eval(header)
+            if not isinstance(meta, dict) or not {"descr", "shape", "fortran_order"} <= set(meta):
+                raise ValueError("header is not a numpy header dict")
+            import numpy as np
+
+            dt = np.dtype(meta["descr"])
+            shape = meta["shape"]
+            if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+                raise ValueError("bad shape")
+        except (ValueError, SyntaxError, TypeError, struct.error, IndexError, MemoryError, RecursionError) as exc:
+            self.fail(loc, f"malformed .npy header: {exc}")
+            return
+        data = hstart + hlen
+        if self._rec is not None and loc.member is None:
+            self._rec.format = formats.NUMPY
+        if dt.hasobject:
+            self.add(loc, data - loc.base, None, None, None, "low", "numpy-object-array",
+                     "object-dtype array: its data is a pickle (np.load needs allow_pickle=True)")
+            sims, pos, err = self.scan_pickle_stream(buf, data, end, loc)
+            if not sims:
+                self.fail(loc, f"object array whose pickle is unreadable: {err}")
+            elif pos < end:
+                self._trailing(buf, pos, end, loc, "after the object array's pickle")
+            return
+        count = 1
+        for s in shape:
+            count *= s
+        need = count * dt.itemsize
+        if data + need < end:
+            self._trailing(buf, data + need, end, loc, "after the array data")
+        elif data + need > end:
+            self.add(loc, data - loc.base, None, None, None, "low", "numpy-truncated",
+                     f"array data is {end - data} bytes, header promises {need}")
+
+    # ------------------------------------------------------------ safetensors
+    def scan_safetensors(self, buf, start: int, end: int, loc: Loc) -> None:
+        def bad(msg: str, sev: str = "medium", off: int | None = 0) -> None:
+            self.add(loc, off, None, None, None, sev, "safetensors-structure", msg)
+
+        (hlen,) = struct.unpack_from("<Q", buf, start)
+        dup: list[str] = []
+
+        def pairs(items):
+            keys = [k for k, _ in items]
+            if len(keys) != len(set(keys)):
+                dup.extend(k for k in keys if keys.count(k) > 1)
+            return dict(items)
+
+        try:
+            header = json.loads(bytes(buf[start + 8:start + 8 + hlen]).decode("utf-8"), object_pairs_hook=pairs)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.fail(loc, f"safetensors header is not valid JSON: {exc}")
+            return
+        if not isinstance(header, dict):
+            self.fail(loc, "safetensors header is not a JSON object")
+            return
+        if dup:
+            bad(f"duplicate keys in the header: {sorted(set(dup))[:5]}")
+        data_start = start + 8 + hlen
+        data_len = end - data_start
+        spans = []
+        meta = header.pop("__metadata__", None)
+        if meta is not None and (not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values())):
+            bad("__metadata__ must map strings to strings")
+        for name, t in header.items():
+            if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t):
+                bad(f"tensor {name!r}: entry lacks dtype/shape/data_offsets")
+                continue
+            bits = _SAFETENSORS_BITS.get(t["dtype"])
+            shape, offs = t["shape"], t["data_offsets"]
+            if bits is None:
+                bad(f"tensor {name!r}: unknown dtype {t['dtype']!r}")
+                continue
+            if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+                bad(f"tensor {name!r}: bad shape {shape!r}")
+                continue
+            if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
+                    and 0 <= offs[0] <= offs[1]):
+                bad(f"tensor {name!r}: bad data_offsets {offs!r}")
+                continue
+            n = 1
+            for s in shape:
+                n *= s
+            if offs[1] - offs[0] != (n * bits + 7) // 8:
+                bad(f"tensor {name!r}: {offs[1] - offs[0]} bytes for shape {shape} of {t['dtype']}")
+            if offs[1] > data_len:
+                bad(f"tensor {name!r}: data_offsets {offs} past the end of the data ({data_len} bytes)")
+            spans.append((offs[0], offs[1], name))
+        spans.sort()
+        cursor = 0
+        for a, b, name in spans:
+            if a < cursor:
+                bad(f"tensor {name!r} overlaps the previous tensor (offset {a} < {cursor})")
+            elif a > cursor:
+                bad(f"gap of {a - cursor} bytes before tensor {name!r}", "low", data_start + cursor - loc.base)
+            cursor = max(cursor, b)
+        if cursor < data_len:
+            self._trailing(buf, data_start + cursor, end, loc, "after the last safetensors tensor")
+
+    # ------------------------------------------------------------ compression
+    def scan_compressed(self, buf, start: int, end: int, loc: Loc) -> None:
+        head = bytes(buf[start:start + 64])
+        codec = _compression(head)
+        try:
+            if codec == "joblib-zf":
+                data = _inflate_zlib(bytes(buf[start + 21:end]), self.max_decompressed)
+            elif codec == "lz4":
+                data = _lz4_frame(bytes(buf[start:end]), self.max_decompressed)
+            else:
+                data = _decompress(codec, bytes(buf[start:end]), self.max_decompressed)
+        except _TooBig:
+            self.add(loc, 0, None, None, None, "medium", "decompression-cap",
+                     f"{codec} stream inflates past the {self.max_decompressed >> 20} MiB cap (possible decompression bomb)")
+            self.fail(loc, "decompressed size exceeds the cap")
+            return
+        except (ValueError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+            self.fail(loc, f"corrupt {codec} stream: {exc}")
+            return
+        mloc = Loc(loc.file, f"{loc.member + '!' if loc.member else ''}({codec}-decompressed)", 0, loc.allow_prefixes)
+        self.bytes_total += len(data)
+        sims, pos, err = self.scan_pickle_stream(data, 0, len(data), mloc)
+        if not sims:
+            if looks_like_pickle(data, 0, len(data)) or not data:
+                self.fail(mloc, f"decompressed stream is not a complete pickle: {err}")
+            else:
+                inner = formats.UNKNOWN
+                if data[:4] == b"PK\x03\x04":
+                    return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
+                self.fail(mloc, f"decompressed stream is not a pickle ({inner}): {err}")
+        elif pos < len(data):
+            self._trailing(data, pos, len(data), mloc, "after the pickle in the decompressed stream")
+
+
+# ---------------------------------------------------------------- helpers
+def sim_allow(sim: PickleSim, prefix: str) -> None:
+    """Let one simulator treat names under ``prefix`` as allowed (TorchScript's own types)."""
+    orig = sim._global
+
+    def _global(module, name, pos, opcode, via=""):
+        g = orig(module, name, pos, opcode, via)
+        if f"{module}.{name}".startswith(prefix) and not via:
+            g.tier = policy.ALLOW
+        return g
+
+    sim._global = _global
+
+
+class _MmapFile:
+    """A read-only seekable file over a slice of an mmap (for zipfile's central-directory parser)."""
+
+    def __init__(self, mm, start: int, end: int):
+        self.mm, self.start, self.end, self.pos = mm, start, end, start
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        base = {0: self.start, 1: self.pos, 2: self.end}[whence]
+        self.pos = min(max(self.start, base + off), self.end)
+        return self.pos - self.start
+
+    def tell(self) -> int:
+        return self.pos - self.start
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.end if n is None or n < 0 else min(self.end, self.pos + n)
+        data = self.mm[self.pos:stop]
+        self.pos = stop
+        return data
+
+
+def _member_span(buf, start: int, end: int, info: zipfile.ZipInfo) -> tuple[int, int, bytes]:
+    off = start + info.header_offset
+    if off + 30 > end or bytes(buf[off:off + 4]) != b"PK\x03\x04":
+        raise ValueError("central directory points at a missing local header")
+    nlen, xlen = struct.unpack_from("<HH", buf, off + 26)
+    local_name = bytes(buf[off + 30:off + 30 + nlen])
+    a = off + 30 + nlen + xlen
+    b = a + info.compress_size
+    if b > end:
+        raise ValueError("member data runs past the end of the archive")
+    return a, b, local_name
+
+
+def _crc_mmap(mm, a: int, b: int) -> int:
+    crc = 0
+    step = 16 << 20
+    while a < b:
+        crc = zlib.crc32(mm[a:min(b, a + step)], crc)
+        a += step
+    return crc
+
+
+def _torch_member_kind(rel: str) -> str:
+    if rel.endswith(".pkl") or rel.endswith(".debug_pkl"):
+        return "pickle"
+    if rel.startswith("data/") and rel[5:].isdigit():
+        return "data"
+    if rel in ("byteorder", "version", ".data/version", ".data/serialization_id", ".format_version",
+               ".storage_alignment", "serialization_id"):
+        return "meta"
+    if rel.startswith("code/") or rel.startswith("extra/") or rel.startswith("constants/") or rel.startswith(".data/"):
+        return "code"
+    return "extra"
+
+
+def _traversal(name: str) -> bool:
+    n = name.replace("\\", "/")
+    return n.startswith("/") or bool(re.match(r"^[A-Za-z]:", n)) or ".." in n.split("/")
+
+
+def _is_text(head: bytes) -> bool:
+    if not head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a multi-byte char cut at the end is fine
+            return False
+    return not _TEXT_EXT_HINT.search(head)
+
+
+def _compression(head: bytes) -> str | None:
+    if head.startswith(b"ZF") and len(head) >= 21:
+        return "joblib-zf"
+    if head[:1] == b"\x78" and len(head) >= 2 and (head[0] * 256 + head[1]) % 31 == 0:
+        return "zlib"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x5d\x00\x00"):
+        return "lzma"
+    if head.startswith(b"\x04\x22\x4d\x18"):
+        return "lz4"
+    return None
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _inflate_zlib(data: bytes, cap: int, wbits: int = 15) -> bytes:
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(data, cap + 1)
+    if len(out) > cap:
+        raise _TooBig()
+    return out
+
+
+def _inflate(data: bytes, hint: int, cap: int) -> bytes:
+    try:
+        return _inflate_zlib(data, cap, -15)
+    except _TooBig:
+        raise ValueError(f"deflated member inflates past the {cap >> 20} MiB cap (possible zip bomb)") from None
+    except zlib.error as exc:
+        raise ValueError(f"corrupt deflate data: {exc}") from None
+
+
+def _decompress(codec: str, data: bytes, cap: int) -> bytes:
+    if codec == "zlib":
+        return _inflate_zlib(data, cap)
+    if codec == "gzip":
+        return _inflate_zlib(data, cap, 31)
+    if codec == "bz2":
+        d = bz2.BZ2Decompressor()
+    elif codec in ("xz", "lzma"):
+        d = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+    else:
+        raise ValueError(f"unknown codec {codec}")
+    out = d.decompress(data, cap + 1)
+    if len(out) > cap:
+        raise _TooBig()
+    return out
+
+
+def _lz4_frame(data: bytes, cap: int) -> bytes:
+    """Minimal LZ4 frame decoder (the lz4 package is not a dependency); size-capped."""
+    if data[:4] != b"\x04\x22\x4d\x18" or len(data) < 7:
+        raise ValueError("not an lz4 frame")
+    flg = data[4]
+    pos = 6 + (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0) + 1
+    out = bytearray()
+    while True:
+        if pos + 4 > len(data):
+            raise ValueError("truncated lz4 frame")
+        (bsize,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if bsize == 0:
+            break
+        raw = bsize & 0x80000000
+        bsize &= 0x7FFFFFFF
+        block = data[pos:pos + bsize]
+        if len(block) < bsize:
+            raise ValueError("truncated lz4 block")
+        pos += bsize + (4 if flg & 0x10 else 0)
+        if raw:
+            out += block
+        else:
+            _lz4_block(block, out, cap)
+        if len(out) > cap:
+            raise _TooBig()
+    return bytes(out)
+
+
+def _lz4_block(src: bytes, out: bytearray, cap: int) -> None:
+    i, n = 0, len(src)
+    while i < n:
+        token = src[i]; i += 1
+        lit = token >> 4
+        if lit == 15:
+            while True:
+                x = src[i]; i += 1; lit += x
+                if x != 255:
+                    break
+        out += src[i:i + lit]; i += lit
+        if i >= n:
+            break
+        off = src[i] | (src[i + 1] << 8); i += 2
+        if off == 0 or off > len(out):
+            raise ValueError("bad lz4 match offset")
+        ml = token & 15
+        if ml == 15:
+            while True:
+                x = src[i]; i += 1; ml += x
+                if x != 255:
+                    break
+        ml += 4
+        if len(out) + ml > cap:
+            raise _TooBig()
+        start = len(out) - off
+        for k in range(ml):
+            out.append(out[start + k])
