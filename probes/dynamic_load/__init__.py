@@ -1,0 +1,278 @@
+"""Probe ``dynamic``: load a suspect file in a sealed child process and watch what the load does.
+
+Opt-in (it deliberately lets the suspect's own loader start). The parent never
+unpickles anything: the load happens in a grandchild forked from a warm,
+sealed zygote (see ``sandbox.py`` and ``_child.py``); audit hooks installed
+before the load record every event and refuse the dangerous ones; the trace
+comes back as JSON lines.
+
+Verdicts:
+- ``malicious``: the hook refused an operation (process spawn, network, write
+  outside the sandbox, code execution called by the pickle stream, ctypes,
+  sandbox tampering...), or the trace channel was forged.
+- ``suspicious``: the child hung, crashed or hit a resource limit; or the
+  pickle stream called a function no benign load calls; or the One-Class SVM
+  trained on benign loads calls the trace anomalous.
+- ``inconclusive``: nothing loadable (no pickle inside), or the load only
+  failed to resolve a class the owner's code would provide.
+- ``clean``: none of the above.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from probes.errors import Cancelled, ProbeError
+from probes.progress import check_cancel, null_progress
+from probes.result import ProbeResult
+
+PROBE = "dynamic"
+LOADERS = ("auto", "pickle", "torch", "joblib", "numpy")
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "loader": "auto",
+    "timeout_s": 30.0,  # wall clock per file
+    "cpu_s": None,  # CPU seconds per file (default: timeout_s)
+    "memory_mb": 2048,  # address space the load may add on top of the warm child
+    "max_events": 4000,  # events streamed per file (refused ones always are)
+    "max_files": 50,  # for a folder subject
+    "events_in_result": 200,
+    "netns": True,
+    "readonly_fs": True,
+    "baseline": True,  # One-Class SVM on benign loads
+    "retrain_baseline": False,
+}
+SIGNALS = {6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 24: "SIGXCPU", 25: "SIGXFSZ"}
+
+
+def _resolution_error(err: str | None) -> bool:
+    return bool(err) and err.split(":")[0].rsplit(".", 1)[-1] in ("ModuleNotFoundError", "ImportError", "AttributeError") \
+        and ("No module named" in err or "Can't get attribute" in err or "cannot import name" in err)
+
+
+def choose_loader(path: Path, requested: str = "auto") -> str | None:
+    """How the file's owner would load it, from its content. None: no pickle path to watch."""
+    if requested != "auto":
+        return requested
+    from probes import formats
+
+    fmt = formats.detect_file(path)
+    if fmt in (formats.TORCH_ZIP, formats.TORCH_LEGACY, formats.TORCH_TAR, formats.TORCHSCRIPT):
+        return "torch"
+    if fmt == formats.JOBLIB_COMPRESSED:
+        return "joblib"
+    if fmt in (formats.NUMPY, formats.NPZ):
+        return "numpy"
+    if fmt == formats.PICKLE:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+        return "joblib" if b"joblib.numpy_pickle" in head or b"NumpyArrayWrapper" in head else "pickle"
+    if fmt == formats.ZIP:
+        return "torch"  # a zip torch.load would still try (odd names/flags); content decides the rest
+    return None
+
+
+def _files_of(path: Path, max_files: int) -> list[Path]:
+    if path.is_file():
+        return [path]
+    from probes import formats
+
+    out = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not p.is_symlink() and formats.detect_file(p) in formats.PICKLE_FORMATS | {formats.ZIP}:
+            out.append(p)
+            if len(out) >= max_files:
+                break
+    return out
+
+
+def _trim_events(events: list[dict], limit: int) -> list[dict]:
+    """Keep refused events, calls, globals and odd events first; imports and reads fill the rest."""
+    def slim(ev):
+        d = {"event": ev.get("e"), "args": ev.get("a"), "t": ev.get("ts")}
+        if ev.get("r"):
+            d["refused"] = ev["r"]
+        info = ev.get("i") or {}
+        if info.get("caller"):
+            d["caller"] = info["caller"]
+        return d
+
+    pri = [e for e in events if e.get("r") or e.get("e") not in ("import", "open", "exec", "compile")]
+    rest = [e for e in events if e not in pri]
+    keep = set(map(id, (pri + rest)[:limit]))
+    return [slim(e) for e in events if id(e) in keep]
+
+
+def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> dict[str, Any]:
+    from probes.dynamic_load import features as F
+
+    timeout = float(p["timeout_s"])
+    cpu = float(p["cpu_s"] or timeout)
+    with zygote.lock:
+        tr = zygote.run_job(str(path), loader, timeout_s=timeout, cpu_s=cpu, memory_mb=int(p["memory_mb"]),
+                            max_events=int(p["max_events"]), cancel=cancel)
+    done, ex = tr.done or {}, tr.exit or {}
+    sig = ex.get("signal")
+    err = done.get("error")
+    refused = [{"event": e.get("e"), "args": e.get("a"), "reason": e.get("r"),
+                "caller": (e.get("i") or {}).get("caller")} for e in tr.events if e.get("r")]
+    child = {
+        "exit_code": ex.get("code"), "signal": SIGNALS.get(sig, sig) if sig else None,
+        "duration_s": round(tr.wall_s, 4), "load_s": done.get("load_s"), "cpu_s": ex.get("cpu_s"),
+        "maxrss_kb": ex.get("maxrss_kb"), "timed_out": tr.timed_out, "child_lost": tr.zygote_died,
+        "load_ok": bool(done.get("ok")), "load_error": err, "loaded_type": done.get("type"),
+        "forged_trace_lines": tr.forged_lines, "hook_errors": tr.hook_errors[:5],
+        "log_tail": (ex.get("log_tail") or "")[-600:],
+    }
+    limits = []
+    if tr.timed_out:
+        limits.append(f"hung: killed after the {timeout:g} s wall-clock timeout")
+    if sig == 24 or (err or "").startswith("builtins.MemoryError") or sig == 25:
+        limits.append({24: "CPU-time limit exceeded (SIGXCPU)", 25: "file-size limit exceeded (SIGXFSZ)"}.get(
+            sig, f"memory limit exceeded ({int(p['memory_mb'])} MB address space)"))
+    elif sig and not tr.timed_out:
+        limits.append(f"crashed: killed by {SIGNALS.get(sig, sig)}")
+    if tr.zygote_died and not tr.timed_out:
+        limits.append("the sandbox child was lost during the load")
+    if not done and not limits:
+        limits.append("the load ended without reporting")
+
+    summary = F.summarize(tr.events)
+    trace = {"events": tr.events, "counts": done.get("counts") or {}, "load_ok": bool(done.get("ok")),
+             "abnormal": bool(limits)}
+    vocab = baseline.vocab if baseline is not None else F.empty_vocab()
+    feats = F.vector(trace, vocab, summary)
+    unfamiliar = F.unfamiliar_calls(summary, vocab) if baseline is not None else []
+    ocsvm = None
+    if baseline is not None:
+        d = baseline.decision(feats)
+        ocsvm = {"decision": round(d, 5), "threshold": round(baseline.threshold, 5),
+                 "anomalous": d < baseline.threshold, "score": round(baseline.score(d), 5),
+                 "training_loads": len(baseline.X)}
+
+    reasons: list[str] = []
+    if refused or tr.forged_lines:
+        verdict, score = "malicious", 1.0
+        if refused:
+            r0 = refused[0]
+            arg = (r0["args"] or [""])[0]
+            reasons.append(f"refused {r0['event']}({str(arg)[:80]}): {r0['reason']}")
+        if tr.forged_lines:
+            reasons.append(f"{tr.forged_lines} forged line(s) on the trace channel")
+    else:
+        verdict, score = "clean", (ocsvm["score"] * 0.5 if ocsvm else 0.0)
+        if limits:
+            reasons += limits
+        if unfamiliar:
+            reasons.append("the pickle stream called " + ", ".join(unfamiliar[:3]) + " (never called by a benign load)")
+        if ocsvm and ocsvm["anomalous"]:
+            reasons.append(f"trace unlike benign loads (One-Class SVM decision {ocsvm['decision']:.3f} "
+                           f"< {ocsvm['threshold']:.3f})")
+        if reasons:
+            verdict, score = "suspicious", max(0.6, ocsvm["score"] if ocsvm else 0.6)
+        elif not done.get("ok") and _resolution_error(err):
+            verdict = "inconclusive"
+            reasons.append(f"the load needs the owner's code: {err[:160]}")
+    return {
+        "file": str(path), "loader": loader, "verdict": verdict, "score": score, "reasons": reasons,
+        "refused": refused, "unfamiliar_calls": unfamiliar, "child": child, "limits": limits,
+        "events": _trim_events(tr.events, int(p["events_in_result"])), "events_total": len(tr.events),
+        "event_counts": done.get("counts") or {}, "features": feats, "ocsvm": ocsvm,
+        "globals": summary["find_class"][:100], "calls": summary["calls"][:100],
+    }
+
+
+_RANK = {"malicious": 4, "suspicious": 3, "inconclusive": 1, "clean": 0}
+
+
+def run(path: str, params: dict | None = None, *, progress=None, cancel: threading.Event | None = None) -> ProbeResult:
+    """Load ``path`` (a file or a folder's pickle-bearing files) in the sandbox and judge the trace."""
+    t0 = time.perf_counter()
+    progress = progress or null_progress
+    p = {**DEFAULTS, **(params or {})}
+    if p["loader"] not in LOADERS:
+        raise ProbeError(f"unknown loader {p['loader']!r}; use one of {', '.join(LOADERS)}")
+    for key in ("timeout_s", "memory_mb"):
+        if not isinstance(p[key], (int, float)) or p[key] <= 0:
+            raise ProbeError(f"{key} must be a positive number")
+    subject = Path(path)
+    if not subject.exists():
+        raise ProbeError(f"no such file or folder: {path}")
+    check_cancel(cancel)
+    files = _files_of(subject, int(p["max_files"]))
+    plan = [(f, choose_loader(f, p["loader"])) for f in files]
+    plan = [(f, ld) for f, ld in plan if ld]
+    params_out = {k: p[k] for k in DEFAULTS}
+    if not plan:
+        return ProbeResult(PROBE, "inconclusive", 0.0, "nothing to load: no pickle-bearing file",
+                           params_out, time.perf_counter() - t0,
+                           {"files": [], "events": [], "refused": [], "isolation": {}, "child": {}})
+
+    from probes.dynamic_load import model, sandbox
+
+    preload = sandbox.DEFAULT_PRELOAD
+    progress(0, len(plan) + 1, "starting the sandbox child")
+    try:
+        zygote = sandbox.get_zygote(preload=preload, netns=bool(p["netns"]), readonly_fs=bool(p["readonly_fs"]))
+    except OSError as exc:
+        raise ProbeError(f"could not start the sandbox child: {exc}") from exc
+    baseline = None
+    if p["baseline"]:
+        def sub(done, total, msg):
+            progress(0, len(plan) + 1, msg)
+
+        try:
+            baseline = model.get_baseline(zygote, preload=preload, progress=sub, cancel=cancel,
+                                          retrain=bool(p["retrain_baseline"]))
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001  (the hard rules still work without the baseline)
+            baseline = None
+            baseline_error = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            baseline_error = None
+    else:
+        baseline_error = "disabled"
+    results = []
+    for i, (f, loader) in enumerate(plan):
+        check_cancel(cancel)
+        progress(i + 1, len(plan) + 1, f"loading {f.name} ({loader}) in the sandbox")
+        if not zygote.alive():
+            zygote = sandbox.get_zygote(preload=preload, netns=bool(p["netns"]), readonly_fs=bool(p["readonly_fs"]))
+        results.append(_analyse_one(zygote, baseline, f, loader, p, cancel))
+    progress(len(plan) + 1, len(plan) + 1, "done")
+
+    worst = max(results, key=lambda r: (_RANK[r["verdict"]], r["score"]))
+    verdict = worst["verdict"]
+    score = max(r["score"] for r in results)
+    if verdict == "clean" and all(r["verdict"] == "clean" for r in results):
+        why = f"loaded {len(results)} file(s) in the sandbox; nothing refused, trace like benign loads"
+    else:
+        tag = f"{Path(worst['file']).name}: " if len(results) > 1 else ""
+        why = tag + ("; ".join(worst["reasons"]) or verdict)
+    refused = [{**r, "file": res["file"]} for res in results for r in res["refused"]]
+    events = [{**e, "file": res["file"]} if len(results) > 1 else e for res in results for e in res["events"]]
+    details = {
+        "refused": refused,
+        "events": events[: int(p["events_in_result"])],
+        "isolation": {**zygote.isolation, "zygote_startup_s": round(zygote.startup_s, 3)},
+        "child": worst["child"],
+        "files": [{k: v for k, v in r.items() if k != "events"} for r in results],
+        "baseline": {"loads": len(baseline.X) if baseline else 0, "key": baseline.key if baseline else None,
+                     "error": baseline_error},
+    }
+    return ProbeResult(PROBE, verdict, score, why[:300], params_out, time.perf_counter() - t0, details)
+
+
+def warm_up(background: bool = True):
+    """Start the sealed zygote ahead of time (optional)."""
+    from probes.dynamic_load import sandbox
+
+    return sandbox.warm_up(background=background)
+
+
+__all__ = ["run", "warm_up", "choose_loader", "DEFAULTS", "LOADERS"]

@@ -1,0 +1,264 @@
+"""The baseline of benign loads: build ordinary model files locally, load each in the sandbox, learn.
+
+The One-Class SVM is refitted in-process from cached *feature vectors* (JSON,
+milliseconds); the traces themselves are produced once per environment (torch,
+numpy, scikit-learn, joblib and Python versions are part of the cache key,
+because the import behaviour of a load depends on them). Nothing in the cache is
+ever unpickled: a security tool must not trust a pickle in its own cache dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from probes.dynamic_load import features as F
+
+MODEL_VERSION = "dynload-ocsvm-1"
+NU = 0.02
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("WORKBENCH_CACHE")
+    if env:
+        return Path(env) / "dynamic-load"
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("trojan-workbench")) / "dynamic-load"
+    except ImportError:  # pragma: no cover
+        return Path(tempfile.gettempdir()) / "trojan-workbench-cache" / "dynamic-load"
+
+
+def environment_key(preload: tuple[str, ...]) -> str:
+    import importlib.metadata as md
+
+    parts = [MODEL_VERSION, sys.version.split()[0], ",".join(preload)]
+    for dist in ("torch", "numpy", "scikit-learn", "joblib"):
+        try:
+            parts.append(f"{dist}={md.version(dist)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{dist}=none")
+    src = Path(__file__).with_name("_child.py").read_bytes() + Path(F.__file__).read_bytes()
+    parts.append(hashlib.sha256(src).hexdigest()[:12])
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- benign corpus
+
+def build_benign_corpus(dest: str | os.PathLike, seed: int = 0) -> list[tuple[Path, str, str]]:
+    """Ordinary model files of the kinds the probe meets: (path, loader, family). Deterministic."""
+    import argparse
+    import collections
+    import datetime
+
+    import joblib
+    import numpy as np
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Path, str, str]] = []
+
+    def tsave(name, obj, legacy=False):
+        p = dest / name
+        torch.save(obj, p, _use_new_zipfile_serialization=not legacy)
+        out.append((p, "torch", "torch-legacy" if legacy else "torch-zip"))
+
+    def jdump(name, obj, **kw):
+        p = dest / name
+        joblib.dump(obj, p, **kw)
+        out.append((p, "joblib", "joblib"))
+
+    def pdump(name, obj, protocol):
+        p = dest / name
+        with open(p, "wb") as fh:
+            pickle.dump(obj, fh, protocol=protocol)
+        out.append((p, "pickle", f"pickle-p{protocol}"))
+
+    nn = torch.nn
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 4))
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 3 * 3, 10))
+    lstm = nn.LSTM(6, 8, batch_first=True)
+    emb = nn.Sequential(nn.Embedding(50, 8), nn.LayerNorm(8))
+    enc = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    gru = nn.GRU(4, 4)
+    wide = nn.ModuleList([nn.Linear(4, 4) for _ in range(60)])
+    tsave("mlp_sd.pt", mlp.state_dict())
+    tsave("cnn_sd.pt", cnn.state_dict())
+    tsave("lstm_sd.pt", lstm.state_dict())
+    tsave("emb_sd.pt", emb.state_dict())
+    tsave("enc_sd.pt", enc.state_dict())
+    tsave("wide_sd.pt", wide.state_dict())
+    tsave("mlp_full.pt", mlp)
+    tsave("cnn_full.pt", cnn)
+    tsave("lstm_full.pt", lstm)
+    tsave("enc_full.pt", enc)
+    tsave("gru_full.pt", gru)
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
+    mlp(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    sgd = torch.optim.SGD(cnn.parameters(), lr=0.1, momentum=0.9)
+    tsave("ckpt_adam.pt", {"epoch": 3, "model": mlp.state_dict(), "optimizer": opt.state_dict(), "loss": 0.25,
+                           "args": argparse.Namespace(lr=1e-3, epochs=3), "date": datetime.date(2025, 1, 1)})
+    tsave("ckpt_sgd.pt", {"state_dict": cnn.state_dict(), "optim": sgd.state_dict(), "best_acc": 0.9,
+                          "classes": ["a", "b"], "config": {"depth": 2, "dims": (4, 8)}})
+    tsave("tensors.pt", [torch.randn(3), torch.arange(4), torch.zeros(2, dtype=torch.float16),
+                         torch.ones(2, dtype=torch.bool), torch.randn(2, 2, dtype=torch.float64)])
+    tsave("param.pt", {"w": nn.Parameter(torch.randn(3)), "b": torch.randn(3).requires_grad_()})
+    tsave("mlp_legacy.pt", mlp.state_dict(), legacy=True)
+    tsave("cnn_legacy.pt", cnn, legacy=True)
+    tsave("ckpt_legacy.pt", {"epoch": 1, "model": lstm.state_dict()}, legacy=True)
+
+    x = rng.normal(size=(60, 4))
+    y = (x[:, 0] > 0).astype(int)
+    jdump("lr.joblib", LogisticRegression().fit(x, y))
+    jdump("scaler.joblib", StandardScaler().fit(x))
+    jdump("pca.joblib", PCA(2).fit(x), compress=3)
+    jdump("rf.joblib", RandomForestClassifier(n_estimators=3, max_depth=3, random_state=seed).fit(x, y), compress=3)
+    jdump("pipe.joblib", make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y))
+    jdump("kmeans.joblib", KMeans(2, n_init=1, random_state=seed).fit(x))
+    jdump("tree.joblib", DecisionTreeClassifier(max_depth=2, random_state=seed).fit(x, y), compress=("gzip", 3))
+    jdump("svc.joblib", SVC().fit(x, y), compress=("bz2", 3))
+    jdump("arrays.joblib", {"w": rng.normal(size=(30, 30)), "b": np.zeros(3, dtype=np.int32)})
+    jdump("arrays_xz.joblib", [rng.normal(size=10), {"k": np.float32(1.5)}], compress=("xz", 3))
+
+    data = {"weights": rng.normal(size=(4, 4)), "bias": np.zeros(4), "scale": np.float64(0.5),
+            "labels": ["cat", "dog"], "meta": collections.OrderedDict(version=2, name="m")}
+    for proto in (0, 2, 4, 5):
+        pdump(f"arrays_p{proto}.pkl", data, proto)
+    pdump("python_values.pkl", {"s": {1, 2}, "f": frozenset({"a"}), "b": b"\x00\x01", "c": complex(1, 2),
+                                "t": (1, 2.0, None), "ba": bytearray(b"xy"), "d": datetime.datetime(2025, 1, 2),
+                                "dq": collections.deque([1, 2]), "cnt": collections.Counter("aab")}, 2)
+    pdump("vocab.pkl", {"tokens": [f"w{i}" for i in range(200)], "ids": list(range(200))}, 4)
+    pdump("numpy_mixed.pkl", [np.arange(5, dtype=np.int64), np.array(["a", "b"]),
+                              np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])], 4)
+
+    p = dest / "objects.npy"
+    np.save(p, np.array([{"a": 1}, [1, 2], "x"], dtype=object), allow_pickle=True)
+    out.append((p, "numpy", "npy-object"))
+    return out
+
+
+# ----------------------------------------------------------------------------- the detector
+
+@dataclass
+class Baseline:
+    key: str
+    vocab: dict[str, list[str]]
+    X: list[list[float]]
+    names: list[str]
+    _model: Any = None
+    _scaler: Any = None
+    threshold: float = 0.0
+    spread: float = 1.0
+
+    def fit(self) -> "Baseline":
+        import numpy as np
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import OneClassSVM
+
+        X = np.asarray(self.X, dtype=float)
+        self._scaler = StandardScaler().fit(X)
+        Z = self._scaler.transform(X)
+        self._model = OneClassSVM(kernel="rbf", nu=NU, gamma="scale").fit(Z)
+        d = self._model.decision_function(Z)
+        self.spread = float(max(np.std(d), 1e-3))
+        # Every benign load of the baseline is an inlier by construction; leave a margin below the worst.
+        self.threshold = float(min(0.0, d.min()) - 0.5 * self.spread)
+        return self
+
+    def decision(self, feats: dict[str, float]) -> float:
+        import numpy as np
+
+        z = self._scaler.transform(np.asarray([[feats[n] for n in F.FEATURES]], dtype=float))
+        return float(self._model.decision_function(z)[0])
+
+    def score(self, decision: float) -> float:
+        """0..1, 0.5 at the threshold, higher = more anomalous."""
+        x = (self.threshold - decision) / self.spread
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "vocab": self.vocab, "X": self.X, "names": self.names, "features": list(F.FEATURES)}
+
+
+_MEMO: dict[str, Baseline] = {}
+
+
+def _trace_dict(trace) -> dict[str, Any]:
+    done = trace.done or {}
+    return {"events": trace.events, "counts": done.get("counts") or {}, "load_ok": bool(done.get("ok")),
+            "abnormal": bool(trace.timed_out or trace.zygote_died or (trace.exit or {}).get("signal"))}
+
+
+def get_baseline(zygote, *, preload: tuple[str, ...], progress: Callable[[int, int, str], None] | None = None,
+                 cancel=None, retrain: bool = False) -> Baseline:
+    """Load the cached baseline for this environment, or build it (a few dozen benign loads)."""
+    key = environment_key(tuple(preload))
+    if not retrain and key in _MEMO:
+        return _MEMO[key]
+    path = cache_dir() / f"baseline-{key}.json"
+    if not retrain:
+        try:
+            data = json.loads(path.read_text("utf-8"))
+            if data.get("key") == key and data.get("features") == list(F.FEATURES):
+                b = Baseline(key, data["vocab"], data["X"], data["names"]).fit()
+                _MEMO[key] = b
+                return b
+        except (OSError, ValueError, KeyError):
+            pass
+    from probes.progress import check_cancel
+
+    summaries, traces, names = [], [], []
+    with tempfile.TemporaryDirectory(prefix="wb-benign-") as tmp:
+        files = build_benign_corpus(tmp)
+        for i, (p, loader, family) in enumerate(files):
+            check_cancel(cancel)
+            if progress:
+                progress(i, len(files), f"baseline: benign load {i + 1}/{len(files)} ({family})")
+            with zygote.lock:
+                tr = zygote.run_job(str(p), loader, timeout_s=60, cpu_s=60, memory_mb=2048, cancel=cancel)
+            td = _trace_dict(tr)
+            if not td["load_ok"] or any(e.get("r") for e in tr.events):
+                raise RuntimeError(f"benign baseline file {p.name} did not load cleanly in the sandbox: "
+                                   f"{(tr.done or {}).get('error')} {[e for e in tr.events if e.get('r')][:2]}")
+            summaries.append(F.summarize(tr.events))
+            traces.append(td)
+            names.append(f"{family}:{p.name}")
+    vocab = F.build_vocab(summaries)
+    X = []
+    for i, td in enumerate(traces):
+        # Leave-one-out vocabulary: a benign file's own rare names count as novel, as they would for a new file.
+        loo = F.build_vocab(summaries[:i] + summaries[i + 1:])
+        feats = F.vector(td, loo, summaries[i])
+        X.append([feats[n] for n in F.FEATURES])
+    b = Baseline(key, vocab, X, names).fit()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = path.with_suffix(".tmp")
+        tmp_path.write_text(json.dumps(b.to_json()), "utf-8")
+        os.replace(tmp_path, path)
+    except OSError:
+        pass
+    _MEMO[key] = b
+    return b
