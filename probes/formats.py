@@ -36,6 +36,7 @@ _COMPRESSED_MAGICS = {
     b"\x78\x01": "zlib", b"\x78\x5e": "zlib", b"\x78\x9c": "zlib", b"\x78\xda": "zlib",
     b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x04\x22\x4d\x18": "lz4",
     b"ZF": "joblib-zlib",  # joblib's own zlib container header "ZF0x..."
+    b"\x5d\x00\x00": "lzma",  # joblib compress="lzma" (FORMAT_ALONE); checked before the pickle-opcode guess
 }
 _PICKLE_OPCODE_STARTS = set(b"(]}cX\x8c\x80KJMNFGIRUVabdeghjlopqrsttu")
 

@@ -256,10 +256,10 @@ class PickleSim:
         for g in self.globals:
             if g.tier == policy.ALLOW:
                 continue
-            mod = g.eff_module or g.module
+            mod = policy.normalize_module(g.eff_module or g.module)
             nm = g.eff_name if g.eff_module else g.name
             via = f" (reached through {g.via})" if g.via else ""
-            if (g.eff_module, g.eff_name) != (g.module, g.name) and g.eff_module:
+            if (mod, nm) != (g.module, g.name) and g.module != "?":
                 via += f" (written as {g.module}.{g.name})"
             called = (f"; called by {g.call_opcode} at offset {g.call_offset - self.base}"
                       if g.call_offset is not None else "")

@@ -104,6 +104,8 @@ _TORCH_VALUE_NAMES = {
     "sparse_bsr", "sparse_bsc", "_mkldnn", "jagged", "contiguous_format",
     "channels_last", "preserve_format", "channels_last_3d",
 }
+_TORCH_VALUE_NAMES |= {f"{t}Tensor" for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short",
+                                               "Char", "Byte", "Bool", "ComplexFloat", "ComplexDouble")}
 STORAGE_ELEMENT_SIZES: dict[str, int] = {
     "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "LongStorage": 8,
     "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,

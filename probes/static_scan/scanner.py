@@ -270,6 +270,8 @@ class Scanner:
         sims, pos, err = self.scan_pickle_stream(buf, start, end, loc)
         if not sims:
             head = bytes(buf[start:min(end, start + 8192)])
+            if len(self.findings) == n_before and _compression(head):
+                return self.scan_compressed(buf, start, end, loc)
             if len(self.findings) == n_before and _is_text(head):
                 # protocol-0 opcodes are printable, so a text file can look like a pickle start
                 return self.scan_unknown_text(buf, start, end, loc, in_folder=in_folder)
