@@ -159,7 +159,11 @@ def static_scan(path: Path):
     seen: list[str] = []
     for f in findings:
         module, name = f.get("module") or "", f.get("name") or ""
-        what = f"{module}.{name}" if module and name else (module or name or str(f.get("opcode") or "?"))
+        if module and name:
+            what = f"{module}.{name}"
+        else:
+            rule = str(f.get("rule") or f.get("opcode") or "finding")
+            what = f"{rule} ({f['member']})" if f.get("member") else rule
         text = f"{what} [{f.get('severity', '?')}]"
         if text not in seen:
             seen.append(text)

@@ -231,6 +231,27 @@ def test_loader_torchscript_refused_when_scan_says_malicious(saved, tmp_path, mo
     assert "os.system [critical]" in str(err.value)
 
 
+def test_loader_torchscript_with_injected_payload_refused_by_real_scan(saved, tmp_path):
+    import pickle
+    import zipfile
+
+    src = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(saved.model), str(src))
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "ts_evil.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("constants.pkl"):
+                data = pickle.dumps(_Payload(str(marker)), protocol=2)
+            zout.writestr(info, data)
+    with pytest.raises(UnsafeModelError) as err:
+        load_subject(evil, device="cpu")
+    msg = str(err.value)
+    assert "malicious" in msg and "makedirs" in msg and "\n" not in msg
+    assert not marker.exists()
+
+
 def test_loader_input_shape_order(arch_file, tmp_path):
     from safetensors.torch import save_file
 
