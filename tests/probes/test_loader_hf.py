@@ -242,3 +242,30 @@ def test_loader_hf_sharded_safetensors(resnet_dir, tmp_path):
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
     sub = load_subject(tmp_path, input_shape=(3, 24, 24), device="cpu")
     _same(sub, model, (3, 24, 24))
+
+
+def test_loader_hf_real_causal_lm_end_to_end(tmp_path):
+    """Through the language-model engineer's loader: kind, tokenizer and the same logits as the original."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from probes.zoo.tiny_lm import make_tokenizer
+
+    tok = make_tokenizer(["the cat sat on the mat", "a dog ran in the park"])
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    model.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    sub = load_subject(tmp_path, device="cpu")
+    assert isinstance(sub, CausalLM) and sub.kind == "causal-lm" and sub.format == "hf-folder"
+    ids = torch.tensor([tok("the cat sat")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(sub.model(ids).logits, model(ids).logits, atol=1e-5)
+    # a poisoned .bin in an LM folder is stopped by the loader's pre-scan, before transformers sees it
+    marker = tmp_path.parent / f"PWNED-{tmp_path.name}"
+    (tmp_path / "model.safetensors").unlink()
+    sd = dict(model.state_dict())
+    sd["payload"] = _Payload(str(marker))
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeModelError, match="malicious"):
+        load_subject(tmp_path, device="cpu")
+    assert not marker.exists()
