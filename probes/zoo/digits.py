@@ -307,8 +307,12 @@ def save_model(zm: ZooModel, dest_dir: str | Path, fmt: str = "torchscript") -> 
     module = zm.module.cpu().eval()
     if fmt == "torchscript":
         path = dest / f"{name}.ts.pt"
-        scripted = torch.jit.trace(module, torch.zeros((1, *zm.input_shape)))
-        scripted.save(str(path))
+        import warnings
+
+        with warnings.catch_warnings():  # torch 2.13 marks jit as deprecated; the loader still reads it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.trace(module, torch.zeros((1, *zm.input_shape)))
+            scripted.save(str(path))
         return path
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if fmt == "state_dict":
