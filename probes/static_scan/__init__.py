@@ -21,9 +21,10 @@ from typing import Any
 
 from probes.errors import ProbeError
 from probes.result import ProbeResult
+from probes.static_scan.sarif import to_sarif
 from probes.static_scan.scanner import DEFAULT_MAX_DECOMPRESSED, SEVERITY_RANK, Loc, Scanner
 
-__all__ = ["run", "scan_path", "verdict_for"]
+__all__ = ["run", "scan_path", "to_sarif", "verdict_for"]
 
 PARAM_DEFAULTS = {"max_decompressed_mb": DEFAULT_MAX_DECOMPRESSED >> 20, "crc_limit_mb": 256}
 

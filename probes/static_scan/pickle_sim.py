@@ -420,7 +420,7 @@ class PickleSim:
     def _nested_bytes(self, buf, a: int, b: int, pos: int, what: str) -> None:
         if self.nested is None or self.depth >= MAX_NESTING or b - a < 4:
             return
-        self.nested(buf, a, b, pos, what, self.depth + 1)
+        self.nested(buf, a, b, pos, what, self.depth + 1, buf is self.buf)
 
     # ---------------------------------------------------------------- the walk
     def run(self) -> int:
@@ -671,6 +671,8 @@ class PickleSim:
                     if name == "NEXT_BUFFER":
                         stack.append(SObj("unknown", offset=opos, opcode=name))
                 elif name == "PROTO":
+                    if arg > 5:
+                        raise PickleParseError(opos, f"unsupported pickle protocol {arg}")
                     self.proto = arg
                 elif name == "FRAME":
                     pass

@@ -201,7 +201,10 @@ class Scanner:
 
     # ------------------------------------------------------------ pickles
     def _nested_cb(self, loc: Loc):
-        def nested(buf, a: int, b: int, pos: int, what: str, depth: int) -> None:
+        def nested(buf, a: int, b: int, pos: int, what: str, depth: int, inplace: bool = True) -> None:
+            if not inplace:  # bytes decoded from a constant: offsets are inside those bytes
+                sub = Loc(loc.file, f"{loc.member or ''}!bytes@{pos - loc.base}", 0, loc.allow_prefixes)
+                return self._nested_cb(sub)(buf, a, b, pos, what, depth, True)
             if bytes(buf[a:a + 4]) == b"PK\x03\x04":
                 data = bytes(buf[a:b])
                 sub = Loc(loc.file, f"{loc.member or ''}!bytes@{pos - loc.base}", 0, loc.allow_prefixes)
@@ -314,7 +317,9 @@ class Scanner:
             try:
                 newpos = sim.run()
             except (PickleParseError, RecursionError):
-                continue
+                if not any(f["severity"] == "critical" for f in sink):
+                    continue
+                newpos = a + 1
             if not sim.globals and not sink:
                 continue
             found += 1
@@ -743,8 +748,8 @@ def _crc_mmap(mm, a: int, b: int) -> int:
 
 
 def _torch_member_kind(rel: str) -> str:
-    if rel.endswith(".pkl") or rel.endswith(".debug_pkl"):
-        return "pickle"
+    if rel in ("data.pkl", "constants.pkl") or (rel.startswith("code/") and rel.endswith(".debug_pkl")):
+        return "pickle"  # what torch.load / torch.jit.load unpickle
     if rel.startswith("data/") and rel[5:].isdigit():
         return "data"
     if rel in ("byteorder", "version", ".data/version", ".data/serialization_id", ".format_version",

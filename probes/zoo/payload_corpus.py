@@ -22,6 +22,7 @@ import os
 import pickle
 import struct
 import tarfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,13 +190,17 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
     buf = io.BytesIO()
     torch.save(net, buf)
     B("whole_module.pt", buf.getvalue(), "torch-zip whole module (review tier)", "suspicious")
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    net(torch.zeros(1, 1, 8, 8)).sum().backward()
-    opt.step()
-    B("checkpoint.tar", _torch_zip_bytes({"model": sd, "optimizer": opt.state_dict(), "epoch": 3,
+    # an Adam-shaped optimizer state (building a real torch.optim.Adam imports torch._dynamo: seconds)
+    opt_state = {"state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros_like(v), "exp_avg_sq": torch.zeros_like(v)}
+                           for i, v in enumerate(sd.values())},
+                 "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                                   "amsgrad": False, "params": list(range(len(sd)))}]}
+    B("checkpoint.tar", _torch_zip_bytes({"model": sd, "optimizer": opt_state, "epoch": 3,
                                           "params": [torch.nn.Parameter(torch.ones(2))]}), "torch-zip training checkpoint")
     buf = io.BytesIO()
-    torch.jit.save(torch.jit.script(net), buf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), buf)
     B("scripted.pt", buf.getvalue(), "torchscript archive")
     B("model.safetensors", None, "safetensors")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(ben / "model.safetensors"))
