@@ -227,6 +227,9 @@ def classifier_output(module, shape, device) -> int:
         out = module(torch.zeros((2, *shape), device=device))
     if not isinstance(out, torch.Tensor):
         raise ProbeError(f"not a classifier: forward returns {type(out).__name__}, not an (N, classes) logits tensor")
+    if out.ndim == 2 and out.shape[0] == 2 and out.shape[1] == 1:
+        raise ProbeError("not a classifier the probes can use: forward returns one logit per input (N, 1); "
+                         "wrap it to return one logit per class (N, 2)")
     if out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
         raise ProbeError(f"not a classifier: forward returns shape {tuple(out.shape)} for 2 inputs, not (2, classes)")
     if not out.is_floating_point():

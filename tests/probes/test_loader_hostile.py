@@ -39,6 +39,9 @@ ARCH_SRC = textwrap.dedent('''
         def forward(self, x):
             return self.conv(x)
 
+    def OneLogit():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+
     class TupleOut(nn.Module):
         def __init__(self):
             super().__init__()
@@ -212,7 +215,8 @@ def test_loader_bad_arch_spec(env, spec, expect):
     assert expect in refuse(env.good, arch=spec)
 
 
-@pytest.mark.parametrize("cls, expect", [("Features", "not a classifier"), ("TupleOut", "not a classifier")])
+@pytest.mark.parametrize("cls, expect", [("Features", "not a classifier"), ("TupleOut", "not a classifier"),
+                                         ("OneLogit", "one logit per input")])
 def test_loader_not_a_classifier(env, tmp_path, cls, expect):
     from probes.subjects.arch import build_arch
 
