@@ -417,7 +417,7 @@ class _Hunt:
 
     def __init__(self, subject, p: dict, cancel):
         self.s, self.p, self.cancel = subject, p, cancel
-        self.tok = subject.tokenizer
+        self.tok = getattr(subject, "tokenizer", None)
         self.cands: dict[tuple, _Cand] = {}
         self.done = 0
         self.total = 1
