@@ -76,6 +76,9 @@ def choose_loader(path: Path, requested: str = "auto") -> str | None:
     return None
 
 
+_PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".sav", ".ckpt", ".dat", ".model", ".p"}
+
+
 def _files_of(path: Path, max_files: int) -> list[Path]:
     if path.is_file():
         return [path]
@@ -83,7 +86,14 @@ def _files_of(path: Path, max_files: int) -> list[Path]:
 
     out = []
     for p in sorted(path.rglob("*")):
-        if p.is_file() and not p.is_symlink() and formats.detect_file(p) in formats.PICKLE_FORMATS | {formats.ZIP}:
+        if not p.is_file() or p.is_symlink():
+            continue
+        fmt = formats.detect_file(p)
+        if fmt == formats.PICKLE and p.suffix.lower() not in _PICKLE_SUFFIXES:
+            with open(p, "rb") as fh:
+                if fh.read(1) != b"\x80":  # protocol 0/1 guesses on text files (config.json, README) are noise
+                    continue
+        if fmt in formats.PICKLE_FORMATS | {formats.ZIP}:
             out.append(p)
             if len(out) >= max_files:
                 break
@@ -177,6 +187,12 @@ def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> 
         elif not done.get("ok") and _resolution_error(err):
             verdict = "inconclusive"
             reasons.append(f"the load needs the owner's code: {err[:160]}")
+    if verdict == "suspicious" and not limits and not unfamiliar and _not_a_pickle(err):
+        verdict, score = "inconclusive", 0.3
+        reasons = [f"not loadable as {loader} (the loader rejected the bytes): {err[:160]}"]
+    elif verdict == "clean" and not done.get("ok"):
+        verdict = "inconclusive"
+        reasons = [f"the {loader} load failed without any refused operation: {(err or '?')[:160]}"]
     return {
         "file": str(path), "loader": loader, "verdict": verdict, "score": score, "reasons": reasons,
         "refused": refused, "unfamiliar_calls": unfamiliar, "child": child, "limits": limits,
@@ -184,6 +200,13 @@ def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> 
         "event_counts": done.get("counts") or {}, "features": feats, "ocsvm": ocsvm,
         "globals": summary["find_class"][:100], "calls": summary["calls"][:100],
     }
+
+
+def _not_a_pickle(err: str | None) -> bool:
+    """The loader rejected the bytes before running anything (no call was made by the stream)."""
+    return bool(err) and any(x in err for x in ("UnpicklingError", "EOFError", "BadZipFile", "invalid load key",
+                                                 "not a zip file", "could not find", "pickle data was truncated",
+                                                 "central directory", "PytorchStreamReader", "Ran out of input", "is not installed"))
 
 
 _RANK = {"malicious": 4, "suspicious": 3, "inconclusive": 1, "clean": 0}

@@ -143,6 +143,9 @@ QUIET = {"builtins.id", "object.__getattr__", "sys._getframe", "sys._getframemod
          "import", "open", "exec", "compile", "glob.glob", "glob.glob/2", "os.walk", "fcntl.ioctl", "fcntl.fcntl",
          "mmap.__new__", "os.chdir", "sqlite3.connect"}
 
+# File operations whose audit arguments end with a dir_fd (path is relative to it).
+DIR_FD_EVENTS = {"os.remove", "os.mkdir", "os.rmdir", "os.chmod", "os.chown", "os.utime", "os.mkfifo", "os.mknod",
+                 "os.setxattr", "os.removexattr"}
 # Modules whose functions reach process creation or raw memory without raising an audit event.
 NATIVE_ESCAPES = {"_posixsubprocess", "_ctypes", "ctypes", "_winapi", "_xxsubinterpreters", "_testcapi", "_testinternalcapi"}
 
@@ -171,7 +174,9 @@ def make_hook(nonce, job, roots):
     write_ok = tuple(roots["write"])
     u = _pickle._Unpickler
     reduce_codes = frozenset(f.__code__ for f in (u.load_reduce, u.load_newobj, u.load_newobj_ex, u.load_obj,
-                                                  u.load_inst, u.load_build) if hasattr(f, "__code__"))
+                                                  u.load_inst, u.load_build, u._instantiate, u.load_setitem,
+                                                  u.load_setitems, u.load_append, u.load_appends, u.load_additems)
+                             if hasattr(f, "__code__"))
     own_codes = set()
     harness_names = frozenset(vars(sys.modules["__main__"]))
     harness_modules = frozenset({"_child", "probes.dynamic_load._child", "probes.dynamic_load"})
@@ -184,7 +189,7 @@ def make_hook(nonce, job, roots):
     def under(path, prefixes):
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
-    def norm(path):
+    def norm(path, dir_fd=None):
         if isinstance(path, int):
             return None
         try:
@@ -192,7 +197,13 @@ def make_hook(nonce, job, roots):
         except Exception:  # noqa: BLE001
             return str(path)
         if not os.path.isabs(path):
-            path = os.path.join(os.getcwd(), path)
+            base = None
+            if isinstance(dir_fd, int) and not isinstance(dir_fd, bool) and dir_fd >= 0:
+                try:
+                    base = os.readlink(f"/proc/self/fd/{dir_fd}")
+                except OSError:
+                    base = None
+            path = os.path.join(base or os.getcwd(), path)
         try:
             return realpath(path)
         except Exception:  # noqa: BLE001
@@ -240,7 +251,9 @@ def make_hook(nonce, job, roots):
         if event in TAMPER:
             return "sandbox tampering", {}
         if event in FILE_OPS:
-            paths = [norm(a) for a in args if isinstance(a, (str, bytes, os.PathLike))]
+            fds = [a for a in args if isinstance(a, int) and not isinstance(a, bool) and a >= 0]
+            dir_fd = fds[0] if fds and event in DIR_FD_EVENTS else None
+            paths = [norm(a, dir_fd) for a in args if isinstance(a, (str, bytes, os.PathLike))]
             if paths and all(p and under(p, write_ok) for p in paths):
                 return None, {}
             return "filesystem modification", {}
@@ -283,8 +296,8 @@ def make_hook(nonce, job, roots):
             return None, {}
         if event in ("os.putenv", "os.unsetenv", "os.chdir"):
             caller, direct, active, importing = context()
-            if direct:
-                return "environment change from the pickle stream", {}
+            if direct or (active and not importing):
+                return "environment change while unpickling", {"caller": caller}
             return None, {}
         return None, {}
 
@@ -353,6 +366,21 @@ def make_hook(nonce, job, roots):
         except Exception:  # noqa: BLE001
             return f"<{type(func).__name__}>", "other"
 
+    def refuse(event, args, reason):
+        """A refusal decided outside the audit hook (by the unpickler instrumentation)."""
+        state["refused"] += 1
+        counts[event] = counts.get(event, 0) + 1
+        send({"n": nonce, "t": "ev", "e": event, "a": [_short(x) for x in args], "r": reason,
+              "ts": round(time.monotonic() - t0, 5)})
+        raise PermissionError(f"[dynamic-load sandbox] refused {event}: {reason}")
+
+    def on_build(inst):
+        """BUILD applies state to ``inst``: on a module, class or function that is monkey-patching."""
+        kind = type(inst).__name__
+        if isinstance(inst, (type, type(sys))) or kind in ("function", "builtin_function_or_method"):
+            refuse("pickle.build", [getattr(inst, "__name__", kind), kind],
+                   "BUILD on a module/class/function (monkey-patching from the pickle stream)")
+
     def on_call(opcode, func):
         """The pickle stream is about to call ``func`` (REDUCE/NEWOBJ): record what it calls."""
         if state["busy"]:
@@ -370,10 +398,10 @@ def make_hook(nonce, job, roots):
 
     t0 = time.monotonic()
     own_codes.update({hook.__code__, decide.__code__, context.__code__, norm.__code__, under.__code__})
-    return hook, counts, state, on_call
+    return hook, counts, state, on_call, on_build
 
 
-def instrument_unpicklers(on_call):
+def instrument_unpicklers(on_call, on_build):
     """Wrap REDUCE/NEWOBJ/NEWOBJ_EX in every pure-Python unpickler's dispatch table (incl. joblib's copy)."""
     import pickle as _pickle
 
@@ -404,6 +432,29 @@ def instrument_unpicklers(on_call):
                 return _orig(self)
 
             table[key] = wrapper
+        orig_build = table.get(_pickle.BUILD[0])
+        if orig_build is not None:
+            def build_wrapper(self, _orig=orig_build):
+                try:
+                    inst = self.stack[-2]
+                except (IndexError, AttributeError):
+                    inst = None
+                if inst is not None:
+                    on_build(inst)
+                return _orig(self)
+
+            table[_pickle.BUILD[0]] = build_wrapper
+    # OBJ and INST construct through _instantiate (joblib's unpickler inherits it).
+    for cls in seen:
+        orig_inst = cls.__dict__.get("_instantiate")
+        if orig_inst is None:
+            continue
+
+        def inst_wrapper(self, klass, args, _orig=orig_inst):
+            on_call("OBJ/INST", klass)
+            return _orig(self, klass, args)
+
+        cls._instantiate = inst_wrapper
 
 
 # --------------------------------------------------------------------------- the job (grandchild)
@@ -446,8 +497,8 @@ def grandchild(job, log_fd):
     path = job["path"]
     fh = open(path, "rb")  # opened before the hook: reading the subject is the point
     loader = job["loader"]
-    hook, counts, state, on_call = make_hook(nonce, job, job["roots"])
-    instrument_unpicklers(on_call)
+    hook, counts, state, on_call, on_build = make_hook(nonce, job, job["roots"])
+    instrument_unpicklers(on_call, on_build)
     send({"n": nonce, "t": "start", "pid": os.getpid(), "loader": loader})
     t = time.perf_counter()
     sys.addaudithook(hook)
@@ -478,6 +529,106 @@ def grandchild(job, log_fd):
     send({"n": nonce, "t": "done", "ok": ok, "error": err, "type": kind, "load_s": round(dur, 5),
           "counts": dict(counts), "refused": state["refused"], "maxrss_kb": ru.ru_maxrss})
     os._exit(0)
+
+
+def lz4_frame_decompress(data, limit=1 << 31):
+    """Pure-Python LZ4 frame decoder (joblib's .lz4 files when the lz4 package is absent). Raises on bad input."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i + 7 <= n and data[i:i + 4] == b"\x04\x22\x4d\x18":
+        flg = data[i + 4]
+        i += 6
+        if flg & 0x08:
+            i += 8
+        if flg & 0x01:
+            i += 4
+        i += 1  # header checksum
+        while True:
+            if i + 4 > n:
+                raise ValueError("truncated LZ4 frame")
+            size = int.from_bytes(data[i:i + 4], "little")
+            i += 4
+            if size == 0:
+                break
+            raw, size = bool(size & 0x80000000), size & 0x7FFFFFFF
+            block = data[i:i + size]
+            if len(block) != size:
+                raise ValueError("truncated LZ4 block")
+            i += size + (4 if flg & 0x10 else 0)
+            if raw:
+                out += block
+            else:
+                j, m = 0, len(block)
+                while j < m:
+                    token = block[j]
+                    j += 1
+                    lit = token >> 4
+                    if lit == 15:
+                        while True:
+                            b = block[j]
+                            j += 1
+                            lit += b
+                            if b != 255:
+                                break
+                    out += block[j:j + lit]
+                    j += lit
+                    if j >= m:
+                        break
+                    off = block[j] | (block[j + 1] << 8)
+                    j += 2
+                    ml = token & 15
+                    if ml == 15:
+                        while True:
+                            b = block[j]
+                            j += 1
+                            ml += b
+                            if b != 255:
+                                break
+                    ml += 4
+                    start = len(out) - off
+                    if off == 0 or start < 0:
+                        raise ValueError("bad LZ4 match offset")
+                    if off >= ml:
+                        out += out[start:start + ml]
+                    else:
+                        for k in range(ml):
+                            out.append(out[start + k])
+            if len(out) > limit:
+                raise MemoryError("LZ4 output too large")
+        if flg & 0x04:
+            i += 4
+    if not out and n:
+        raise ValueError("not an LZ4 frame")
+    return bytes(out)
+
+
+def install_lz4_fallback():
+    """If joblib is here but the lz4 package is not, decode .lz4 joblib files in pure Python."""
+    try:
+        import lz4  # noqa: F401
+
+        return "lz4 package"
+    except ImportError:
+        pass
+    jc = sys.modules.get("joblib.compressor")
+    if jc is None:
+        return None
+    import io
+
+    class PureLZ4(jc.CompressorWrapper):
+        def __init__(self):
+            self.prefix = b"\x04\x22\x4d\x18"
+            self.extension = ".lz4"
+            self.fileobj_factory = None
+
+        def compressor_file(self, fileobj, compresslevel=None):
+            raise ValueError("writing is not supported in the sandbox")
+
+        def decompressor_file(self, fileobj):
+            return io.BytesIO(lz4_frame_decompress(fileobj.read()))
+
+    jc.register_compressor("lz4", PureLZ4(), force=True)
+    return "pure-python fallback"
 
 
 def _rmtree(top):
@@ -514,6 +665,7 @@ def main():
             iso.setdefault("preload_errors", {})[name] = repr(exc)[:200]
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+    iso["lz4"] = install_lz4_fallback()
     send({"t": "ready", "pid": os.getpid(), "isolation": iso, "startup_s": round(time.perf_counter() - t, 4)})
     stdin = os.fdopen(0, "rb", buffering=0)
     buf = b""

@@ -18,12 +18,13 @@ FEATURES = (
     "find_class_distinct", "find_class_pkgs", "find_class_pkgs_novel",
     "calls_distinct", "calls_function_distinct", "calls_novel",
     "imports", "imports_pkgs_novel",
-    "open_total", "open_nonpyc_reads", "writes",
+    "open_nonpyc_reads", "writes",
     "exec_compile_nonfile", "exec_compile_unpickling",
-    "refused", "other_events",
-    "listdir", "setattr", "marshal", "putenv", "getattr_audited", "id_calls", "getframe",
+    "refused", "other_events", "putenv",
     "load_failed", "abnormal_exit",
 )
+# Python 2 / old-numpy spellings of the same globals.
+_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg", "numpy.core": "numpy._core"}
 
 KNOWN_STREAMED = {"pickle.find_class", "pickle.call", "import", "open", "exec", "compile"}
 # A function the stream calls counts as familiar if its package is familiar and its
@@ -35,13 +36,20 @@ def _pkg(name: str) -> str:
     return (name or "").split(".")[0]
 
 
+def canonical_module(module: str) -> str:
+    for old, new in _ALIASES.items():
+        if module == old or module.startswith(old + "."):
+            return new + module[len(old):]
+    return module
+
+
 def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The sets a feature vector (and the vocabulary) is built from."""
     find_class, calls, fcalls, imports = set(), set(), set(), set()
     for ev in events:
         e, a = ev.get("e"), ev.get("a") or []
         if e == "pickle.find_class" and len(a) >= 2:
-            find_class.add(f"{a[0]}.{a[1]}")
+            find_class.add(f"{canonical_module(str(a[0]))}.{a[1]}")
         elif e == "pickle.call" and a:
             calls.add(a[0])
             if len(a) > 1 and a[1] != "class":
@@ -73,8 +81,13 @@ def familiar_call(name: str, vocab: dict[str, list[str]]) -> bool:
 
 
 def unfamiliar_calls(summary: dict[str, Any], vocab: dict[str, list[str]]) -> list[str]:
-    """Functions (not classes) the pickle stream called that no benign load calls."""
-    return [c for c in summary["function_calls"] if not familiar_call(c, vocab)]
+    """Callables the pickle stream called that no benign load calls: functions by name,
+    classes by package (a class from a package no benign pickle references)."""
+    pkgs = set(vocab.get("find_class_pkgs", ()))
+    out = [c for c in summary["function_calls"] if not familiar_call(c, vocab)]
+    fcalls = set(summary["function_calls"])
+    out += [c for c in summary["calls"] if c not in fcalls and _pkg(c) not in pkgs and c not in set(vocab.get("calls", ()))]
+    return out
 
 
 def vector(trace: dict[str, Any], vocab: dict[str, list[str]], summary: dict[str, Any] | None = None) -> dict[str, float]:
@@ -112,20 +125,13 @@ def vector(trace: dict[str, Any], vocab: dict[str, list[str]], summary: dict[str
         "calls_novel": len(calls_novel) if vocab.get("calls") else 0,
         "imports": len(s["imports"]),
         "imports_pkgs_novel": len(imp_pkgs - known_imp) if known_imp or vocab.get("calls") else 0,
-        "open_total": counts.get("open", 0),
         "open_nonpyc_reads": nonpyc,
         "writes": writes,
         "exec_compile_nonfile": ex_nonfile,
         "exec_compile_unpickling": ex_unpick,
         "refused": refused,
         "other_events": other,
-        "listdir": counts.get("os.listdir", 0) + counts.get("os.scandir", 0),
-        "setattr": counts.get("object.__setattr__", 0) + counts.get("object.__delattr__", 0),
-        "marshal": counts.get("marshal.loads", 0),
         "putenv": counts.get("os.putenv", 0) + counts.get("os.unsetenv", 0),
-        "getattr_audited": counts.get("object.__getattr__", 0),
-        "id_calls": counts.get("builtins.id", 0),
-        "getframe": counts.get("sys._getframe", 0),
         "load_failed": 0 if trace.get("load_ok") else 1,
         "abnormal_exit": 1 if trace.get("abnormal") else 0,
     }

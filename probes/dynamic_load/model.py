@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 from probes.dynamic_load import features as F
 
-MODEL_VERSION = "dynload-ocsvm-1"
+MODEL_VERSION = "dynload-ocsvm-2"
 NU = 0.02
+GAMMA = 0.1  # RBF width on log1p-count features: one unit of log-count ~ a factor e in a count
 
 
 def cache_dir() -> Path:
@@ -47,7 +48,7 @@ def environment_key(preload: tuple[str, ...]) -> str:
             parts.append(f"{dist}={md.version(dist)}")
         except md.PackageNotFoundError:
             parts.append(f"{dist}=none")
-    src = Path(__file__).with_name("_child.py").read_bytes() + Path(F.__file__).read_bytes()
+    src = Path(__file__).with_name("_child.py").read_bytes() + Path(F.__file__).read_bytes() + Path(__file__).read_bytes()
     parts.append(hashlib.sha256(src).hexdigest()[:12])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -129,6 +130,11 @@ def build_benign_corpus(dest: str | os.PathLike, seed: int = 0) -> list[tuple[Pa
     tsave("cnn_legacy.pt", cnn, legacy=True)
     tsave("ckpt_legacy.pt", {"epoch": 1, "model": lstm.state_dict()}, legacy=True)
 
+    for name, mod in (("mlp_script.pt", mlp), ("cnn_script.pt", cnn)):
+        p = dest / name
+        torch.jit.save(torch.jit.script(mod.eval()), str(p))
+        out.append((p, "torch", "torchscript"))
+
     x = rng.normal(size=(60, 4))
     y = (x[:, 0] > 0).astype(int)
     jdump("lr.joblib", LogisticRegression().fit(x, y))
@@ -153,6 +159,21 @@ def build_benign_corpus(dest: str | os.PathLike, seed: int = 0) -> list[tuple[Pa
     pdump("numpy_mixed.pkl", [np.arange(5, dtype=np.int64), np.array(["a", "b"]),
                               np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])], 4)
 
+    for proto in (0, 1, 3, 5):
+        pdump(f"python_values_p{proto}.pkl", {"a": [1, 2.5, "x", b"y", None, True], "s": {1, 2}, "t": (1,),
+                                             "f": frozenset({3}), "c": 1 + 2j}, proto)
+    pdump("randomstate.pkl", np.random.RandomState(seed + 1), 4)
+    pdump("generator.pkl", np.random.default_rng(seed), 4)
+    pdump("scalars.pkl", [np.float64(1.5), np.int32(3), np.dtype("f4"), np.bool_(True)], 4)
+    pdump("tree.sav", DecisionTreeClassifier(max_depth=3, random_state=seed).fit(x, y), 4)
+    pdump("lr.pkl", LogisticRegression().fit(x, y), 5)
+    pdump("pipe.pkl", make_pipeline(StandardScaler(), PCA(2)).fit(x), 2)
+    p = dest / "weights.npz"
+    np.savez_compressed(p, w=rng.normal(size=(3, 3)), b=np.arange(3))
+    out.append((p, "numpy", "npz"))
+    p = dest / "plain.npy"
+    np.save(p, rng.normal(size=(4, 4)))
+    out.append((p, "numpy", "npy"))
     p = dest / "objects.npy"
     np.save(p, np.array([{"a": 1}, [1, 2], "x"], dtype=object), allow_pickle=True)
     out.append((p, "numpy", "npy-object"))
@@ -174,13 +195,14 @@ class Baseline:
 
     def fit(self) -> "Baseline":
         import numpy as np
-        from sklearn.preprocessing import StandardScaler
         from sklearn.svm import OneClassSVM
 
         X = np.asarray(self.X, dtype=float)
-        self._scaler = StandardScaler().fit(X)
-        Z = self._scaler.transform(X)
-        self._model = OneClassSVM(kernel="rbf", nu=NU, gamma="scale").fit(Z)
+        # Features are already log1p counts on a common scale; standardising would blow up the ones that are
+        # almost always zero in benign loads (one rare benign value would then look like an attack).
+        self._scaler = None
+        Z = X
+        self._model = OneClassSVM(kernel="rbf", nu=NU, gamma=GAMMA).fit(Z)
         d = self._model.decision_function(Z)
         self.spread = float(max(np.std(d), 1e-3))
         # Every benign load of the baseline is an inlier by construction; leave a margin below the worst.
@@ -190,7 +212,7 @@ class Baseline:
     def decision(self, feats: dict[str, float]) -> float:
         import numpy as np
 
-        z = self._scaler.transform(np.asarray([[feats[n] for n in F.FEATURES]], dtype=float))
+        z = np.asarray([[feats[n] for n in F.FEATURES]], dtype=float)
         return float(self._model.decision_function(z)[0])
 
     def score(self, decision: float) -> float:

@@ -34,7 +34,16 @@ class _Reduce:
         return self.func, self.args
 
 
+def raw_call_pickle(module: str, name: str, args: tuple) -> bytes:
+    """A protocol-2 pickle of ``module.name(*args)`` written opcode by opcode (no live object needed)."""
+    body = pickle.dumps(args, protocol=2)[2:-1]  # drop PROTO and STOP
+    return b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n" + body + b"R."
+
+
 def _dump(obj, path: Path, loader: str) -> None:
+    if isinstance(obj, bytes):
+        path.write_bytes(obj)
+        return
     if loader == "torch":
         import torch
 
@@ -57,7 +66,6 @@ def build_payloads(dest: str | os.PathLike, marker_dir: str | os.PathLike | None
     import collections
     import logging
     import operator
-    import socket
     import subprocess
     import time
 
@@ -76,10 +84,10 @@ def build_payloads(dest: str | os.PathLike, marker_dir: str | os.PathLike | None
     add("subprocess-popen", _Reduce(subprocess.Popen, (["touch", str(m("popen"))],)), "torch", "refused",
         "subprocess.Popen", m("popen"))
     add("exec-string", _Reduce(builtins.exec, (f"open({str(m('exec'))!r}, 'w').write('x')",)), "pickle", "refused",
-        "exec", m("exec"))
+        "compile", m("exec"))
     add("eval-getpid", _Reduce(builtins.eval, ("__import__('os').getpid()",)), "joblib", "refused", "compile")
     add("open-write", _Reduce(builtins.open, (str(m("open")), "w")), "torch", "refused", "open", m("open"))
-    add("socket-connect", _Reduce(socket.create_connection, (("127.0.0.1", 9),)), "pickle", "refused",
+    add("socket-connect", raw_call_pickle("socket", "create_connection", (("127.0.0.1", 9),)), "pickle", "refused",
         "socket.__new__")
     add("os-getpid", _Reduce(os.getpid, ()), "torch", "call", "pickle.call")
     # Built only from innocuous-looking standard-library pieces no denylist names:

@@ -33,7 +33,10 @@ from typing import Any
 from probes.errors import Cancelled, ProbeError
 
 CHILD_SCRIPT = Path(__file__).with_name("_child.py")
-DEFAULT_PRELOAD = ("torch", "numpy", "joblib", "sklearn", "sklearn.base")
+# Imported once in the warm zygote (so a load of these kinds costs a fork, not an import).
+DEFAULT_PRELOAD = ("torch", "numpy", "joblib", "sklearn", "sklearn.base", "sklearn.linear_model", "sklearn.tree",
+                   "sklearn.ensemble", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.decomposition",
+                   "sklearn.cluster", "sklearn.svm")
 ZYGOTE_START_TIMEOUT_S = 120.0
 
 
