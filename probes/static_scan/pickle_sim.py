@@ -63,29 +63,33 @@ class SGlobal:
     call_offset: int | None = None
     call_opcode: str | None = None
 
-    @property
-    def full(self) -> str:
+    full: str = ""
+
+    def __post_init__(self) -> None:
         m = policy.normalize_module(self.module)
-        return f"{m}.{self.name}" if self.name else m
+        self.full = f"{m}.{self.name}" if self.name else m
 
 
-@dataclass(eq=False)
 class SObj:
     """The result of a call / instantiation / persistent id / extension lookup."""
 
-    kind: str  # call | new | persid | ext | unknown
-    func: Any = None
-    args: tuple = ()
-    offset: int = 0
-    opcode: str = ""
-    resolved: SGlobal | None = None  # what this value *is*, when it is a looked-up attribute
-    partial: tuple | None = None
-    attrgetter: list | None = None
-    methodcaller: tuple | None = None
-    const: Any = None
-    planted: dict = field(default_factory=dict)
-    items: list = field(default_factory=list)
-    state: Any = None
+    __slots__ = ("kind", "func", "args", "offset", "opcode", "resolved", "partial", "attrgetter",
+                 "methodcaller", "const", "planted", "items", "state")
+
+    def __init__(self, kind: str, func: Any = None, args: tuple = (), offset: int = 0, opcode: str = ""):
+        self.kind = kind  # call | new | persid | ext | unknown
+        self.func = func
+        self.args = args
+        self.offset = offset
+        self.opcode = opcode
+        self.resolved: SGlobal | None = None  # what this value *is*, when it is a looked-up attribute
+        self.partial: tuple | None = None
+        self.attrgetter: list | None = None
+        self.methodcaller: tuple | None = None
+        self.const: Any = None
+        self.planted: dict | None = None  # created on first use (most objects never need them)
+        self.items: list | None = None
+        self.state: Any = None
 
 
 @dataclass(eq=False)
@@ -267,7 +271,7 @@ class PickleSim:
                 self._finding(g.offset, g.opcode, mod, nm, "critical", "dangerous-callable",
                               f"{mod}.{nm}: {g.reason}{via}{called}")
             elif "call" in g.uses:
-                if policy.well_known(g.module) and policy.looks_like_class(g.name) and not g.via:
+                if policy.constructor_ok(g.module) and policy.looks_like_class(g.name) and not g.via:
                     self._finding(g.offset, g.opcode, mod, nm, "low", "review-class",
                                   f"constructor of library class {g.full} is called while loading{called}; review")
                 else:
@@ -286,7 +290,7 @@ class PickleSim:
         if not spec:
             return
         if "*" in spec:
-            for v in _walk_values(args):
+            for v in _callables_in(args):
                 self._use(v, spec["*"], pos, opcode)
         for i, mode in spec.items():
             if i == "*" or not isinstance(args, tuple) or i >= len(args):
@@ -377,6 +381,8 @@ class PickleSim:
                                   f"BUILD plants {k} on {describe(inst)} = {describe(v)}; the unpickler will call it")
                     self._use(v, "call", pos, "BUILD")
                     if isinstance(inst, SObj):
+                        if inst.planted is None:
+                            inst.planted = {}
                         inst.planted[k] = v
         if isinstance(inst, SGlobal):
             keys = [k for d in dicts for k, _ in d.pairs]
@@ -388,7 +394,7 @@ class PickleSim:
                     self._use(v, "call", pos, "BUILD")
             return None
         if isinstance(inst, SObj):
-            hook = inst.planted.get("__setstate__", _MISSING)
+            hook = inst.planted.get("__setstate__", _MISSING) if inst.planted else _MISSING
             if hook is not _MISSING and not any("__setstate__" == k for d in dicts for k, _ in d.pairs):
                 self._call(hook, (state,), pos, "BUILD")
             if isinstance(inst.func, SGlobal):
@@ -446,244 +452,331 @@ class PickleSim:
             stack = metastack.pop()
             return items
 
-        while True:
-            if pos >= end:
-                raise PickleParseError(pos, "pickle ends without STOP (truncated)")
-            code = buf[pos]
-            op = ops.get(code)
-            if op is None:
-                raise PickleParseError(pos, f"invalid opcode byte 0x{code:02x}")
-            name, kind = op
-            opos = pos
-            pos += 1
-            self.n_ops += 1
-            arg: Any = None
-            blob = None  # (start, end) of a bytes/str constant in buf
-            try:
-                if kind == A_NONE:
-                    pass
-                elif kind == A_U1:
-                    arg = buf[pos]; pos += 1
-                elif kind == A_U2:
-                    arg = unpack("<H", buf, pos)[0]; pos += 2
-                elif kind == A_I4:
-                    arg = unpack("<i", buf, pos)[0]; pos += 4
-                elif kind == A_U4:
-                    arg = unpack("<I", buf, pos)[0]; pos += 4
-                elif kind == A_U8:
-                    arg = unpack("<Q", buf, pos)[0]; pos += 8
-                elif kind == A_F8:
-                    arg = unpack(">d", buf, pos)[0]; pos += 8
-                elif kind in (A_LONG1, A_LONG4):
-                    if kind == A_LONG1:
-                        n = buf[pos]; pos += 1
+        n_ops = 0
+        opos = pos
+        try:
+            while True:
+                if pos >= end:
+                    raise PickleParseError(pos, "pickle ends without STOP (truncated)")
+                code = buf[pos]
+                opos = pos
+                n_ops += 1
+                # ---- fast paths for the opcodes that make up most of a state_dict pickle
+                if code == 0x71 or code == 0x68 or code == 0x4B:  # BINPUT / BINGET / BININT1
+                    if pos + 2 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    a1 = buf[pos + 1]
+                    pos += 2
+                    if code == 0x71:
+                        memo[a1] = stack[-1]
+                    elif code == 0x68:
+                        if a1 not in memo:
+                            raise PickleParseError(opos, f"BINGET of memo key {a1} that was never stored")
+                        stack.append(memo[a1])
                     else:
-                        n = unpack("<i", buf, pos)[0]; pos += 4
-                        if n < 0:
-                            raise PickleParseError(opos, "negative LONG4 length")
-                    if pos + n > end:
-                        raise PickleParseError(opos, f"{name} runs past the end")
-                    arg = int.from_bytes(buf[pos:pos + n], "little", signed=True) if n <= 4096 else 0
-                    pos += n
-                elif kind in (A_S1, A_S4, A_B1, A_B4, A_B8, A_BA8, A_U_1, A_U_4, A_U_8):
-                    if kind in (A_S1, A_B1, A_U_1):
-                        n = buf[pos]; pos += 1
-                    elif kind == A_S4:
-                        n = unpack("<i", buf, pos)[0]; pos += 4
-                        if n < 0:
-                            raise PickleParseError(opos, "negative BINSTRING length")
-                    elif kind in (A_B4, A_U_4):
-                        n = unpack("<I", buf, pos)[0]; pos += 4
+                        stack.append(a1)
+                    continue
+                if code == 0x72 or code == 0x6A:  # LONG_BINPUT / LONG_BINGET
+                    if pos + 5 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    a1 = unpack("<I", buf, pos + 1)[0]
+                    pos += 5
+                    if code == 0x72:
+                        memo[a1] = stack[-1]
                     else:
-                        n = unpack("<Q", buf, pos)[0]; pos += 8
-                    if pos + n > end:
-                        raise PickleParseError(opos, f"{name} of {n} bytes runs past the end")
-                    blob = (pos, pos + n)
-                    if n > BLOB_KEEP:
-                        arg = SBlob(pos, pos + n)
-                        self.skipped_bytes += n
-                    elif kind in (A_U_1, A_U_4, A_U_8):
-                        arg = bytes(buf[pos:pos + n]).decode("utf-8", "surrogatepass")
-                    elif kind in (A_S1, A_S4):
-                        arg = bytes(buf[pos:pos + n])  # py2 str: bytes or latin-1 text depending on encoding
-                    else:
-                        arg = bytes(buf[pos:pos + n])
-                    pos += n
-                else:  # newline-terminated text arguments
-                    nl = buf.find(b"\n", pos, end)
-                    if nl < 0:
-                        raise PickleParseError(opos, f"{name} argument has no newline")
-                    line = bytes(buf[pos:nl])
-                    pos = nl + 1
-                    if kind == A_LINE_PAIR:
-                        nl2 = buf.find(b"\n", pos, end)
-                        if nl2 < 0:
-                            raise PickleParseError(opos, f"{name} name has no newline")
-                        arg = (line.decode("utf-8", "replace"), bytes(buf[pos:nl2]).decode("utf-8", "replace"))
-                        pos = nl2 + 1
-                    elif kind == A_LINE_INT:
-                        arg = True if line == b"01" else False if line == b"00" else int(line)
-                    elif kind == A_LINE_LONG:
-                        arg = int(line.rstrip(b"L") or b"0")
-                    elif kind == A_LINE_FLOAT:
-                        arg = float(line)
-                    elif kind == A_LINE_RAW:
-                        arg = line.decode("utf-8", "replace")
-                    elif kind == A_LINE_UNI:
-                        arg = line.decode("raw-unicode-escape")
-                    elif kind == A_LINE_STR:
-                        if len(line) < 2 or line[:1] not in (b"'", b'"') or line[-1:] != line[:1]:
-                            raise PickleParseError(opos, "STRING argument is not quoted")
-                        import codecs
-
-                        arg = codecs.escape_decode(line[1:-1])[0]
-            except (struct.error, IndexError, ValueError) as exc:
-                if isinstance(exc, PickleParseError):
-                    raise
-                raise PickleParseError(opos, f"{name}: truncated or malformed argument") from None
-
-            try:
-                # ---- constants
-                if blob is not None:
-                    a, b = blob
-                    if b - a >= 4 and (buf[a] == 0x80 or buf[a] in (0x63, 0x28) or buf[a:a + 4] == b"PK\x03\x04"):
-                        self._nested_bytes(buf, a, b, opos, f"{name} constant")
-                    stack.append(arg)
-                elif name in ("BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT",
-                              "UNICODE"):
-                    stack.append(arg)
-                elif name == "STRING":
-                    if len(arg) >= 4 and (arg[:1] == b"\x80" or arg[:1] == b"c"):
-                        self._nested_bytes(arg, 0, len(arg), opos, "STRING constant")
-                    stack.append(arg)
-                elif name == "NONE":
-                    stack.append(None)
-                elif name == "NEWTRUE":
-                    stack.append(True)
-                elif name == "NEWFALSE":
-                    stack.append(False)
-                # ---- memo
-                elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                    memo[arg] = stack[-1]
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = stack[-1]
-                elif name in ("BINGET", "LONG_BINGET", "GET"):
-                    if arg not in memo:
-                        raise PickleParseError(opos, f"{name} of memo key {arg} that was never stored")
-                    stack.append(memo[arg])
-                # ---- containers
-                elif name == "MARK":
+                        if a1 not in memo:
+                            raise PickleParseError(opos, f"LONG_BINGET of memo key {a1} that was never stored")
+                        stack.append(memo[a1])
+                    continue
+                if code == 0x86:  # TUPLE2
+                    b2 = stack.pop()
+                    stack[-1] = (stack[-1], b2)
+                    pos += 1
+                    continue
+                if code == 0x52:  # REDUCE
+                    args = stack.pop()
+                    stack[-1] = self._call(stack[-1], args, opos, "REDUCE")
+                    pos += 1
+                    continue
+                if code == 0x8C:  # SHORT_BINUNICODE
+                    if pos + 2 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    a = pos + 2
+                    pos = a + buf[pos + 1]
+                    if pos > end:
+                        raise PickleParseError(opos, "SHORT_BINUNICODE runs past the end")
+                    stack.append(bytes(buf[a:pos]).decode("utf-8", "surrogatepass"))
+                    continue
+                if code == 0x28:  # MARK
                     metastack.append(stack)
                     stack = []
-                elif name == "EMPTY_LIST":
-                    stack.append(SList())
-                elif name == "EMPTY_DICT":
-                    stack.append(SDict())
-                elif name == "EMPTY_TUPLE":
-                    stack.append(())
-                elif name == "EMPTY_SET":
-                    stack.append(SSet())
-                elif name == "TUPLE1":
+                    pos += 1
+                    continue
+                if code == 0x74:  # TUPLE
+                    items = stack
+                    stack = metastack.pop()
+                    stack.append(tuple(items))
+                    pos += 1
+                    continue
+                if code == 0x94:  # MEMOIZE
+                    memo[len(memo)] = stack[-1]
+                    pos += 1
+                    continue
+                if code == 0x85:  # TUPLE1
                     stack[-1] = (stack[-1],)
-                elif name == "TUPLE2":
-                    b2 = stack.pop(); stack[-1] = (stack[-1], b2)
-                elif name == "TUPLE3":
-                    c3 = stack.pop(); b3 = stack.pop(); stack[-1] = (stack[-1], b3, c3)
-                elif name == "TUPLE":
-                    items = pop_mark(); stack.append(tuple(items))
-                elif name == "LIST":
-                    items = pop_mark(); stack.append(SList(items))
-                elif name == "DICT":
-                    items = pop_mark(); stack.append(SDict(list(zip(items[::2], items[1::2]))))
-                elif name == "FROZENSET":
-                    items = pop_mark(); stack.append(SSet(items))
-                elif name == "APPEND":
-                    v = stack.pop(); self._add_items(stack[-1], [v], opos, name)
-                elif name == "APPENDS":
-                    items = pop_mark(); self._add_items(stack[-1], items, opos, name)
-                elif name == "ADDITEMS":
-                    items = pop_mark(); self._add_items(stack[-1], items, opos, name)
-                elif name == "SETITEM":
-                    v = stack.pop(); k = stack.pop(); self._set_items(stack[-1], [(k, v)], opos, name)
-                elif name == "SETITEMS":
-                    items = pop_mark(); self._set_items(stack[-1], list(zip(items[::2], items[1::2])), opos, name)
-                elif name == "POP":
-                    if stack:
-                        stack.pop()
-                    else:
-                        pop_mark()
-                elif name == "POP_MARK":
-                    pop_mark()
-                elif name == "DUP":
-                    stack.append(stack[-1])
-                # ---- imports and calls
-                elif name == "GLOBAL":
-                    stack.append(self._global(arg[0], arg[1], opos, name))
-                elif name == "STACK_GLOBAL":
-                    nm = stack.pop(); mod = stack.pop()
-                    ms, ns = const_str(mod), const_str(nm)
-                    if ms is None or ns is None:
-                        self._finding(opos, name, ms, ns, "high", "computed-global",
-                                      f"STACK_GLOBAL with a computed module/name ({describe(mod)}, {describe(nm)})")
-                        stack.append(SObj("unknown", offset=opos, opcode=name))
-                    else:
-                        via = "" if isinstance(mod, str) and isinstance(nm, str) else "strings computed while loading"
-                        stack.append(self._global(ms, ns, opos, name, via))
-                elif name == "REDUCE":
-                    args = stack.pop(); func = stack[-1]
-                    stack[-1] = self._call(func, args, opos, name)
-                elif name == "NEWOBJ":
-                    args = stack.pop(); cls = stack[-1]
-                    stack[-1] = self._call(cls, args, opos, name, mode="new")
-                elif name == "NEWOBJ_EX":
-                    kwargs = stack.pop(); args = stack.pop(); cls = stack[-1]
-                    stack[-1] = self._call(cls, args, opos, name, mode="new")
-                    for v in _walk_values(kwargs):
-                        self._use(v, "ref", opos, name)
-                elif name == "INST":
-                    items = pop_mark()
-                    g = self._global(arg[0], arg[1], opos, name)
-                    mode = "new" if (not items and policy.looks_like_class(arg[1])) else "call"
-                    stack.append(self._call(g, tuple(items), opos, name, mode=mode))
-                elif name == "OBJ":
-                    items = pop_mark()
-                    if not items:
-                        raise PickleParseError(opos, "OBJ with an empty mark")
-                    cls, args = items[0], tuple(items[1:])
-                    mode = "new" if (not args and isinstance(cls, SGlobal) and policy.looks_like_class(cls.name)) else "call"
-                    stack.append(self._call(cls, args, opos, name, mode=mode))
-                elif name == "BUILD":
-                    state = stack.pop()
-                    size = self._build(stack[-1], state, opos)
-                    if size is not None:
-                        pos = self._skip_joblib_array(pos, size, opos)
-                elif name in ("PERSID", "BINPERSID"):
-                    pid = arg if name == "PERSID" else stack.pop()
-                    obj = SObj("persid", args=(pid,), offset=opos, opcode=name)
+                    pos += 1
+                    continue
+                if code == 0x89 or code == 0x88:  # NEWFALSE / NEWTRUE
+                    stack.append(code == 0x88)
+                    pos += 1
+                    continue
+                if code == 0x29:  # EMPTY_TUPLE
+                    stack.append(())
+                    pos += 1
+                    continue
+                if code == 0x51:  # BINPERSID
+                    pid = stack.pop()
                     self.persids.append(pid)
-                    stack.append(obj)
-                elif name in ("EXT1", "EXT2", "EXT4"):
-                    self._finding(opos, name, "copyreg", f"extension code {arg}", "high", "ext-opcode",
-                                  f"{name} {arg} imports whatever the loading process registered under this "
-                                  "copyreg extension code; unknowable statically")
-                    stack.append(SObj("ext", args=(arg,), offset=opos, opcode=name))
-                elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
-                    if name == "NEXT_BUFFER":
-                        stack.append(SObj("unknown", offset=opos, opcode=name))
-                elif name == "PROTO":
-                    if arg > 5:
-                        raise PickleParseError(opos, f"unsupported pickle protocol {arg}")
-                    self.proto = arg
-                elif name == "FRAME":
-                    pass
-                elif name == "STOP":
-                    self.value = stack.pop() if stack else None
-                    self.stop_pos = pos
-                    return pos
-                else:  # pragma: no cover - every opcode is handled above
-                    raise PickleParseError(opos, f"unhandled opcode {name}")
-            except IndexError:
-                raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
+                    stack.append(SObj("persid", args=(pid,), offset=opos, opcode="BINPERSID"))
+                    pos += 1
+                    continue
+                op = ops.get(code)
+                if op is None:
+                    raise PickleParseError(pos, f"invalid opcode byte 0x{code:02x}")
+                name, kind = op
+                pos += 1
+                arg: Any = None
+                blob = None  # (start, end) of a bytes/str constant in buf
+                try:
+                    if kind == A_NONE:
+                        pass
+                    elif kind == A_U1:
+                        arg = buf[pos]; pos += 1
+                    elif kind == A_U2:
+                        arg = unpack("<H", buf, pos)[0]; pos += 2
+                    elif kind == A_I4:
+                        arg = unpack("<i", buf, pos)[0]; pos += 4
+                    elif kind == A_U4:
+                        arg = unpack("<I", buf, pos)[0]; pos += 4
+                    elif kind == A_U8:
+                        arg = unpack("<Q", buf, pos)[0]; pos += 8
+                    elif kind == A_F8:
+                        arg = unpack(">d", buf, pos)[0]; pos += 8
+                    elif kind in (A_LONG1, A_LONG4):
+                        if kind == A_LONG1:
+                            n = buf[pos]; pos += 1
+                        else:
+                            n = unpack("<i", buf, pos)[0]; pos += 4
+                            if n < 0:
+                                raise PickleParseError(opos, "negative LONG4 length")
+                        if pos + n > end:
+                            raise PickleParseError(opos, f"{name} runs past the end")
+                        arg = int.from_bytes(buf[pos:pos + n], "little", signed=True) if n <= 4096 else 0
+                        pos += n
+                    elif kind in (A_S1, A_S4, A_B1, A_B4, A_B8, A_BA8, A_U_1, A_U_4, A_U_8):
+                        if kind in (A_S1, A_B1, A_U_1):
+                            n = buf[pos]; pos += 1
+                        elif kind == A_S4:
+                            n = unpack("<i", buf, pos)[0]; pos += 4
+                            if n < 0:
+                                raise PickleParseError(opos, "negative BINSTRING length")
+                        elif kind in (A_B4, A_U_4):
+                            n = unpack("<I", buf, pos)[0]; pos += 4
+                        else:
+                            n = unpack("<Q", buf, pos)[0]; pos += 8
+                        if pos + n > end:
+                            raise PickleParseError(opos, f"{name} of {n} bytes runs past the end")
+                        blob = (pos, pos + n)
+                        if n > BLOB_KEEP:
+                            arg = SBlob(pos, pos + n)
+                            self.skipped_bytes += n
+                        elif kind in (A_U_1, A_U_4, A_U_8):
+                            arg = bytes(buf[pos:pos + n]).decode("utf-8", "surrogatepass")
+                        elif kind in (A_S1, A_S4):
+                            arg = bytes(buf[pos:pos + n])  # py2 str: bytes or latin-1 text depending on encoding
+                        else:
+                            arg = bytes(buf[pos:pos + n])
+                        pos += n
+                    else:  # newline-terminated text arguments
+                        nl = buf.find(b"\n", pos, end)
+                        if nl < 0:
+                            raise PickleParseError(opos, f"{name} argument has no newline")
+                        line = bytes(buf[pos:nl])
+                        pos = nl + 1
+                        if kind == A_LINE_PAIR:
+                            nl2 = buf.find(b"\n", pos, end)
+                            if nl2 < 0:
+                                raise PickleParseError(opos, f"{name} name has no newline")
+                            arg = (line.decode("utf-8", "replace"), bytes(buf[pos:nl2]).decode("utf-8", "replace"))
+                            pos = nl2 + 1
+                        elif kind == A_LINE_INT:
+                            arg = True if line == b"01" else False if line == b"00" else int(line)
+                        elif kind == A_LINE_LONG:
+                            arg = int(line.rstrip(b"L") or b"0")
+                        elif kind == A_LINE_FLOAT:
+                            arg = float(line)
+                        elif kind == A_LINE_RAW:
+                            arg = line.decode("utf-8", "replace")
+                        elif kind == A_LINE_UNI:
+                            arg = line.decode("raw-unicode-escape")
+                        elif kind == A_LINE_STR:
+                            if len(line) < 2 or line[:1] not in (b"'", b'"') or line[-1:] != line[:1]:
+                                raise PickleParseError(opos, "STRING argument is not quoted")
+                            import codecs
+
+                            arg = codecs.escape_decode(line[1:-1])[0]
+                except (struct.error, IndexError, ValueError) as exc:
+                    if isinstance(exc, PickleParseError):
+                        raise
+                    raise PickleParseError(opos, f"{name}: truncated or malformed argument") from None
+
+                try:
+                    # ---- constants
+                    if blob is not None:
+                        a, b = blob
+                        if b - a >= 4 and (buf[a] == 0x80 or buf[a] in (0x63, 0x28) or buf[a:a + 4] == b"PK\x03\x04"):
+                            self._nested_bytes(buf, a, b, opos, f"{name} constant")
+                        stack.append(arg)
+                    elif name in ("BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT",
+                                  "UNICODE"):
+                        stack.append(arg)
+                    elif name == "STRING":
+                        if len(arg) >= 4 and (arg[:1] == b"\x80" or arg[:1] == b"c"):
+                            self._nested_bytes(arg, 0, len(arg), opos, "STRING constant")
+                        stack.append(arg)
+                    elif name == "NONE":
+                        stack.append(None)
+                    elif name == "NEWTRUE":
+                        stack.append(True)
+                    elif name == "NEWFALSE":
+                        stack.append(False)
+                    # ---- memo
+                    elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                        memo[arg] = stack[-1]
+                    elif name == "MEMOIZE":
+                        memo[len(memo)] = stack[-1]
+                    elif name in ("BINGET", "LONG_BINGET", "GET"):
+                        if arg not in memo:
+                            raise PickleParseError(opos, f"{name} of memo key {arg} that was never stored")
+                        stack.append(memo[arg])
+                    # ---- containers
+                    elif name == "MARK":
+                        metastack.append(stack)
+                        stack = []
+                    elif name == "EMPTY_LIST":
+                        stack.append(SList())
+                    elif name == "EMPTY_DICT":
+                        stack.append(SDict())
+                    elif name == "EMPTY_TUPLE":
+                        stack.append(())
+                    elif name == "EMPTY_SET":
+                        stack.append(SSet())
+                    elif name == "TUPLE1":
+                        stack[-1] = (stack[-1],)
+                    elif name == "TUPLE2":
+                        b2 = stack.pop(); stack[-1] = (stack[-1], b2)
+                    elif name == "TUPLE3":
+                        c3 = stack.pop(); b3 = stack.pop(); stack[-1] = (stack[-1], b3, c3)
+                    elif name == "TUPLE":
+                        items = pop_mark(); stack.append(tuple(items))
+                    elif name == "LIST":
+                        items = pop_mark(); stack.append(SList(items))
+                    elif name == "DICT":
+                        items = pop_mark(); stack.append(SDict(list(zip(items[::2], items[1::2]))))
+                    elif name == "FROZENSET":
+                        items = pop_mark(); stack.append(SSet(items))
+                    elif name == "APPEND":
+                        v = stack.pop(); self._add_items(stack[-1], [v], opos, name)
+                    elif name == "APPENDS":
+                        items = pop_mark(); self._add_items(stack[-1], items, opos, name)
+                    elif name == "ADDITEMS":
+                        items = pop_mark(); self._add_items(stack[-1], items, opos, name)
+                    elif name == "SETITEM":
+                        v = stack.pop(); k = stack.pop(); self._set_items(stack[-1], [(k, v)], opos, name)
+                    elif name == "SETITEMS":
+                        items = pop_mark(); self._set_items(stack[-1], list(zip(items[::2], items[1::2])), opos, name)
+                    elif name == "POP":
+                        if stack:
+                            stack.pop()
+                        else:
+                            pop_mark()
+                    elif name == "POP_MARK":
+                        pop_mark()
+                    elif name == "DUP":
+                        stack.append(stack[-1])
+                    # ---- imports and calls
+                    elif name == "GLOBAL":
+                        stack.append(self._global(arg[0], arg[1], opos, name))
+                    elif name == "STACK_GLOBAL":
+                        nm = stack.pop(); mod = stack.pop()
+                        ms, ns = const_str(mod), const_str(nm)
+                        if ms is None or ns is None:
+                            self._finding(opos, name, ms, ns, "high", "computed-global",
+                                          f"STACK_GLOBAL with a computed module/name ({describe(mod)}, {describe(nm)})")
+                            stack.append(SObj("unknown", offset=opos, opcode=name))
+                        else:
+                            via = "" if isinstance(mod, str) and isinstance(nm, str) else "strings computed while loading"
+                            stack.append(self._global(ms, ns, opos, name, via))
+                    elif name == "REDUCE":
+                        args = stack.pop(); func = stack[-1]
+                        stack[-1] = self._call(func, args, opos, name)
+                    elif name == "NEWOBJ":
+                        args = stack.pop(); cls = stack[-1]
+                        stack[-1] = self._call(cls, args, opos, name, mode="new")
+                    elif name == "NEWOBJ_EX":
+                        kwargs = stack.pop(); args = stack.pop(); cls = stack[-1]
+                        stack[-1] = self._call(cls, args, opos, name, mode="new")
+                        for v in _walk_values(kwargs):
+                            self._use(v, "ref", opos, name)
+                    elif name == "INST":
+                        items = pop_mark()
+                        g = self._global(arg[0], arg[1], opos, name)
+                        mode = "new" if (not items and policy.looks_like_class(arg[1])) else "call"
+                        stack.append(self._call(g, tuple(items), opos, name, mode=mode))
+                    elif name == "OBJ":
+                        items = pop_mark()
+                        if not items:
+                            raise PickleParseError(opos, "OBJ with an empty mark")
+                        cls, args = items[0], tuple(items[1:])
+                        mode = "new" if (not args and isinstance(cls, SGlobal) and policy.looks_like_class(cls.name)) else "call"
+                        stack.append(self._call(cls, args, opos, name, mode=mode))
+                    elif name == "BUILD":
+                        state = stack.pop()
+                        size = self._build(stack[-1], state, opos)
+                        if size is not None:
+                            pos = self._skip_joblib_array(pos, size, opos)
+                    elif name in ("PERSID", "BINPERSID"):
+                        pid = arg if name == "PERSID" else stack.pop()
+                        obj = SObj("persid", args=(pid,), offset=opos, opcode=name)
+                        self.persids.append(pid)
+                        stack.append(obj)
+                    elif name in ("EXT1", "EXT2", "EXT4"):
+                        self._finding(opos, name, "copyreg", f"extension code {arg}", "high", "ext-opcode",
+                                      f"{name} {arg} imports whatever the loading process registered under this "
+                                      "copyreg extension code; unknowable statically")
+                        stack.append(SObj("ext", args=(arg,), offset=opos, opcode=name))
+                    elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+                        if name == "NEXT_BUFFER":
+                            stack.append(SObj("unknown", offset=opos, opcode=name))
+                    elif name == "PROTO":
+                        if arg > 5:
+                            raise PickleParseError(opos, f"unsupported pickle protocol {arg}")
+                        self.proto = arg
+                    elif name == "FRAME":
+                        pass
+                    elif name == "STOP":
+                        self.value = stack.pop() if stack else None
+                        self.stop_pos = pos
+                        return pos
+                    else:  # pragma: no cover - every opcode is handled above
+                        raise PickleParseError(opos, f"unhandled opcode {name}")
+                except IndexError:
+                    raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
+        except (IndexError, KeyError, struct.error):
+            raise PickleParseError(opos, "opcode on an empty stack/mark or with a truncated argument "
+                                         "(the unpickler would fail here)") from None
+        finally:
+            self.n_ops += n_ops
 
     def _skip_joblib_array(self, pos: int, size: int, opos: int) -> int:
         buf = self.buf
@@ -707,6 +800,8 @@ class PickleSim:
         if isinstance(target, (SList, SSet)):
             target.items.extend(items)
         elif isinstance(target, SObj):
+            if target.items is None:
+                target.items = []
             target.items.extend(items)
         elif isinstance(target, SGlobal):
             self._mutates(target, pos, opcode, items)
@@ -715,6 +810,8 @@ class PickleSim:
         if isinstance(target, SDict):
             target.pairs.extend(pairs)
         elif isinstance(target, SObj):
+            if target.items is None:
+                target.items = []
             target.items.extend(pairs)
         elif isinstance(target, SGlobal):
             self._mutates(target, pos, opcode, [v for p in pairs for v in p])
@@ -725,6 +822,33 @@ class PickleSim:
                       "monkey-patch", f"{opcode} mutates imported object {target.full} (e.g. os.environ, a registry)")
         for v in values:
             self._use(v, "call", pos, opcode)
+
+
+def _callables_in(root: Any, limit: int = 100_000) -> list:
+    """Imported names / resolved attributes / partials anywhere inside a value (iterative, bounded)."""
+    out = []
+    todo = [root]
+    n = 0
+    while todo and n < limit:
+        v = todo.pop()
+        n += 1
+        t = type(v)
+        if t is tuple:
+            todo.extend(v)
+        elif t is SGlobal:
+            out.append(v)
+        elif t is SObj:
+            if v.resolved is not None or v.partial is not None:
+                out.append(v)
+            if v.items and v.kind in ("call", "new") and type(v.func) is SGlobal and v.func.tier == policy.ALLOW:
+                todo.extend(v.items)
+        elif t is SList or t is SSet:
+            todo.extend(v.items)
+        elif t is SDict:
+            for k, x in v.pairs:
+                todo.append(k)
+                todo.append(x)
+    return out
 
 
 def _walk_values(v: Any, depth: int = 0):
@@ -742,7 +866,7 @@ def _walk_values(v: Any, depth: int = 0):
             yield from _walk_values(k, depth + 1)
             yield from _walk_values(x, depth + 1)
     elif isinstance(v, SObj):
-        if v.kind in ("call", "new") and isinstance(v.func, SGlobal) and v.func.tier == policy.ALLOW:
+        if v.items and v.kind in ("call", "new") and isinstance(v.func, SGlobal) and v.func.tier == policy.ALLOW:
             for x in v.items:
                 yield from _walk_values(x, depth + 1)
         yield v

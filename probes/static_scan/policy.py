@@ -89,6 +89,11 @@ ALLOWED: frozenset[str] = frozenset({
     "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
     "joblib.numpy_pickle_compat.NDArrayWrapper",
     "joblib.numpy_pickle_compat.ZNDArrayWrapper",
+    # pandas reconstruction helpers (DataFrame / Series / Index pickles)
+    "pandas.core.indexes.base._new_Index", "pandas._libs.internals._unpickle_block",
+    "pandas._libs.tslibs.timestamps._unpickle_timestamp",
+    "pandas._libs.tslibs.timedeltas._timedelta_unpickle", "pandas.core.internals.blocks.new_block",
+    "pandas._libs.arrays.__pyx_unpickle_NDArrayBacked",
     # plain value types
     "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta",
     "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
@@ -170,7 +175,11 @@ CRITICAL_NAMES: frozenset[str] = frozenset({
     "numpy.load", "numpy.loadtxt", "numpy.genfromtxt", "numpy.fromfile", "numpy.save",
     "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load", "numpy.ctypeslib",
     "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.lib.utils",
-    "numpy.core._internal", "numpy._core._internal",
+    "numpy.core._internal", "numpy._core._internal", "numpy.memmap", "numpy.core.memmap",
+    "numpy._core.memmap", "numpy.lib.npyio", "numpy.lib._npyio_impl", "numpy.DataSource", "numpy.lib._datasource",
+    "numpy.fromregex", "numpy.savez", "numpy.savetxt", "numpy.tofile",
+    "torch.utils.tensorboard", "torch.profiler", "torch.autograd.profiler", "torch.utils.benchmark",
+    "torch.from_file", "torch.utils.hooks", "torch.export", "torch.onnx",
     "torch.load", "torch.save", "torch.serialization", "torch.hub", "torch.jit",
     "torch.package", "torch.utils.cpp_extension", "torch._inductor", "torch._dynamo",
     "torch.compile", "torch.fx", "torch.ops", "torch._ops", "torch.library",
@@ -305,8 +314,17 @@ def classify(module: str, name: str) -> tuple[str, str, str, str]:
     return UNKNOWN, "", module, name
 
 
+# Libraries whose *classes* may be constructed by REDUCE in a benign pickle
+# (scikit-learn's Tree, scipy sparse internals...): a low review finding, not high.
+CONSTRUCTED_CLASSES_OK = frozenset({"sklearn", "scipy", "numpy", "pandas", "torch"})
+
+
 def well_known(module: str) -> bool:
     return module.split(".")[0] in WELL_KNOWN
+
+
+def constructor_ok(module: str) -> bool:
+    return module.split(".")[0] in CONSTRUCTED_CLASSES_OK
 
 
 def looks_like_class(name: str) -> bool:

@@ -175,6 +175,12 @@ class Scanner:
             return self.scan_compressed(buf, start, end, loc)
         if looks_like_pickle(buf, start, end):
             return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
+        inert = _inert_format(Path(loc.file).name, head)
+        if inert and in_folder:
+            # formats whose parsers run no Python code (the loader decides whether to use them)
+            if self._rec:
+                self._rec.format = inert
+            return
         if _is_text(head):
             if self._rec:
                 self._rec.format = "text"
@@ -774,6 +780,19 @@ def _is_text(head: bytes) -> bool:
         if exc.start < len(head) - 4:  # a multi-byte char cut at the end is fine
             return False
     return not _TEXT_EXT_HINT.search(head)
+
+
+def _inert_format(name: str, head: bytes) -> str | None:
+    """Side files of model folders that hold no pickle and run no code when parsed."""
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if name.endswith(".model") and head[:1] == b"\x0a":
+        return "sentencepiece"
+    if name.endswith(".msgpack") and head[:1] in (b"\x80", b"\x81", b"\x82", b"\x83", b"\xde", b"\xdf"):
+        return "msgpack"
+    if head[:4] == b"\x89PNG" or head[:3] == b"\xff\xd8\xff":
+        return "image"
+    return None
 
 
 def _compression(head: bytes) -> str | None:
