@@ -130,10 +130,14 @@ def build_benign_corpus(dest: str | os.PathLike, seed: int = 0) -> list[tuple[Pa
     tsave("cnn_legacy.pt", cnn, legacy=True)
     tsave("ckpt_legacy.pt", {"epoch": 1, "model": lstm.state_dict()}, legacy=True)
 
-    for name, mod in (("mlp_script.pt", mlp), ("cnn_script.pt", cnn)):
-        p = dest / name
-        torch.jit.save(torch.jit.script(mod.eval()), str(p))
-        out.append((p, "torch", "torchscript"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.save is deprecated, but TorchScript files are still everywhere
+        for name, mod in (("mlp_script.pt", mlp), ("cnn_script.pt", cnn)):
+            p = dest / name
+            torch.jit.save(torch.jit.script(mod.eval()), str(p))
+            out.append((p, "torch", "torchscript"))
 
     x = rng.normal(size=(60, 4))
     y = (x[:, 0] > 0).astype(int)

@@ -197,12 +197,14 @@ class Zygote:
 
     # ----------------------------------------------------------------- one job
     def run_job(self, path: str, loader: str, *, timeout_s: float, cpu_s: float, memory_mb: int,
-                max_events: int = 4000, cancel: threading.Event | None = None) -> JobTrace:
+                max_events: int = 4000, cancel: threading.Event | None = None,
+                audit_hook: bool = True) -> JobTrace:
+        """Load ``path`` in a fresh grandchild. ``audit_hook=False`` exists only to test the OS layers alone."""
         self._jobs += 1
         nonce = secrets.token_hex(16)
         job = {"id": self._jobs, "nonce": nonce, "path": os.path.realpath(path), "loader": loader,
                "cpu_s": max(1, int(cpu_s)), "memory_mb": int(memory_mb), "max_events": int(max_events),
-               "roots": self.roots(path)}
+               "roots": self.roots(path), "audit_hook": bool(audit_hook)}
         trace = JobTrace()
         t0 = time.monotonic()
         try:
@@ -313,11 +315,12 @@ def _safe_get(**kwargs) -> None:
         pass
 
 
-def shutdown() -> None:
+def shutdown(*, netns: bool | None = None, readonly_fs: bool | None = None) -> None:
+    """Stop the warm zygote(s); with ``netns``/``readonly_fs`` only the ones started with those settings."""
     with _POOL_LOCK:
-        for z in _POOL.values():
-            z.close()
-        _POOL.clear()
+        for key in list(_POOL):
+            if (netns is None or key[1] == netns) and (readonly_fs is None or key[2] == readonly_fs):
+                _POOL.pop(key).close()
 
 
 atexit.register(shutdown)
