@@ -81,6 +81,8 @@ def corpus_table(dest: Path, repeat: int) -> dict:
         "errors": sum(r["verdict"] == "inconclusive" for r in ours),
         "time": t_ours,
         "missed": [e.path.name for e, r in zip(entries, ours) if e.label == "malicious" and r["verdict"] != "malicious"],
+        "fps": [e.path.name for e, r in zip(entries, ours) if e.label == "benign" and r["verdict"] == "malicious"],
+        "errored": [e.path.name for e, r in zip(entries, ours) if r["verdict"] == "inconclusive"],
     }
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)
     for strict in (False, True):
@@ -96,6 +98,8 @@ def corpus_table(dest: Path, repeat: int) -> dict:
             "errors": sum(isinstance(r, Exception) or r.scan_err for r in ps),
             "time": t_ps,
             "missed": [e.path.name for e, r in zip(entries, ps) if e.label == "malicious" and not flagged(r)],
+            "fps": [e.path.name for e, r in zip(entries, ps) if e.label == "benign" and flagged(r)],
+            "errored": [e.path.name for e, r in zip(entries, ps) if isinstance(r, Exception) or r.scan_err],
         }
     print(f"corpus: {len(mal)} malicious + {len(ben)} benign subjects, {total_bytes / 1e6:.1f} MB, "
           f"{pickle_bytes / 1e6:.2f} MB of pickle opcodes; built in {build_s:.1f} s")
@@ -106,8 +110,9 @@ def corpus_table(dest: Path, repeat: int) -> dict:
         print(f"{name:<22}{r['caught']:>5}/{len(mal):<4}{r['named']:>5}/{len(mal):<4}{r['fp']:>6}{r['review']:>8}{r['errors']:>8}"
               f"{len(entries) / r['time']:>10.0f}{pickle_bytes / 1e6 / r['time']:>10.2f}{total_bytes / 1e6 / r['time']:>10.1f}")
     for name, r in rows.items():
-        if r["missed"]:
-            print(f"  {name} missed ({len(r['missed'])}): {', '.join(r['missed'])}")
+        for key, what in (("missed", "missed"), ("fps", "false positives"), ("errored", "errors/inconclusive")):
+            if r[key]:
+                print(f"  {name} {what} ({len(r[key])}): {', '.join(r[key])}")
     print("  caught = malicious subjects flagged (ours: verdict malicious; picklescan: infected files > 0)")
     print("  named  = flagged with the real payload's module.name among the reported globals")
     print("  FP     = benign subjects flagged malicious; review = benign subjects in our review tier (suspicious)")

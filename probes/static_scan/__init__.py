@@ -26,7 +26,7 @@ from probes.static_scan.scanner import DEFAULT_MAX_DECOMPRESSED, SEVERITY_RANK, 
 
 __all__ = ["run", "scan_path", "to_sarif", "verdict_for"]
 
-PARAM_DEFAULTS = {"max_decompressed_mb": DEFAULT_MAX_DECOMPRESSED >> 20, "crc_limit_mb": 256}
+PARAM_DEFAULTS = {"max_decompressed_mb": DEFAULT_MAX_DECOMPRESSED >> 20, "crc_limit_mb": 64}
 
 
 def verdict_for(findings: list[dict], inconclusive: list[dict]) -> tuple[str, float]:

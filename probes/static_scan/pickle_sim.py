@@ -230,6 +230,7 @@ class PickleSim:
         self.n_ops = 0
         self.stop_pos: int | None = None
         self.skipped_bytes = 0  # blob / inline-array bytes not copied
+        self.arrays_skipped = 0  # joblib inline arrays stepped over
 
     # ---------------------------------------------------------------- findings
     def _finding(self, pos: int, opcode: str, module: str | None, name: str | None,
@@ -794,6 +795,7 @@ class PickleSim:
         if pos + size > self.end:
             raise PickleParseError(opos, f"joblib inline array of {size} bytes runs past the end")
         self.skipped_bytes += size
+        self.arrays_skipped += 1
         return pos + size
 
     def _add_items(self, target: Any, items: list, pos: int, opcode: str) -> None:

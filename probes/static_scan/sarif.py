@@ -79,7 +79,7 @@ def to_sarif(results: list[dict]) -> dict[str, Any]:
             used_rules[rid] = len(rules)
             rules.append({"id": rid, "name": "".join(w.capitalize() for w in rid.split("-")),
                           "shortDescription": {"text": RULES.get(rid, rid)},
-                          "helpUri": "https://github.com/trojan-workbench/docs/static-scan.md#" + rid,
+                          "help": {"text": f"See docs/static-scan.md (rule {rid})."},
                           "properties": {"tags": ["security", "supply-chain", "model-file"]}})
         return used_rules[rid]
 
@@ -123,8 +123,7 @@ def to_sarif(results: list[dict]) -> dict[str, Any]:
         "$schema": SCHEMA,
         "version": "2.1.0",
         "runs": [{
-            "tool": {"driver": {"name": "trojan-workbench static scan", "version": "0.1.0",
-                                "informationUri": "https://github.com/trojan-workbench", "rules": rules}},
+            "tool": {"driver": {"name": "trojan-workbench static scan", "version": "0.1.0", "rules": rules}},
             "artifacts": artifacts,
             "results": out,
             "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notes}],

@@ -62,7 +62,7 @@ class FileRecord:
 @dataclass
 class Scanner:
     max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
-    crc_limit: int = 256 << 20  # CRC-check every member of archives up to this size; above, pickles only
+    crc_limit: int = 64 << 20  # CRC-check every member of archives up to this size; above, pickles only
     progress: Any = None
     cancel: Any = None
     findings: list = field(default_factory=list)
@@ -112,7 +112,9 @@ class Scanner:
                     if not str(target).startswith(str(root_real) + os.sep):
                         self.add(Loc(str(f)), None, None, None, None, "medium", "symlink-outside",
                                  f"symlink points outside the model folder to {target}; not followed")
-                    continue
+                        continue
+                    if not target.is_file():
+                        continue
                 self.scan_file(f, in_folder=True)
             if self.progress:
                 self.progress(len(files), len(files), "done")
@@ -250,6 +252,8 @@ class Scanner:
             return sim, None, f"{exc.msg} at offset {exc.pos - loc.base}"
         except RecursionError:
             return sim, None, "nesting too deep"
+        if sim.arrays_skipped:
+            self._plain_reading(buf, start, end, loc, context)
         self.pickles += 1
         self.opcodes += sim.n_ops
         n = (newpos - start) - sim.skipped_bytes
@@ -258,6 +262,22 @@ class Scanner:
             self._rec.pickles += 1
             self._rec.pickle_bytes += n
         return sim, newpos, None
+
+    def _plain_reading(self, buf, start: int, end: int, loc: Loc, context: str) -> None:
+        """The bytes joblib reads as inline arrays are opcodes to a plain ``pickle.load``: walk them that way
+        too and keep what is dangerous there (only critical names: raw array data is noise otherwise)."""
+        sink: list = []
+        sim = PickleSim(buf, start, end, emit=self._emitter(loc, sink), base=loc.base, nested=None,
+                        context="read with plain pickle.load instead of joblib" + (f", {context}" if context else ""),
+                        joblib_arrays=False)
+        try:
+            sim.run()
+        except (PickleParseError, RecursionError):
+            pass
+        seen = {(f["offset"], f["module"], f["name"]) for f in self.findings if f["file"] == loc.file and f["member"] == loc.member}
+        for f in sink:
+            if f["severity"] == "critical" and (f["offset"], f["module"], f["name"]) not in seen:
+                self.findings.append(f)
 
     def scan_pickle_stream(self, buf, start: int, end: int, loc: Loc, *, what: str = "pickle",
                            max_pickles: int | None = None) -> tuple[list[PickleSim], int, str | None]:

@@ -361,6 +361,10 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
         joblib.dump({"w": arr, "x": _Reduce(os.system, cmd)}, mal / f"joblib_{comp}.joblib", compress=(comp, 3))
         M(f"joblib_{comp}.joblib", None, f"joblib compressed {comp} with payload", "posix.system")
     M("joblib_lz4.joblib", _lz4_frame_raw(jb.getvalue()), "joblib lz4 with payload", "posix.system")
+    hidden = _g("posix", "getpid") + b")R0"  # to joblib: 16 bytes of uint8 array; to pickle.load: a call
+    M("joblib_polyglot.joblib", P4 + b"}" + _u("w") + _sg("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81}("
+      + _u("shape") + b"K" + bytes([len(hidden)]) + b"\x85" + _u("dtype") + _sg("numpy", "dtype") + _u("u1")
+      + b"\x89\x88\x87Rub" + hidden + b"s" + STOP, "joblib inline-array / opcode polyglot", "posix.getpid")
     npy = io.BytesIO(); np.save(npy, evil_obj, allow_pickle=True)
     M("numpy_object.npy", npy.getvalue(), "npy object array", "posix.system")
     npz = io.BytesIO(); np.savez(npz, w=arr, objs=evil_obj)

@@ -198,3 +198,17 @@ def test_sarif_2_1_0(tmp_path):
     for r in run_["results"]:
         assert rules[r["ruleIndex"]] == r["ruleId"]
     assert any(r["ruleId"] == "inconclusive" for r in run_["results"])
+
+
+def test_joblib_array_bytes_are_also_read_as_plain_pickle_opcodes(tmp_path):
+    # To joblib the 22 bytes after the wrapper's BUILD are a uint8 array; to plain pickle.load they are
+    # an os.system call. Both readings must be checked.
+    hidden = b"cposix\nsystem\n(X\x01\x00\x00\x00xtR0"
+    wrapper = (b"\x80\x04}\x8c\x01w\x8c\x13joblib.numpy_pickle\x8c\x11NumpyArrayWrapper\x93)\x81}("
+               b"\x8c\x05shape" + b"K" + bytes([len(hidden)]) + b"\x85"
+               b"\x8c\x05dtype\x8c\x05numpy\x8c\x05dtype\x93\x8c\x02u1\x89\x88\x87Rub")
+    data = wrapper + hidden + b"s."
+    r = _scan(tmp_path, "trick.joblib", data)
+    assert r["verdict"] == "malicious", r["summary"]
+    f = [x for x in r["findings"] if x["name"] == "system"]
+    assert f and "plain pickle.load" in f[0]["explanation"] and f[0]["offset"] == len(wrapper)
