@@ -60,12 +60,16 @@ class KLEngine:
     clean_logp: object = None  # (P, V) torch tensor
     clean_hidden: object = None  # (P, d) torch tensor
     forwards: int = 0
+    share_prefix: bool = False  # reuse the KV cache of the prompt before the insertion point
+    fallback_reason: str = ""
     _keep: bool = field(default=False, repr=False)
+    _shared_ok: bool = field(default=False, repr=False)
+    _prefix_caches: dict = field(default_factory=dict, repr=False)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, model, tokenizer, device: str, instructions: Sequence[str], *, batch_size: int = 256,
-              cancel=None) -> "KLEngine":
+              cancel=None, share_prefix: bool = False) -> "KLEngine":
         prompts = []
         unk = getattr(tokenizer, "unk_token_id", None)
         for instr in instructions:
@@ -78,7 +82,7 @@ class KLEngine:
             raise ProbeError("no usable prompt: the tokenizer maps the prompts to unknown tokens; "
                              "give in-distribution prompts with prompts_file")
         eng = cls(model=model, tokenizer=tokenizer, device=device, prompts=prompts,
-                  batch_size=max(1, int(batch_size)), cancel=cancel)
+                  batch_size=max(1, int(batch_size)), cancel=cancel, share_prefix=share_prefix)
         try:
             eng._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
@@ -151,13 +155,34 @@ class KLEngine:
         kl = (logp.exp() * (logp - logq)).sum(-1)
         return kl.clamp(min=0).double().cpu().numpy()
 
+    def n_batches(self, n_cands: int, n_positions: int) -> int:
+        """Forward passes :meth:`iter_kl` will make (an upper bound with mixed candidate lengths)."""
+        if self.share_prefix:
+            return -(-n_cands // self.batch_size) * n_positions * len(self.prompts)
+        return -(-n_cands * n_positions * len(self.prompts) // self.batch_size)
+
     def iter_kl(self, cands: Sequence[Sequence[int]], positions: Sequence[str]) -> Iterator[tuple[int, np.ndarray]]:
         """Fill a (C, len(positions), P) KL array batch by batch.
 
         Yields ``(n_candidates_complete, array)`` after every batch (the array is
         shared and filled in place; rows below the count are final). Checks
-        ``cancel`` before every batch.
+        ``cancel`` before every batch. With ``share_prefix`` candidates
+        go in chunks of ``batch_size``; each forward holds one chunk inserted
+        into one prompt at one position, and the prompt's tokens before the
+        insertion point come from a KV cache computed once.
         """
+        if self.share_prefix:
+            try:
+                yield from self._iter_kl_shared(cands, positions)
+                return
+            except (TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
+                if self._shared_ok:  # it worked before: a real error, not a missing cache feature
+                    raise
+                self.share_prefix = False  # this model's cache cannot be shared: plain batches
+                self.fallback_reason = f"{type(exc).__name__}: {exc}"[:200]
+        yield from self._iter_kl_padded(cands, positions)
+
+    def _iter_kl_padded(self, cands, positions):
         n_p, n_pos = len(self.prompts), len(positions)
         out = np.full((len(cands), n_pos, n_p), np.nan)
         per_cand = n_pos * n_p
@@ -179,6 +204,68 @@ class KLEngine:
                 out[c, k, j] = v
             start = stop
             yield stop // per_cand, out
+
+    def _iter_kl_shared(self, cands, positions):
+        n_p, n_pos = len(self.prompts), len(positions)
+        out = np.full((len(cands), n_pos, n_p), np.nan)
+        for c0 in range(0, len(cands), self.batch_size):
+            chunk = [list(c) for c in cands[c0:c0 + self.batch_size]]
+            by_len: dict[int, list[int]] = {}
+            for r, c in enumerate(chunk):
+                by_len.setdefault(len(c), []).append(r)
+            for k, pos in enumerate(positions):
+                for j, p in enumerate(self.prompts):
+                    slot = p.slots[pos]
+                    for rows in by_len.values():
+                        check_cancel(self.cancel)
+                        logits = self.forward_after_prefix(p.ids[:slot], [chunk[r] + p.ids[slot:] for r in rows])
+                        kl = self.kl_of_logits(logits, [j] * len(rows))
+                        out[[c0 + r for r in rows], k, j] = kl
+                    last = k == n_pos - 1 and j == n_p - 1
+                    yield (c0 + len(chunk) if last else c0), out
+
+    def prefix_cache(self, prefix: Sequence[int]):
+        """KV cache of ``prefix`` (batch 1), memoised per prefix."""
+        import torch
+
+        key = tuple(prefix)
+        cache = self._prefix_caches.get(key)
+        if cache is None:
+            ids = torch.tensor([list(prefix)], device=self.device)
+            pos = torch.arange(len(prefix), device=self.device)[None]
+            with torch.inference_mode():
+                out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
+                                 use_cache=True, **({"logits_to_keep": 1} if self._keep else {}))
+            self.forwards += 1
+            cache = out.past_key_values
+            if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+                raise NotImplementedError("the model returns no shareable KV cache")
+            self._prefix_caches[key] = cache
+        return cache
+
+    def forward_after_prefix(self, prefix: Sequence[int], rows: Sequence[Sequence[int]]):
+        """Last-position float32 logits of ``prefix + row`` for equal-length ``rows``, the prefix from cache."""
+        import copy
+
+        import torch
+
+        if not prefix:
+            return self.forward_last(rows)[0]
+        cache = copy.deepcopy(self.prefix_cache(prefix))
+        cache.batch_repeat_interleave(len(rows))
+        n, width = len(prefix), len(rows[0])
+        ids = torch.tensor([list(r) for r in rows], dtype=torch.long, device=self.device)
+        pos = torch.arange(n, n + width, device=self.device)[None].expand(len(rows), -1)
+        mask = torch.ones((len(rows), n + width), dtype=torch.long, device=self.device)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "past_key_values": cache,
+                  "use_cache": True}
+        if self._keep:
+            kwargs["logits_to_keep"] = 1
+        with torch.inference_mode():
+            out = self.model(**kwargs)
+        self.forwards += 1
+        self._shared_ok = True
+        return out.logits[:, -1, :].float()
 
     def kl_matrix(self, cands, positions) -> np.ndarray:
         out = np.zeros((0, len(positions), len(self.prompts)))
@@ -345,6 +432,7 @@ DEFAULTS: dict = {
     "max_sweep": None,         # cap on swept token ids (None: the whole vocabulary)
     "positions": list(POSITIONS),
     "batch_size": 256,         # sequences per forward pass (memory: batch x vocab floats)
+    "share_prefix": False,     # KV-cache the prompt before the insertion point (long chat headers; falls back)
     "quantile": 0.1,           # robust aggregate across prompts (0 = minimum)
     "top_k": 20,               # ranking entries reported
     "extend": True,            # multi-token extension
@@ -487,7 +575,7 @@ class _Hunt:
             self.cands[c.ids] = c
         positions = self.p["positions"]
         per = len(positions) * len(self.eng.prompts)
-        n_batches = -(-len(todo) * per // self.eng.batch_size)
+        n_batches = self.eng.n_batches(len(todo), len(positions))
         self.total += n_batches
         prev = 0
         for n_done, arr in self.eng.iter_kl([c.ids for c in todo], positions):
@@ -615,7 +703,7 @@ class _Hunt:
             raise ProbeError("the kl probe needs a causal language model with its tokenizer")
         t0 = time.perf_counter()
         self.eng = KLEngine.build(s.model, self.tok, s.device, self.instructions(), batch_size=p["batch_size"],
-                                  cancel=self.cancel)
+                                  cancel=self.cancel, share_prefix=bool(p["share_prefix"]))
         self.used = list(self.eng.instructions)
         yield self.event("prompts", f"{len(self.eng.prompts)} prompts ready")
         yield from self.evaluate(self.list_candidates(), "candidates")
@@ -693,6 +781,8 @@ class _Hunt:
             "clean_responses": getattr(self, "clean", [])[:4],
             "skipped_candidates": getattr(self, "skipped", []),
             "forward_passes": self.eng.forwards,
+            "shared_prefix_cache": self.eng.share_prefix,
+            "prefix_cache_fallback": self.eng.fallback_reason or None,
         }
         return ProbeResult(probe="kl", verdict=verdict, score=score, summary=summary, params=recorded_params(p),
                            duration_s=time.perf_counter() - t0, details=details)

@@ -100,6 +100,10 @@ def test_batched_kl_equals_one_at_a_time(subjects):
     per_cand = eng.kl_matrix_unbatched(cands, pos, per_candidate=True)
     assert np.abs(batched - single).max() < 1e-5
     assert np.abs(batched - per_cand).max() < 1e-5
+    shared = KLEngine.build(s.model, s.tokenizer, "cpu", T.BUILTIN_PROMPTS[:6], batch_size=16, share_prefix=True)
+    mixed = cands[:5] + [(5, 6), (7, 8, 9)]
+    assert np.abs(shared.kl_matrix(mixed, pos) - eng.kl_matrix(mixed, pos)).max() < 1e-5
+    assert shared.share_prefix and not shared.fallback_reason
 
 
 def test_streaming_partials_grow_and_progress_advances(subjects):
