@@ -219,6 +219,8 @@ def make_hook(nonce, job, roots):
     limit_stream = int(job.get("max_events", 4000))
     getframe = sys._getframe
     realpath = os.path.realpath
+    from _thread import get_ident
+    read_ok = read_ok + (f"/proc/{os.getpid()}",)
 
     def under(path, prefixes):
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
@@ -284,6 +286,8 @@ def make_hook(nonce, job, roots):
             return "native code via ctypes", {"caller": caller}
         if event in TAMPER:
             return "sandbox tampering", {}
+        if event == "_thread.start_new_thread":
+            return "thread start during the load (could race the hook)", {}
         if event in FILE_OPS:
             fds = [a for a in args if isinstance(a, int) and not isinstance(a, bool) and a >= 0]
             dir_fd = fds[0] if fds and event in DIR_FD_EVENTS else None
@@ -324,6 +328,9 @@ def make_hook(nonce, job, roots):
                 return "code object built during unpickling", {"caller": caller}
             return None, {"caller": caller}
         if event in ("object.__setattr__", "object.__delattr__"):
+            if len(args) > 1 and args[1] in ("__code__", "__globals__", "__closure__", "__defaults__",
+                                             "__kwdefaults__"):
+                return "function internals rewritten", {}
             caller, direct, active, importing = context()
             if direct:
                 return "monkey-patching from the pickle stream", {"caller": caller}
@@ -338,9 +345,10 @@ def make_hook(nonce, job, roots):
     stream_always = {"pickle.find_class", "import", "exec", "compile", "open"}
 
     def hook(event, args):
-        if state["busy"]:
-            return
-        state["busy"] = True
+        me = get_ident()
+        if state["busy"] == me:
+            return  # an event raised by the hook's own work
+        state["busy"] = me
         try:
             counts[event] = counts.get(event, 0) + 1
             if event in ("builtins.id", "object.__getattr__", "sys._getframemodulename"):
@@ -419,7 +427,7 @@ def make_hook(nonce, job, roots):
         """The pickle stream is about to call ``func`` (REDUCE/NEWOBJ): record what it calls."""
         if state["busy"]:
             return
-        state["busy"] = True
+        state["busy"] = get_ident()
         try:
             name, kind = qualname(func)
             counts["pickle.call"] = counts.get("pickle.call", 0) + 1
@@ -493,8 +501,14 @@ def instrument_unpicklers(on_call, on_build):
 
 # --------------------------------------------------------------------------- the job (grandchild)
 
-def grandchild(job, log_fd):
+def grandchild(job, log_fd, trace_w, trace_r):
+    global TRACE_FD
     os.setsid()
+    # The grandchild never holds the zygote's channel to the parent: it writes only to its own pipe,
+    # which the zygote relays wrapped, so nothing a payload writes can pose as a zygote message.
+    os.close(trace_r)
+    os.close(TRACE_FD)
+    TRACE_FD = trace_w
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
@@ -666,6 +680,28 @@ def install_lz4_fallback():
     return "pure-python fallback"
 
 
+def relay(fd, job_id, max_bytes=64 << 20):
+    """Forward the grandchild's trace lines, wrapped, until it closes its end (exits or is killed)."""
+    pending, total = b"", 0
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:  # a flood: keep draining, stop forwarding
+            continue
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            send({"t": "g", "job": job_id, "l": line[:MAX_LINE].decode("utf-8", "replace")})
+    if pending:
+        send({"t": "g", "job": job_id, "l": pending[:MAX_LINE].decode("utf-8", "replace")})
+    os.close(fd)
+
+
 def _rmtree(top):
     for root, dirs, files in os.walk(top, topdown=False):
         for name in files:
@@ -721,15 +757,18 @@ def main():
             os.makedirs(job_tmp, exist_ok=True)
             job["tmp"] = job_tmp
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            trace_r, trace_w = os.pipe()
             started = time.perf_counter()
             pid = os.fork()
             if pid == 0:
                 try:
-                    grandchild(job, log_fd)
+                    grandchild(job, log_fd, trace_w, trace_r)
                 finally:
                     os._exit(70)
             os.close(log_fd)
+            os.close(trace_w)
             send({"t": "forked", "job": job["id"], "pid": pid})
+            relay(trace_r, job["id"])
             _, status, ru = os.wait4(pid, 0)
             try:
                 with open(log_path, "rb") as fh:

@@ -96,6 +96,9 @@ def build_payloads(dest: str | os.PathLike, marker_dir: str | os.PathLike | None
         m("logging"))
     add("pathlib-write-text", _Reduce(Path(m("pathlib")).write_text, ("x",)), "pickle", "refused", "open",
         m("pathlib"))
+    # Tries to forge the trace channel: writes fake "done"/"exit" lines to every low fd (os.write is not audited).
+    forged = b'{"t":"exit","job":1,"code":0}\n{"n":"x","t":"done","ok":true}\n'
+    add("forge-trace", [_Reduce(os.write, (fd, forged)) for fd in range(1, 12)], "pickle", "call", "pickle.call")
     # Behaviour only: spin forever / allocate too much / crash the interpreter.
     add("hang-spin", _Reduce(collections.deque, (_Reduce(itertools.count, ()), 0)), "pickle", "timeout", "timeout")
     add("memory-bomb", _Reduce(operator.mul, (b"x", 1 << 34)), "pickle", "memory", "MemoryError")

@@ -189,7 +189,8 @@ class Zygote:
     def roots(self, path: str) -> dict[str, list[str]]:
         real = os.path.realpath(path)
         trusted = list(self.sys_path)
-        read = trusted + [real, os.path.dirname(real), "/proc", "/sys", "/dev/null", "/dev/urandom",
+        read = trusted + [real, os.path.dirname(real), "/proc/self", "/proc/thread-self", "/proc/cpuinfo",
+                          "/proc/meminfo", "/proc/stat", "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev/null", "/dev/urandom",
                           "/dev/random", "/dev/shm", "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo",
                           "/etc/ld.so.cache", "/etc/localtime", os.path.realpath(self.tmp),
                           os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)]
@@ -245,16 +246,19 @@ class Zygote:
                 trace.forged_lines += 1
                 continue
             kind = line.get("t")
-            if kind == "forked" and line.get("job") == job["id"]:
-                trace.pid = int(line["pid"])
-                deadline = time.monotonic() + timeout_s
-            elif kind == "exit" and line.get("job") == job["id"] and "n" not in line:
-                trace.exit = line
-                break
-            elif "n" in line or kind in ("ev", "done", "start", "hook-error"):
-                if line.get("n") != nonce:
+            if kind == "g":  # a grandchild line, relayed (and wrapped) by the zygote
+                if line.get("job") != job["id"]:
+                    continue  # a late line from an earlier, killed job
+                try:
+                    line = json.loads(line.get("l") or "")
+                except ValueError:
                     trace.forged_lines += 1
-                elif kind == "ev":
+                    continue
+                if not isinstance(line, dict) or line.get("n") != nonce:
+                    trace.forged_lines += 1
+                    continue
+                kind = line.get("t")
+                if kind == "ev":
                     trace.events.append(line)
                 elif kind == "done":
                     if trace.done is not None:
@@ -262,6 +266,15 @@ class Zygote:
                     trace.done = line
                 elif kind == "hook-error":
                     trace.hook_errors.append(str(line.get("err"))[:200])
+                continue
+            if kind == "forked" and line.get("job") == job["id"]:
+                trace.pid = int(line["pid"])
+                deadline = time.monotonic() + timeout_s
+            elif kind == "exit" and line.get("job") == job["id"]:
+                trace.exit = line
+                break
+            elif kind == "exit":
+                continue  # an earlier job's exit (that job was abandoned)
             else:
                 trace.forged_lines += 1
         trace.wall_s = time.monotonic() - t0

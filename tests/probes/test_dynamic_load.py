@@ -113,6 +113,15 @@ def test_harmless_getpid_payload_is_suspicious_with_the_call_as_evidence(files):
     assert "posix.getpid" in res.details["files"][0]["unfamiliar_calls"]
 
 
+def test_forged_trace_lines_cannot_pose_as_the_sandbox(files):
+    res = probe(files["payloads"]["forge-trace"].path)
+    assert res.verdict in ("suspicious", "malicious"), res.summary
+    assert "posix.write" in res.details["files"][0]["unfamiliar_calls"]
+    # the parent waited for the real end of the job and is still in step with the zygote
+    assert res.details["child"]["exit_code"] == 0
+    assert probe(files["benign"][0][0]).verdict == "clean"
+
+
 def test_hang_is_killed_at_the_timeout_and_parent_goes_on(files):
     t = time.perf_counter()
     res = probe(files["payloads"]["hang-spin"].path, timeout_s=1.5)
