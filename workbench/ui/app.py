@@ -1,0 +1,644 @@
+"""The Trojan Workbench TUI: ``WorkbenchApp`` and ``run_app``.
+
+Layout: the case tree on the left; on the right, tabs for scores, trigger norms,
+the trigger hunt, data audits, notes and the run log; a job strip (progress bar,
+queue) above the footer. Every long task runs in a thread worker (see
+:mod:`workbench.ui.tasks`) that reports through messages; Esc cancels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, TabbedContent, TabPane, Tree
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from casefiles import CaseFileBusy, CaseFileError, CaseStore
+from workbench.ui import messages as M
+from workbench.ui.commands import WorkbenchCommands
+from workbench.ui.model import data_paths_for, latest_done
+from workbench.ui.screens.dialogs import Field, HelpScreen, ProbePicker, PromptScreen
+from workbench.ui.tasks import RUNNERS, Job
+from workbench.ui.widgets.audit import AuditPane
+from workbench.ui.widgets.case_tree import CaseTree
+from workbench.ui.widgets.hunt import HuntPane
+from workbench.ui.widgets.norms import NormsPane
+from workbench.ui.widgets.notes import NotesPane
+from workbench.ui.widgets.runlog import RunLogPane
+from workbench.ui.widgets.scores import ScoresPane
+
+TABS = [("scores", "Scores"), ("norms", "Trigger norms"), ("hunt", "Trigger hunt"), ("audit", "Data audit"),
+        ("notes", "Notes"), ("log", "Run log")]
+
+
+class WorkbenchApp(App[int]):
+    CSS_PATH = "workbench.tcss"
+    TITLE = "Trojan Workbench"
+    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    BINDINGS = [
+        Binding("n", "new_case", "New case", id="case.new", tooltip="Open a new case in this case file"),
+        Binding("a", "add_subject", "Add subject", id="subject.add",
+                tooltip="Add a suspect model (file or folder) to the case; it is hashed, never loaded"),
+        Binding("r", "run_probes", "Run probes", id="probes.run",
+                tooltip="Pick probes that apply to the selected subject (or every subject of the case) and queue them"),
+        Binding("t", "trigger_hunt", "Trigger hunt", id="hunt.start",
+                tooltip="Start a live KL trigger hunt on the selected language model"),
+        Binding("e", "export", "Export", id="case.export", tooltip="Export the case as a markdown report"),
+        Binding("v", "verify", "Verify", id="case.verify", tooltip="Verify the case's hash-chained audit trail"),
+        Binding("escape", "cancel", "Cancel", id="jobs.cancel",
+                tooltip="Cancel the running probe and drop the queued ones"),
+        Binding("f1,question_mark", "help", "Help", id="help", tooltip="Keys and how to use the workbench"),
+        Binding("f5", "reload", "Reload", id="reload", show=False, tooltip="Re-read the case file"),
+        Binding("q", "quit", "Quit", id="quit", show=False, tooltip="Save notes, cancel jobs and quit"),
+        *[Binding(str(i + 1), f"show_tab('{key}')", label, id=f"tab.{key}", show=False,
+                  tooltip=f"Show the {label.lower()} pane") for i, (key, label) in enumerate(TABS)],
+    ]
+    # name, help, action: the command palette offers every one of them
+    PALETTE = [
+        ("New case", "Open a new case in this case file (n)", "new_case"),
+        ("Add subject", "Add a model file or folder to the current case (a)", "add_subject"),
+        ("Run probes", "Pick and queue probes for the selected subject(s) (r)", "run_probes"),
+        ("Start trigger hunt", "Live KL trigger hunt on the selected language model (t)", "trigger_hunt"),
+        ("Pin hunt candidate", "Pin / unpin the highlighted candidate of the trigger hunt (p)", "hunt_pin"),
+        ("Add hunt candidate", "Score a candidate trigger of your own (c)", "hunt_custom"),
+        ("Confirm hunt candidate", "Confirm the highlighted candidate by generation (g)", "hunt_confirm"),
+        ("Sort hunt ranking", "Cycle the sort column of the trigger hunt (s)", "hunt_sort"),
+        ("Export case", "Write the case as a markdown report (e)", "export"),
+        ("Verify audit trail", "Check the case's hash-chained audit trail (v)", "verify"),
+        ("Cancel jobs", "Cancel the running probe and drop the queue (Esc)", "cancel"),
+        ("Reload case file", "Re-read the case file (F5)", "reload"),
+        ("Help", "Keys and how to use the workbench (F1)", "help"),
+        *[(f"Show {label}", f"Switch to the {label.lower()} pane ({i + 1})", f"show_tab('{key}')")
+          for i, (key, label) in enumerate(TABS)],
+    ]
+
+    def __init__(self, db_path: str | Path, *, case_id: int | None = None, subject_id: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        self.db_path = Path(db_path)
+        self.store = CaseStore(self.db_path)
+        self.sub_title = str(self.db_path)
+        self.start_case, self.start_subject = case_id, subject_id
+        self.sel: dict[str, Any] = {"type": None, "case_id": None, "subject_id": None, "run_id": None}
+        self.queue: deque[Job] = deque()
+        self.current: Job | None = None
+        self.finished_jobs: list[Job] = []
+        self._stage: tuple[int, str] | None = None
+
+    # -- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            yield CaseTree(id="tree")
+            with TabbedContent(id="tabs", initial="tab-scores"):
+                with TabPane("1 Scores", id="tab-scores"):
+                    yield ScoresPane(id="scores")
+                with TabPane("2 Trigger norms", id="tab-norms"):
+                    yield NormsPane(id="norms")
+                with TabPane("3 Trigger hunt", id="tab-hunt"):
+                    yield HuntPane(id="hunt")
+                with TabPane("4 Data audit", id="tab-audit"):
+                    yield AuditPane(id="audit")
+                with TabPane("5 Notes", id="tab-notes"):
+                    yield NotesPane(id="notes")
+                with TabPane("6 Run log", id="tab-log"):
+                    yield RunLogPane(id="log")
+        with Horizontal(id="jobstrip"):
+            yield Static("idle", id="job-label")
+            yield ProgressBar(id="job-progress", total=1, show_eta=False)
+            yield Static("", id="queue-label")
+        yield Footer()
+
+    @property
+    def tree(self) -> CaseTree:
+        return self.query_one(CaseTree)
+
+    def on_mount(self) -> None:
+        self.tree.sync(self.store)
+        self.tree.focus()
+        self.log_event(f"opened {self.db_path}")
+        self.call_after_refresh(self._initial_select)
+
+    def _initial_select(self) -> None:
+        cases = self.store.list_cases()
+        target = self.start_case or (cases[-1]["id"] if cases else None)
+        if self.start_subject is not None:
+            self.select_key(("subject", self.start_subject))
+        elif target is not None:
+            self.select_key(("case", target))
+        else:
+            self.notify("No case yet: press n to open one (Ctrl+P lists every command).", title="Empty case file")
+
+    # -- selection ----------------------------------------------------------------------------
+    def select_key(self, key: tuple[str, int]) -> None:
+        if self.tree.select_key(key):
+            node = self.tree.nodes_by_key[key]
+            if node.data:
+                self.select(node.data)
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        if event.node.data and event.node is self.tree.cursor_node:  # skip stale highlights
+            self.select(event.node.data)
+
+    def select(self, data: dict[str, Any]) -> None:
+        new = {"type": data["type"], "case_id": data["case_id"], "subject_id": data.get("subject_id"),
+               "run_id": data["id"] if data["type"] == "run" else None}
+        case_changed = new["case_id"] != self.sel["case_id"]
+        self.sel = new
+        self.refresh_panes(runlog=case_changed)
+
+    def refresh_panes(self, runlog: bool = True) -> None:
+        sel, store = self.sel, self.store
+        try:
+            case_id, subject_id, run_id = sel["case_id"], sel["subject_id"], sel["run_id"]
+            scores = self.query_one(ScoresPane)
+            norms, audit, hunt = self.query_one(NormsPane), self.query_one(AuditPane), self.query_one(HuntPane)
+            notes = self.query_one(NotesPane)
+            if case_id is None:
+                return
+            if subject_id is None:
+                case = store.get_case(case_id)
+                scores.show_case(store, case_id)
+                norms.show_none("Select an image-classifier subject to see its Neural Cleanse trigger norms.")
+                audit.show_none("Select a subject to see its data audits.")
+                notes.set_target(store, case_id, None, f"case {case_id}: {case['title']}")
+            else:
+                s = store.get_subject(subject_id)
+                runs = store.list_runs(subject_id=subject_id)
+                scores.show_subject(store, subject_id, run_id)
+                chosen = next((r for r in runs if r["id"] == run_id), None)
+                nc = chosen if chosen and chosen["probe"] == "neural-cleanse" and chosen.get("result") else \
+                    latest_done(runs, "neural-cleanse")
+                if nc:
+                    norms.show_run(nc, s["name"])
+                else:
+                    norms.show_none(f"{s['name']}: no finished Neural Cleanse run"
+                                    + (" (press r to run probes)." if s["kind"] != "causal-lm" else
+                                       " (a language model: see the trigger hunt, key 3)."))
+                aud = [r for r in (latest_done(runs, "spectral"), latest_done(runs, "activation-clustering")) if r]
+                if chosen and chosen["probe"] in ("spectral", "activation-clustering") and chosen.get("result"):
+                    aud = [chosen]
+                if aud:
+                    audit.show_runs(aud)
+                else:
+                    audit.show_none(f"{s['name']}: no finished spectral or activation-clustering run "
+                                    "(run probes with an audit .npz, key r).")
+                notes.set_target(store, case_id, subject_id, f"subject {s['name']}")
+                if not (hunt.live and hunt.subject_id != subject_id):
+                    kl = latest_done(runs, "kl")
+                    if s["kind"] == "causal-lm" or kl:
+                        hunt.set_subject(subject_id, s["name"], kl["result"] if kl else None)
+            if runlog:
+                self.query_one(RunLogPane).show_case(store, case_id)
+        except CaseFileBusy:
+            self.notify("Case file busy (another process is writing); press F5 to retry.", severity="warning")
+        except CaseFileError as exc:
+            self.notify(str(exc), severity="error")
+
+    def resync(self) -> None:
+        try:
+            self.tree.sync(self.store)
+        except CaseFileBusy:
+            return
+        self.refresh_panes()
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def enqueue(self, job: Job) -> None:
+        self.queue.append(job)
+        self.log_event(f"queued {job.title()}")
+        self._pump()
+        self._show_queue()
+
+    def _pump(self) -> None:
+        if self.current is None and self.queue:
+            job = self.queue.popleft()
+            job.status, job.started = "running", time.monotonic()
+            self.current = job
+            self._stage = None
+            self.query_one("#job-label", Static).update(Text(f"◐ {job.title()}", style="cyan"))
+            self.query_one("#job-progress", ProgressBar).update(total=None, progress=0)
+            self.run_job(job)
+        self._show_queue()
+
+    @work(thread=True, exit_on_error=False, group="jobs")
+    def run_job(self, job: Job) -> None:
+        worker = get_current_worker()
+
+        def emit(message: Any) -> None:
+            if worker.is_cancelled:
+                job.cancel.set()
+            self.post_message(message)
+
+        try:
+            RUNNERS[job.kind](job, self.db_path, emit)
+        except Exception as exc:  # noqa: BLE001 - the runners report their own errors; this is a last resort
+            self.post_message(M.JobFinished(job, "failed", f"{type(exc).__name__}: {exc}"))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group == "jobs" and event.state == WorkerState.ERROR and self.current is not None:
+            self.post_message(M.JobFinished(self.current, "failed", str(event.worker.error)))
+
+    def _show_queue(self) -> None:
+        n = len(self.queue)
+        self.query_one("#queue-label", Static).update(Text(f"{n} queued" if n else "", style="grey62"))
+
+    def on_job_progress(self, msg: M.JobProgress) -> None:
+        if msg.job is not self.current:
+            return
+        label = Text(f"◐ {msg.job.title()} ", style="cyan")
+        label.append(f"{msg.stage}: {msg.text}"[:80], style="")
+        self.query_one("#job-label", Static).update(label)
+        self.query_one("#job-progress", ProgressBar).update(total=max(msg.total, 1), progress=msg.done)
+        if msg.job.kind in ("hunt", "confirm", "custom"):
+            hunt = self.query_one(HuntPane)
+            if msg.job.kind == "hunt" and hunt.subject_id == msg.job.subject_id:
+                hunt.progress(msg.done, msg.total, msg.text)
+        if self._stage != (msg.job.id, msg.stage):
+            self._stage = (msg.job.id, msg.stage)
+            self.log_event(f"{msg.job.title()}: {msg.stage} — {msg.text}", "grey70")
+            self.resync()
+
+    def on_probe_finished(self, msg: M.ProbeFinished) -> None:
+        if msg.status == "done":
+            self.log_event(f"{msg.probe} done: {msg.summary or ''}", "green")
+        elif msg.status in ("skipped",):
+            self.log_event(f"{msg.probe} skipped: {msg.error}", "grey62")
+        else:
+            self.log_event(f"{msg.probe} {msg.status}: {msg.error}", "bold red")
+            self.notify(f"{msg.probe} {msg.status}: {msg.error}", title="Probe failed" if msg.status == "failed"
+                        else "Probe stopped", severity="error" if msg.status in ("failed", "refused") else "warning")
+        self.resync()
+
+    def on_hunt_partial(self, msg: M.HuntPartial) -> None:
+        hunt = self.query_one(HuntPane)
+        if hunt.subject_id == msg.job.subject_id:
+            hunt.update_ranking(msg.ranking)
+
+    def on_hunt_rate(self, msg: M.HuntRate) -> None:
+        hunt = self.query_one(HuntPane)
+        if hunt.subject_id == msg.job.subject_id:
+            hunt.set_rate(msg.rate, msg.evaluated)
+
+    def on_job_finished(self, msg: M.JobFinished) -> None:
+        job = msg.job
+        if job.status in ("done", "failed", "cancelled"):
+            return  # already reported (e.g. worker error after the runner's own message)
+        job.status = msg.status
+        self.finished_jobs.append(job)
+        elapsed = time.monotonic() - (job.started or time.monotonic())
+        style = {"done": "green", "cancelled": "yellow"}.get(msg.status, "bold red")
+        self.log_event(f"{job.title()} {msg.status} in {elapsed:.1f}s: {msg.text}", style)
+        hunt = self.query_one(HuntPane)
+        if job.kind == "hunt" and hunt.subject_id == job.subject_id:
+            hunt.finished(msg.status, msg.text)
+        if job.kind == "confirm" and msg.status == "done" and hunt.subject_id == job.subject_id:
+            hunt.show_comparison(msg.data)
+        if job.kind == "custom" and msg.status == "done" and hunt.subject_id == job.subject_id:
+            hunt.add_custom(msg.data)
+        severity = {"done": "information", "cancelled": "warning"}.get(msg.status, "error")
+        self.notify(msg.text[:300], title=f"{job.title()}: {msg.status}", severity=severity,
+                    timeout=8 if severity == "error" else 5)
+        if self.current is job:
+            self.current = None
+            self.query_one("#job-label", Static).update(Text(f"idle — last: {job.title()} {msg.status}",
+                                                             style="grey62"))
+            bar = self.query_one("#job-progress", ProgressBar)
+            bar.update(total=1, progress=1 if msg.status == "done" else 0)
+        self.tree.sync(self.store)
+        if job.kind == "add-subject" and msg.status == "done" and msg.data:
+            self.select_key(("subject", int(msg.data)))
+        else:
+            self.refresh_panes()
+        self._pump()
+
+    def action_cancel(self) -> None:
+        if self.current is None and not self.queue:
+            self.notify("Nothing is running.", timeout=2)
+            return
+        dropped = list(self.queue)
+        self.queue.clear()
+        for job in dropped:
+            job.status = "cancelled"
+            self.log_event(f"{job.title()} dropped from the queue", "yellow")
+        if self.current is not None:
+            self.current.cancel.set()
+            self.workers.cancel_group(self, "jobs")
+            self.log_event(f"cancelling {self.current.title()} …", "yellow")
+            self.query_one("#job-label", Static).update(Text(f"cancelling {self.current.title()} …", style="yellow"))
+        self.notify("Cancelling" + (f" ({len(dropped)} queued dropped)" if dropped else ""), timeout=3)
+        self._show_queue()
+
+    # -- actions --------------------------------------------------------------------------------
+    def _need_case(self) -> int | None:
+        if self.sel["case_id"] is None:
+            self.notify("Open or select a case first (n creates one).", severity="warning")
+        return self.sel["case_id"]
+
+    def action_new_case(self) -> None:
+        def done(values: dict[str, str] | None) -> None:
+            if not values:
+                return
+            try:
+                cid = self.store.new_case(values["title"], values.get("description", ""))
+            except CaseFileError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.tree.sync(self.store)
+            self.select_key(("case", cid))
+            self.log_event(f"case {cid} opened: {values['title']}")
+            self.notify(f"Case {cid} opened. Press a to add a subject.")
+
+        self.push_screen(PromptScreen("New case", [Field("title", "Title", placeholder="Vendor model 2026-11"),
+                                                   Field("description", "Description (optional)")],
+                                      submit="Create", required=("title",)), done)
+
+    def action_add_subject(self) -> None:
+        case_id = self._need_case()
+        if case_id is None:
+            return
+
+        def done(values: dict[str, str] | None) -> None:
+            if values and values.get("path"):
+                self.enqueue(Job("add-subject", case_id, path=values["path"],
+                                 label=f"add {Path(values['path']).name}"))
+
+        self.push_screen(PromptScreen(f"Add a subject to case {case_id}",
+                                      [Field("path", "Model file or Hugging Face-style folder", value=str(Path.cwd()) + "/",
+                                             path=True)],
+                                      submit="Add", required=("path",),
+                                      note="Tab completes the path. The files are hashed and recorded; nothing is loaded."),
+                         done)
+
+    def _subjects_for_action(self) -> list[dict[str, Any]]:
+        if self.sel["subject_id"] is not None:
+            return [self.store.get_subject(self.sel["subject_id"])]
+        if self.sel["case_id"] is not None:
+            return self.store.list_subjects(self.sel["case_id"])
+        return []
+
+    def action_run_probes(self) -> None:
+        from probes import registry
+
+        case_id = self._need_case()
+        if case_id is None:
+            return
+        subjects = self._subjects_for_action()
+        if not subjects:
+            self.notify("This case has no subject yet: press a to add one.", severity="warning")
+            return
+        data = audit = None
+        for s in subjects:
+            d, a = data_paths_for(self.store.list_runs(subject_id=s["id"]))
+            data, audit = data or d, audit or a
+        wanted: set[str] = set()
+        for s in subjects:
+            kind = s["kind"] if s["kind"] in ("image-classifier", "causal-lm") else None
+            wanted.update(registry.applicable(kind, have_data=bool(data), have_audit=bool(audit)))
+        wanted.discard("kl")  # a language model is hunted live (t)
+        probes = [(p.name, p.help, p.name in wanted) for p in registry.PROBES.values()]
+        title = (f"Run probes on {subjects[0]['name']}" if len(subjects) == 1
+                 else f"Run probes on all {len(subjects)} subjects of case {case_id} (queued one after another)")
+
+        def done(values: dict[str, Any] | None) -> None:
+            if not values:
+                return
+            for s in subjects:
+                chosen = [p for p in values["probes"] if not registry.get(p).kinds
+                          or s["kind"] not in ("image-classifier", "causal-lm") or s["kind"] in registry.get(p).kinds]
+                if not chosen:
+                    self.log_event(f"{s['name']}: none of the chosen probes applies to a {s['kind']}", "grey62")
+                    continue
+                self.enqueue(Job("scan", case_id, s["id"], path=s["path"], probes=chosen, data=values["data"],
+                                 audit=values["audit"], label=f"{s['name']}: {', '.join(chosen)}"))
+
+        self.push_screen(ProbePicker(title, probes, data or "", audit or ""), done)
+
+    def action_trigger_hunt(self) -> None:
+        case_id = self._need_case()
+        sid = self.sel["subject_id"]
+        if case_id is None:
+            return
+        if sid is None:
+            self.notify("Select a language-model subject in the case tree first.", severity="warning")
+            return
+        s = self.store.get_subject(sid)
+        if s["kind"] not in ("causal-lm", "unknown", "", None):
+            self.notify(f"{s['name']} is a {s['kind']}: the KL trigger hunt needs a causal language model.",
+                        severity="warning")
+            return
+
+        def done(values: dict[str, str] | None) -> None:
+            if values is None:
+                return
+            params: dict[str, Any] = {}
+            if values.get("candidates"):
+                params["candidates"] = values["candidates"]
+            if values.get("max_sweep"):
+                try:
+                    params["max_sweep"] = int(values["max_sweep"])
+                except ValueError:
+                    self.notify("max sweep must be a whole number", severity="error")
+                    return
+            hunt = self.query_one(HuntPane)
+            hunt.start(sid, s["name"], params)
+            self.action_show_tab("hunt")
+            self.enqueue(Job("hunt", case_id, sid, path=s["path"], params=params, label=f"hunt {s['name']}"))
+
+        self.push_screen(PromptScreen(f"Trigger hunt on {s['name']}",
+                                      [Field("candidates", "Extra candidate triggers (comma-separated, optional)"),
+                                       Field("max_sweep", "Vocabulary tokens to sweep (blank = all)")],
+                                      submit="Start hunt",
+                                      note="Every vocabulary token and the built-in suspicious strings are tried at "
+                                           "three positions over 16 prompts; the best are extended to phrases and "
+                                           "confirmed by generation. Esc cancels."), done)
+
+    def _hunt_ready(self) -> HuntPane | None:
+        hunt = self.query_one(HuntPane)
+        if hunt.subject_id is None:
+            self.notify("No trigger hunt: select a language model and press t.", severity="warning")
+            return None
+        return hunt
+
+    def action_hunt_pin(self) -> None:
+        hunt = self._hunt_ready()
+        if hunt is None:
+            return
+        cand = hunt.toggle_pin()
+        if cand is None:
+            self.notify("No candidate highlighted.", severity="warning")
+            return
+        pinned = cand in hunt.pinned
+        self.log_event(f"{'pinned' if pinned else 'unpinned'} {cand!r}")
+        try:
+            self.store.record(self.sel["case_id"] or 0, "hunt.pinned" if pinned else "hunt.unpinned",
+                              {"subject_id": hunt.subject_id, "candidate": cand})
+        except CaseFileError as exc:
+            self.notify(f"pin not recorded: {exc}", severity="warning")
+
+    def action_hunt_sort(self) -> None:
+        hunt = self._hunt_ready()
+        if hunt is not None:
+            self.notify(f"Sorted by {hunt.cycle_sort()}", timeout=2)
+
+    def _hunt_job(self, kind: str, params: dict[str, Any], label: str) -> None:
+        hunt = self.query_one(HuntPane)
+        s = self.store.get_subject(hunt.subject_id)  # type: ignore[arg-type]
+        self.enqueue(Job(kind, s["case_id"], s["id"], path=s["path"],
+                         params={**params, "kl_params": dict(hunt.kl_params)}, label=label))
+
+    def action_hunt_confirm(self) -> None:
+        hunt = self._hunt_ready()
+        if hunt is None:
+            return
+        cand = hunt.highlighted()
+        if cand is None:
+            self.notify("No candidate highlighted.", severity="warning")
+            return
+        self._hunt_job("confirm", {"candidate": cand["candidate"], "token_ids": cand.get("token_ids"),
+                                   "position": cand.get("position")}, f"confirm {cand['candidate']!r}")
+
+    def action_hunt_custom(self) -> None:
+        hunt = self._hunt_ready()
+        if hunt is None:
+            return
+
+        def done(values: dict[str, str] | None) -> None:
+            if values and values.get("candidate"):
+                self._hunt_job("custom", {"candidate": values["candidate"]}, f"score {values['candidate']!r}")
+
+        self.push_screen(PromptScreen("Add a candidate trigger", [Field("candidate", "Candidate (a word or phrase)")],
+                                      submit="Score", required=("candidate",)), done)
+
+    def action_export(self) -> None:
+        case_id = self._need_case()
+        if case_id is None:
+            return
+
+        def done(values: dict[str, str] | None) -> None:
+            if values and values.get("path"):
+                self.export_case(case_id, Path(values["path"]).expanduser())
+
+        self.push_screen(PromptScreen(f"Export case {case_id} as markdown",
+                                      [Field("path", "Report file", value=str(Path.cwd() / f"case-{case_id}.md"),
+                                             path=True)], submit="Export", required=("path",)), done)
+
+    def export_case(self, case_id: int, dest: Path) -> Path | None:
+        from casefiles.export import render_markdown
+
+        self.query_one(NotesPane).flush()
+        try:
+            text = render_markdown(self.store.case_bundle(case_id))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text, encoding="utf-8")
+            self.store.record(case_id, "case.exported", {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                                         "output": str(dest)})
+        except (OSError, CaseFileError) as exc:
+            self.notify(f"Export failed: {getattr(exc, 'strerror', None) or exc}", severity="error")
+            self.log_event(f"export of case {case_id} failed: {exc}", "bold red")
+            return None
+        self.notify(f"Report written to {dest}", title="Exported")
+        self.log_event(f"case {case_id} exported to {dest} ({len(text):,} characters)", "green")
+        return dest
+
+    def action_verify(self) -> None:
+        case_id = self._need_case()
+        if case_id is None:
+            return
+        try:
+            report = self.store.verify(case_id)
+        except CaseFileError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        if report.ok:
+            self.notify(f"Audit trail intact: {report.rows} rows, head {report.head[:16]}…", title="Verified")
+            self.log_event(f"case {case_id}: audit trail intact ({report.rows} rows, head {report.head})", "green")
+        else:
+            self.notify("\n".join(report.problems[:3]), title="Audit trail BROKEN", severity="error", timeout=15)
+            for p in report.problems:
+                self.log_event(f"case {case_id}: {p}", "bold red")
+        self.last_verify = report
+
+    def action_show_tab(self, key: str) -> None:
+        self.query_one(TabbedContent).active = f"tab-{key}"
+        if key == "hunt":
+            self.query_one("#hunt-table", DataTable).focus()
+        elif key == "notes":
+            self.query_one(NotesPane).editor.focus()
+
+    def action_reload(self) -> None:
+        self.resync()
+        self.query_one(RunLogPane).show_case(self.store, self.sel["case_id"])
+        self.notify("Case file re-read.", timeout=2)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(help_text(self)))
+
+    async def action_quit(self) -> None:
+        self.shutdown()
+        self.exit(0)
+
+    def shutdown(self) -> None:
+        """Keep the note, stop the probes (their runs are recorded as cancelled)."""
+        try:
+            self.query_one(NotesPane).flush()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.current is not None:
+            self.current.cancel.set()
+        self.queue.clear()
+
+    def on_unmount(self) -> None:
+        self.shutdown()
+
+    def log_event(self, text: str, style: str = "") -> None:
+        try:
+            self.query_one(RunLogPane).event(text, style)
+        except Exception:  # noqa: BLE001 - before mount
+            pass
+
+
+def help_text(app: WorkbenchApp) -> str:
+    rows = "\n".join(f"| `{b.key}` | {b.description} | {b.tooltip} |" for b in app.BINDINGS
+                     if isinstance(b, Binding) and not b.key.isdigit())
+    hunt = "\n".join(f"| `{b.key}` | {b.description} | {b.tooltip} |" for b in HuntPane.BINDINGS)
+    return f"""# Trojan Workbench
+
+Investigate suspect models offline. The **case tree** (left) holds cases → subjects → runs:
+✔ done · ✘ failed · ⊘ cancelled · ⚠ interrupted · ◐ running; colours are verdicts
+(green clean, yellow suspicious, red backdoored, magenta malicious).
+
+Keys **1–6** switch panes: Scores, Trigger norms, Trigger hunt, Data audit, Notes, Run log.
+**Ctrl+P** opens the command palette (every action, and jump to any case or subject).
+Tab / Shift+Tab move focus between the tree and the pane.
+
+| key | action | |
+|---|---|---|
+{rows}
+
+In the trigger hunt pane:
+
+| key | action | |
+|---|---|---|
+{hunt}
+
+Notes are saved automatically as you type (per case, and per subject).
+Probes run one after another in the background; Esc cancels the running one and the queue.
+"""
+
+
+def run_app(db_path: str | Path, **kwargs: Any) -> int | None:
+    """Open the workbench on ``db_path`` (``case_id=`` / ``subject_id=`` select where to start)."""
+    app = WorkbenchApp(db_path, **kwargs)
+    try:
+        return app.run()
+    finally:
+        app.store.close()

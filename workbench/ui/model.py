@@ -1,0 +1,47 @@
+"""Read-side helpers over a CaseStore for the panes (no Textual, no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probes.verdict import layered_verdict
+
+
+def latest_by_probe(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest run of each probe (any status), by probe name."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        out[r["probe"]] = r  # runs are ordered by id
+    return out
+
+
+def latest_done(runs: list[dict[str, Any]], probe: str | tuple[str, ...]) -> dict[str, Any] | None:
+    probes = (probe,) if isinstance(probe, str) else probe
+    for r in reversed(runs):
+        if r["probe"] in probes and r["status"] == "done" and r.get("result"):
+            return r
+    return None
+
+
+def subject_verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Layered verdict over the newest finished result of each probe."""
+    results = []
+    seen = set()
+    for r in reversed(runs):
+        if r["status"] == "done" and r.get("result") and r["probe"] not in seen:
+            seen.add(r["probe"])
+            results.append(r["result"])
+    return layered_verdict(list(reversed(results)))
+
+
+def data_paths_for(runs: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """The data / audit files used by the newest runs of a subject (to prefill the picker)."""
+    data = audit = None
+    for r in runs:
+        p = r.get("params") or {}
+        d, a = p.get("data"), p.get("audit")
+        if isinstance(d, dict) and d.get("source"):
+            data = d["source"]
+        if isinstance(a, dict) and a.get("source"):
+            audit = a["source"]
+    return data, audit

@@ -1,0 +1,64 @@
+"""Data audit: per-class flagged counts and the per-class score distribution of spectral /
+activation-clustering runs over a suspect training set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from workbench.ui import render
+
+
+class AuditPane(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield Static(id="audit-body")
+
+    def on_mount(self) -> None:
+        self.show_none("Select a subject with a spectral or activation-clustering run (needs an audit .npz).")
+
+    def show_none(self, message: str) -> None:
+        self.query_one("#audit-body", Static).update(Text(message, style="grey62"))
+
+    def show_runs(self, runs: list[dict[str, Any]]) -> None:
+        parts: list[Any] = []
+        for run in runs:
+            parts.append(self._one(run))
+        from rich.console import Group
+
+        self.query_one("#audit-body", Static).update(Group(*parts))
+
+    @staticmethod
+    def _one(run: dict[str, Any]):
+        from rich.console import Group
+
+        res = run.get("result") or {}
+        per = res.get("per_class") or []
+        head = Text(f"{run['probe']} (run {run['id']}): ", style="bold")
+        head.append_text(render.verdict_text(res.get("verdict")))
+        head.append(f"  {res.get('summary', '')}\n")
+        n_total = res.get("n_samples")
+        flagged = len(res.get("flagged_indices") or [])
+        head.append(f"{flagged} flagged of {n_total} samples; layer {res.get('layer')}", style="grey70")
+        if res.get("precision") is not None:
+            head.append(f"; precision {res['precision']:.2f} recall {res['recall']:.2f} (ground truth)", style="grey70")
+        top_flag = max([int(c.get("flagged") or 0) for c in per] + [1])
+        t = Table(box=None, pad_edge=False, expand=False, header_style="bold")
+        for col in ("class", "n", "poisoned", "flagged", "", "transplant vs baseline", "reason"):
+            t.add_column(col, no_wrap=col != "reason", max_width=50 if col == "reason" else None)
+        for c in per:
+            poisoned = bool(c.get("poisoned"))
+            tr = c.get("transplant_rate")
+            base = c.get("transplant_baseline") or 0.0
+            bar = Text("—", style="grey50") if tr is None else (
+                render.hbar(tr, 1.0, 20, "bold red" if poisoned else "steel_blue1") + Text(f" {tr:.2f}/{base:.2f}"))
+            t.add_row(str(c.get("class")), str(c.get("n")),
+                      Text("yes", style="bold red") if poisoned else Text("no", style="green"),
+                      str(c.get("flagged") or 0),
+                      render.hbar(int(c.get("flagged") or 0), top_flag, 12, "bold red" if poisoned else "grey50"),
+                      bar, Text(str(c.get("reason") or ""), style="grey62"))
+        return Group(head, Text(""), t, Text(""))

@@ -1,0 +1,210 @@
+"""Trigger hunt: the live KL ranking of a language model filling in as batches finish.
+
+Sortable (s), pin a candidate to the top (p), add an examiner's candidate (c),
+confirm the highlighted candidate by generation (g): each prompt's answer with
+the candidate inserted, side by side with the clean answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, ProgressBar, Static
+
+SORTS = [("kl", "KL quantile"), ("kl_mean", "KL mean"), ("z", "robust z"), ("candidate", "candidate")]
+
+
+class HuntPane(Vertical):
+    BINDINGS = [
+        Binding("p", "app.hunt_pin", "Pin", id="hunt.pin", tooltip="Pin / unpin the highlighted candidate (kept on top)"),
+        Binding("c", "app.hunt_custom", "Add candidate", id="hunt.custom",
+                tooltip="Score a candidate trigger of your own with the same prompts"),
+        Binding("g", "app.hunt_confirm", "Confirm", id="hunt.confirm",
+                tooltip="Confirm the highlighted candidate by generation, side by side with the clean answers"),
+        Binding("s", "app.hunt_sort", "Sort", id="hunt.sort", tooltip="Cycle the sort column"),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.subject_id: int | None = None
+        self.subject_name = ""
+        self.ranking: list[dict[str, Any]] = []
+        self.custom: dict[str, dict[str, Any]] = {}
+        self.pinned: set[str] = set()
+        self.sort_index = 0
+        self.live = False
+        self.rate: float | None = None
+        self.evaluated = 0
+        self.stage = ""
+        self.kl_params: dict[str, Any] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="hunt-head")
+        yield ProgressBar(id="hunt-progress", total=1, show_eta=False)
+        yield DataTable(id="hunt-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="hunt-compare-head")
+        yield DataTable(id="hunt-compare", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        t = self.query_one("#hunt-table", DataTable)
+        for key, label in (("pin", "★"), ("rank", "#"), ("candidate", "candidate"), ("kl", "KL q"),
+                           ("kl_mean", "KL mean"), ("position", "position"), ("source", "source"), ("z", "z"),
+                           ("confirmed", "confirmed")):
+            t.add_column(label, key=key)
+        c = self.query_one("#hunt-compare", DataTable)
+        c.add_column("prompt", key="prompt", width=34)
+        c.add_column("clean response", key="clean", width=40)
+        c.add_column("with candidate", key="triggered", width=40)
+        self._head()
+
+    # -- state --------------------------------------------------------------------------------
+    def set_subject(self, subject_id: int | None, name: str, last_result: dict[str, Any] | None) -> None:
+        if subject_id == self.subject_id:
+            return
+        self.subject_id, self.subject_name = subject_id, name
+        self.ranking = list((last_result or {}).get("ranking") or [])
+        self.custom, self.pinned, self.live, self.rate, self.evaluated = {}, set(), False, None, 0
+        self.stage = "last hunt" if last_result else ""
+        self.query_one("#hunt-compare", DataTable).clear()
+        self.query_one("#hunt-compare-head", Static).update("")
+        self.query_one("#hunt-progress", ProgressBar).update(total=1, progress=1 if last_result else 0)
+        self._fill()
+        self._head()
+
+    def start(self, subject_id: int, name: str, params: dict[str, Any]) -> None:
+        self.subject_id, self.subject_name = subject_id, name
+        self.ranking, self.live, self.rate, self.evaluated, self.stage = [], True, None, 0, "queued"
+        self.kl_params = dict(params)
+        self._fill()
+        self._head()
+
+    def update_ranking(self, ranking: list[dict[str, Any]]) -> None:
+        self.ranking = list(ranking)
+        self._fill()
+        self._head()
+
+    def progress(self, done: int, total: int, text: str) -> None:
+        self.stage = text
+        self.query_one("#hunt-progress", ProgressBar).update(total=max(total, 1), progress=done)
+        self._head()
+
+    def set_rate(self, rate: float | None, evaluated: int) -> None:
+        if rate is not None:
+            self.rate = rate
+        self.evaluated = evaluated
+        self._head()
+
+    def finished(self, status: str, text: str) -> None:
+        self.live = False
+        self.stage = f"{status}: {text}"
+        bar = self.query_one("#hunt-progress", ProgressBar)
+        if status == "done" and bar.total:
+            bar.update(progress=bar.total)
+        self._head()
+
+    def add_custom(self, entry: dict[str, Any]) -> None:
+        self.custom[entry["candidate"]] = entry
+        self.pinned.add(entry["candidate"])
+        self._fill()
+
+    def toggle_pin(self) -> str | None:
+        cand = self.highlighted()
+        if cand is None:
+            return None
+        if cand["candidate"] in self.pinned:
+            self.pinned.discard(cand["candidate"])
+        else:
+            self.pinned.add(cand["candidate"])
+        self._fill(keep=cand["candidate"])
+        return cand["candidate"]
+
+    def cycle_sort(self) -> str:
+        self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self._fill()
+        self._head()
+        return SORTS[self.sort_index][1]
+
+    def highlighted(self) -> dict[str, Any] | None:
+        t = self.query_one("#hunt-table", DataTable)
+        rows = self.rows()
+        if not rows or t.cursor_row is None or t.cursor_row >= len(rows):
+            return None
+        return rows[t.cursor_row]
+
+    def show_comparison(self, data: dict[str, Any]) -> None:
+        head = Text(f"Confirmation of {data['candidate']!r} at {data['position']}: ", style="bold")
+        if data.get("confirmed"):
+            head.append("CONFIRMED", style="bold red")
+        else:
+            head.append("not confirmed", style="bold green")
+        head.append(f" — {data.get('target_agreement', 0):.0%} of prompts give the same answer"
+                    f" (clean: {data.get('clean_agreement', 0):.0%}), similarity to clean {data.get('clean_similarity', 0):.2f}")
+        if data.get("target_response"):
+            head.append(f"\nfixed answer: {data['target_response']!r}", style="red")
+        self.query_one("#hunt-compare-head", Static).update(head)
+        c = self.query_one("#hunt-compare", DataTable)
+        c.clear()
+        for i, r in enumerate(data.get("rows") or []):
+            changed = r["clean"] != r["triggered"]
+            c.add_row(r["prompt"], r["clean"], Text(r["triggered"], style="red" if changed else ""), key=f"c{i}")
+        for r in self.ranking:
+            if r["candidate"] == data["candidate"]:
+                r["confirmed"] = data.get("confirmed")
+        if data["candidate"] in self.custom:
+            self.custom[data["candidate"]]["confirmed"] = data.get("confirmed")
+        self._fill(keep=data["candidate"])
+
+    # -- rendering ------------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        for e in self.ranking:
+            merged.setdefault(e["candidate"], e)
+        for k, e in self.custom.items():
+            merged.setdefault(k, e)
+        key = SORTS[self.sort_index][0]
+        if key == "candidate":
+            ordered = sorted(merged.values(), key=lambda e: e["candidate"])
+        else:
+            ordered = sorted(merged.values(), key=lambda e: -(e.get(key) if e.get(key) is not None else -1e9))
+        pinned = [e for e in ordered if e["candidate"] in self.pinned]
+        return pinned + [e for e in ordered if e["candidate"] not in self.pinned]
+
+    def _fill(self, keep: str | None = None) -> None:
+        t = self.query_one("#hunt-table", DataTable)
+        current = self.highlighted() if keep is None else {"candidate": keep}
+        t.clear()
+        rank = {e["candidate"]: i + 1 for i, e in enumerate(self.ranking)}
+        cursor = 0
+        for i, e in enumerate(self.rows()):
+            conf = e.get("confirmed")
+            t.add_row(Text("★", style="yellow") if e["candidate"] in self.pinned else "",
+                      str(rank.get(e["candidate"], "—")),
+                      Text(e["candidate"], style="bold red" if conf else ""),
+                      f"{e.get('kl', 0):.3f}", f"{e.get('kl_mean', 0):.3f}", e.get("position", ""),
+                      e.get("source", ""), "—" if e.get("z") is None else f"{e['z']:.1f}",
+                      Text("yes", style="bold red") if conf else ("no" if conf is False else "—"),
+                      key=f"k{i}")
+            if current is not None and e["candidate"] == current["candidate"]:
+                cursor = i
+        if t.row_count:
+            t.move_cursor(row=cursor, animate=False)
+
+    def _head(self) -> None:
+        t = Text()
+        if self.subject_id is None:
+            t.append("Select a language-model subject, then press t to start a trigger hunt.", style="grey62")
+        else:
+            t.append(f"Trigger hunt — {self.subject_name}", style="bold")
+            t.append("  ● live" if self.live else "", style="bold cyan")
+            t.append(f"\n{self.stage or 'no hunt yet: press t to start one'}", style="grey70")
+            if self.rate:
+                t.append(f"   {self.rate:,.0f} candidates/s", style="bold")
+            if self.evaluated:
+                t.append(f"   {self.evaluated:,} in this stage", style="grey62")
+            t.append(f"\nsorted by {SORTS[self.sort_index][1]}   p pin · c add candidate · g confirm by generation"
+                     " · s sort · Esc cancel", style="grey50")
+        self.query_one("#hunt-head", Static).update(t)
