@@ -160,6 +160,11 @@ def const_str(v: Any) -> str | None:
             return None
     if isinstance(v, SObj) and isinstance(v.const, str):
         return v.const
+    if isinstance(v, SObj) and isinstance(v.const, bytes) and len(v.const) < 4096:
+        try:
+            return v.const.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     return None
 
 
@@ -343,6 +348,12 @@ class PickleSim:
                 parts = args[1].items if isinstance(args[1], SList) else args[1]
                 if isinstance(parts, (list, tuple)) and all(const_str(p) is not None for p in parts):
                     res.const = const_str(args[0]).join(const_str(p) for p in parts)
+            elif full in _DECODERS and args:
+                data = _decode(full, args)
+                if data is not None:
+                    res.const = data
+                    if len(data) >= 4:
+                        self._nested_bytes(data, 0, len(data), pos, f"bytes decoded by {full}")
             elif full in ("sys.modules.get", "sys.modules.__getitem__") and args and const_str(args[0]):
                 res.resolved = self._global(const_str(args[0]), "", pos, opcode, full)
             return res
@@ -824,6 +835,66 @@ class PickleSim:
                       "monkey-patch", f"{opcode} mutates imported object {target.full} (e.g. os.environ, a registry)")
         for v in values:
             self._use(v, "call", pos, opcode)
+
+
+_DECODERS = {
+    "base64.b64decode", "base64.standard_b64decode", "base64.urlsafe_b64decode", "base64.b85decode",
+    "base64.a85decode", "base64.b32decode", "base64.b16decode", "base64.decodebytes", "binascii.a2b_base64",
+    "binascii.unhexlify", "binascii.a2b_hex", "builtins.bytes.fromhex", "builtins.bytearray.fromhex",
+    "zlib.decompress", "bz2.decompress", "lzma.decompress", "gzip.decompress", "codecs.decode", "_codecs.decode",
+}
+_DECODE_CAP = 64 << 20
+
+
+def _decode(full: str, args: tuple) -> bytes | None:
+    """Fold a pure decoding call on constant data (to find the pickle it hides); None if not constant."""
+    import base64
+    import binascii
+    import bz2
+    import lzma
+    import zlib
+
+    a = args[0]
+    if isinstance(a, str):
+        raw = a.encode("latin-1", "replace")
+    elif isinstance(a, (bytes, bytearray)):
+        raw = bytes(a)
+    else:
+        return None
+    try:
+        if full.startswith("base64."):
+            fn = getattr(base64, full.split(".", 1)[1])
+            return fn(raw)
+        if full == "binascii.a2b_base64":
+            return binascii.a2b_base64(raw)
+        if full in ("binascii.unhexlify", "binascii.a2b_hex", "builtins.bytes.fromhex", "builtins.bytearray.fromhex"):
+            return binascii.unhexlify(raw.replace(b" ", b""))
+        if full == "zlib.decompress":
+            d = zlib.decompressobj(args[1] if len(args) > 1 and isinstance(args[1], int) else 15)
+            return d.decompress(raw, _DECODE_CAP)
+        if full == "bz2.decompress":
+            return bz2.BZ2Decompressor().decompress(raw, _DECODE_CAP)
+        if full in ("lzma.decompress",):
+            return lzma.LZMADecompressor().decompress(raw, _DECODE_CAP)
+        if full == "gzip.decompress":
+            return zlib.decompressobj(31).decompress(raw, _DECODE_CAP)
+        if full in ("codecs.decode", "_codecs.decode") and len(args) > 1 and isinstance(args[1], str):
+            enc = args[1].lower().replace("-", "_")
+            if enc in ("base64", "base64_codec"):
+                return base64.b64decode(raw)
+            if enc in ("hex", "hex_codec"):
+                return binascii.unhexlify(raw)
+            if enc in ("zlib", "zlib_codec"):
+                return zlib.decompressobj().decompress(raw, _DECODE_CAP)
+            if enc in ("bz2", "bz2_codec"):
+                return bz2.BZ2Decompressor().decompress(raw, _DECODE_CAP)
+            if enc in ("rot13", "rot_13") and isinstance(a, str):
+                import codecs
+
+                return codecs.decode(a, "rot13").encode("latin-1", "replace")
+    except (ValueError, TypeError, binascii.Error, zlib.error, OSError, EOFError, lzma.LZMAError):
+        return None
+    return None
 
 
 def _callables_in(root: Any, limit: int = 100_000) -> list:

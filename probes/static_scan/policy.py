@@ -160,6 +160,9 @@ CRITICAL_MODULES: frozenset[str] = frozenset({
     "pexpect", "paramiko", "fabric", "invoke", "sh", "plumbum", "IPython", "jupyter_client",
     "numexpr", "jinja2", "mako", "yaml", "ruamel", "dis", "ast", "compileall", "py_compile",
     "faulthandler", "resource", "fcntl", "termios", "mmap", "select", "selectors",
+    "logging.config", "imaplib", "poplib", "nntplib", "socketserver", "wsgiref", "smtpd",
+    "pkg_resources", "importlib_metadata", "huggingface_hub", "fsspec", "boto3", "botocore",
+    "git", "psutil", "docker", "mlflow", "httpx", "aiohttp", "cmd", "dbm",
 })
 
 # Exact names (module prefix match inside these packages) that execute code.
@@ -193,6 +196,8 @@ CRITICAL_NAMES: frozenset[str] = frozenset({
     "pandas.io", "pandas.read_pickle", "pandas.eval", "pandas.core.computation",
     "scipy.io", "scipy.weave", "scipy._lib._testutils", "functools.reduce",
     "keras.models", "tensorflow", "keras.src.saving", "onnx.load",
+    "scipy.LowLevelCallable", "scipy._lib._ccallback", "pandas.HDFStore", "pandas.ExcelWriter",
+    "pandas.ExcelFile", "pandas.read_csv", "pandas.read_json", "pandas.read_sql", "pandas.read_hdf",
 })
 
 BUILTIN_MODULES = {"builtins", "__builtin__", "__builtins__", "exceptions"}

@@ -23,6 +23,7 @@ import pickle
 import struct
 import tarfile
 import warnings
+import zlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,12 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
     # ---------------------------------------------------------------- nested loaders
     inner = pickle.dumps(_Reduce(os.system, cmd))
     M("nested_pickle_loads.pkl", P4 + _call(_sg("pickle", "loads"), _b(inner)) + STOP, "nested pickle.loads", "posix.system")
+    import base64
+
+    M("nested_b64_loads.pkl", P2 + _call(_g("pickle", "loads"), _call(_g("base64", "b64decode"), _u(base64.b64encode(inner).decode())))
+      + STOP, "nested pickle.loads of base64 data", "posix.system")
+    M("nested_zlib_loads.pkl", P4 + _call(_sg("_pickle", "loads"), _call(_sg("zlib", "decompress"), _b(zlib.compress(inner))))
+      + STOP, "nested pickle.loads of zlib data", "posix.system")
     evil_zip = _rezip(sd_zip, replace={"archive/data.pkl": _inject_after_proto(
         zipfile.ZipFile(io.BytesIO(sd_zip)).read("archive/data.pkl"), _call(_g("posix", "system"), _u(cmd)))})
     M("nested_torch_load.pkl", P2 + _call(_g("torch", "load"), _call(_g("io", "BytesIO"), _b(evil_zip))) + STOP,
