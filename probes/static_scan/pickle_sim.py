@@ -605,7 +605,7 @@ class PickleSim:
                         elif kind in (A_U_1, A_U_4, A_U_8):
                             arg = bytes(buf[pos:pos + n]).decode("utf-8", "surrogatepass")
                         elif kind in (A_S1, A_S4):
-                            arg = bytes(buf[pos:pos + n])  # py2 str: bytes or latin-1 text depending on encoding
+                            arg = bytes(buf[pos:pos + n]).decode("latin-1")  # py2 str (text under encoding='latin1')
                         else:
                             arg = bytes(buf[pos:pos + n])
                         pos += n
@@ -655,7 +655,7 @@ class PickleSim:
                     elif name == "STRING":
                         if len(arg) >= 4 and (arg[:1] == b"\x80" or arg[:1] == b"c"):
                             self._nested_bytes(arg, 0, len(arg), opos, "STRING constant")
-                        stack.append(arg)
+                        stack.append(arg.decode("latin-1"))
                     elif name == "NONE":
                         stack.append(None)
                     elif name == "NEWTRUE":

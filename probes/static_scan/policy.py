@@ -87,7 +87,9 @@ ALLOWED: frozenset[str] = frozenset({
     # joblib's inline array wrapper (the array bytes follow in the stream)
     "joblib.numpy_pickle.NumpyArrayWrapper",
     "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
-    "joblib.numpy_pickle_compat.NDArrayWrapper",
+    "joblib.numpy_pickle_compat.NDArrayWrapper", "joblib.numpy_pickle.NDArrayWrapper",
+    "joblib.numpy_pickle.ZNDArrayWrapper", "sklearn.externals.joblib.numpy_pickle.NDArrayWrapper",
+    "numpy.core._internal._reconstruct",  # ndarray pickles from NumPy < 1.0
     "joblib.numpy_pickle_compat.ZNDArrayWrapper",
     # pandas reconstruction helpers (DataFrame / Series / Index pickles)
     "pandas.core.indexes.base._new_Index", "pandas._libs.internals._unpickle_block",

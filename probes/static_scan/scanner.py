@@ -580,6 +580,8 @@ class Scanner:
             if hstart + hlen > end:
                 raise ValueError("header runs past the end")
             header = bytes(buf[hstart:hstart + hlen]).decode("utf-8" if major == 3 else "latin-1")
+            if major == 1 and re.search(r"\dL\b", header):  # Python 2 longs, as numpy's own reader accepts
+                header = re.sub(r"(\d+)L\b", r"\1", header)
             meta = ast.literal_eval(header)
             if not isinstance(meta, dict) or not {"descr", "shape", "fortran_order"} <= set(meta):
                 raise ValueError("header is not a numpy header dict")

@@ -10,6 +10,7 @@ import struct
 import threading
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +213,19 @@ def test_joblib_array_bytes_are_also_read_as_plain_pickle_opcodes(tmp_path):
     assert r["verdict"] == "malicious", r["summary"]
     f = [x for x in r["findings"] if x["name"] == "system"]
     assert f and "plain pickle.load" in f[0]["explanation"] and f[0]["offset"] == len(wrapper)
+
+
+def test_real_benign_files_shipped_with_installed_packages_are_not_malicious():
+    """numpy's and joblib's own test pickles (Python 2 strings and longs, pre-1.0 numpy names,
+    joblib 0.9/0.10 formats, compressed variants) must parse and must not be called malicious."""
+    import joblib
+
+    roots = [Path(np.__file__).parent / "lib" / "tests" / "data", Path(joblib.__file__).parent / "test" / "data"]
+    files = [f for r in roots if r.is_dir() for f in sorted(r.iterdir())
+             if f.suffix in (".npy", ".npz", ".pkl", ".gzip", ".bz2", ".xz", ".lzma", ".z", ".gz")]
+    if len(files) < 10:
+        pytest.skip("package test data not installed")
+    verdicts = {f.name: scan_path(f).verdict for f in files}
+    assert not [n for n, v in verdicts.items() if v == "malicious"], verdicts
+    inconclusive = [n for n, v in verdicts.items() if v == "inconclusive"]
+    assert len(inconclusive) <= len(files) // 10, inconclusive
