@@ -43,7 +43,7 @@ MIN_ASYMMETRY = 0.25  # the poison side must beat the other side's transplant by
 MASK_FRACTION = 0.5  # mask = input elements whose |Welch t| is at least this fraction of the max
 TRANSPLANT_SAMPLES = 200  # other-class images used per transplant test
 MIN_CLASS_SIZE = 10  # smaller classes are reported but not judged
-REFINE_ROUNDS = 2
+REFINE_ROUNDS = 6  # reassignment rounds; stops early once stable
 SCREEN_SAMPLES = 48  # transplant images tried first; the rest only when the first look promising
 SCREEN_MARGIN = 0.3
 

@@ -1,0 +1,116 @@
+"""Activation-clustering audit of a suspect training set (Chen et al., SafeAI@AAAI 2019).
+
+Per class: centre the representations (default: the penultimate layer),
+reduce them to ``n_components`` dimensions (PCA, default 10; ``reduce="ica"``
+for FastICA as in the paper), run 2-means, and report the silhouette score and
+the relative size of the smaller cluster. A class is *tested* when the split
+is real (silhouette >= ``min_silhouette``, smaller cluster >=
+``min_relative_size`` of the class); it is judged *poisoned* only when the
+shared transplant test (:mod:`probes.audit_decision`) finds that one cluster's
+distinguishing input feature is a trigger. The flagged cluster is the one
+whose feature transplants, not "the smaller one": with 10% of a ten-class set
+poisoned into one class, the poison is about half of that class.
+
+Params (all optional except ``audit``): ``seed`` (0), ``layer``,
+``n_components`` (10), ``reduce`` ("pca" | "ica"), ``min_silhouette`` (0.10),
+``min_relative_size`` (0.02), ``max_relative_size`` (0.5: set e.g. 0.35 to
+require a minority cluster as in the paper), ``silhouette_samples`` (1000),
+``min_transplant``, ``min_asymmetry``, ``mask_fraction``, ``transplant_samples``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from probes import audit_decision as ad
+from probes.errors import ProbeError
+from probes.progress import check_cancel, null_progress
+
+PROBE = "activation-clustering"
+
+
+def _num(params: dict, key: str, default, kind=float, lo=None, hi=None):
+    value = params.get(key, default)
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise ProbeError(f"{PROBE}: param {key} must be a number, got {value!r}") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ProbeError(f"{PROBE}: param {key}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def cluster_class(reps: np.ndarray, n_components: int, reduce: str, seed: int,
+                  silhouette_samples: int) -> tuple[np.ndarray, float, float]:
+    """Centre, reduce, 2-means: ``(labels (n,) bool — True = smaller cluster, silhouette, relative size)``."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    r = reps - reps.mean(0)
+    n, d = r.shape
+    k = max(1, min(n_components, n - 1, d))
+    if reduce == "ica":
+        from sklearn.decomposition import FastICA
+
+        z = FastICA(n_components=k, random_state=seed, whiten="unit-variance", max_iter=400).fit_transform(r)
+    else:
+        from sklearn.decomposition import PCA
+
+        z = PCA(n_components=k, random_state=seed).fit_transform(r)
+    if not np.isfinite(z).all() or np.allclose(z, 0):
+        return np.zeros(n, bool), 0.0, 0.0
+    labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(z).astype(bool)
+    if labels.all() or not labels.any():
+        return np.zeros(n, bool), 0.0, 0.0
+    if labels.mean() > 0.5:
+        labels = ~labels
+    sample = min(n, silhouette_samples)
+    sil = float(silhouette_score(z, labels, sample_size=sample if sample < n else None, random_state=seed))
+    return labels, sil, float(labels.mean())
+
+
+def run(subject: Any, params: dict, *, progress=None, cancel=None):
+    t0 = time.perf_counter()
+    progress = progress or null_progress
+    params = dict(params or {})
+    inputs = ad.prepare(subject, params, PROBE)
+    n_comp = _num(params, "n_components", 10, int, 1, 4096)
+    reduce = str(params.get("reduce", "pca")).lower()
+    if reduce not in ("pca", "ica"):
+        raise ProbeError(f"{PROBE}: reduce must be 'pca' or 'ica', got {reduce!r}")
+    min_sil = _num(params, "min_silhouette", 0.10, float, -1.0, 1.0)
+    min_rel = _num(params, "min_relative_size", 0.02, float, 0.0, 0.5)
+    max_rel = _num(params, "max_relative_size", 0.5, float, 0.0, 0.5)
+    n_sil = _num(params, "silhouette_samples", 1000, int, 10, 10_000_000)
+    min_tr = _num(params, "min_transplant", ad.MIN_TRANSPLANT, float, 0.0, 1.0)
+    min_asym = _num(params, "min_asymmetry", ad.MIN_ASYMMETRY, float, 0.0, 1.0)
+    frac = _num(params, "mask_fraction", ad.MASK_FRACTION, float, 0.01, 1.0)
+    n_tr = _num(params, "transplant_samples", ad.TRANSPLANT_SAMPLES, int, 1, 100_000)
+    x, y = inputs.audit.x, inputs.audit.y
+    rng = np.random.default_rng(inputs.seed)
+    decisions = []
+    total = len(inputs.classes)
+    for i, cls in enumerate(inputs.classes):
+        check_cancel(cancel)
+        idx = np.flatnonzero(y == cls)
+        if len(idx) < max(ad.MIN_CLASS_SIZE, 3):
+            decisions.append(ad.ClassDecision(int(cls), len(idx), reason=f"too few samples to judge (< {ad.MIN_CLASS_SIZE})"))
+        else:
+            small, sil, rel = cluster_class(inputs.reps[idx], n_comp, reduce, inputs.seed, n_sil)
+            check_cancel(cancel)
+            ok = sil >= min_sil and min_rel <= rel <= max_rel
+            why = (f"no clear 2-cluster structure (silhouette {sil:.2f}, smaller cluster {rel:.0%}; "
+                   f"needs >= {min_sil} and {min_rel:.0%}..{max_rel:.0%})")
+            stats = {"silhouette": round(sil, 4), "relative_size": round(rel, 4)}
+            decisions.append(ad.decide_class(subject, x, y, int(cls), idx, small, rng, split_ok=ok, split_reason=why,
+                                             min_transplant=min_tr, min_asymmetry=min_asym, fraction=frac,
+                                             transplant_samples=n_tr, stats=stats))
+        progress(i + 1, total, f"class {int(cls)}")
+    check_cancel(cancel)
+    return ad.assemble(PROBE, decisions, inputs, params,
+                       {"method": f"activation clustering (Chen et al. 2019), {reduce.upper()}-{n_comp} + 2-means "
+                                  "+ transplant test"},
+                       time.perf_counter() - t0)
