@@ -79,6 +79,20 @@ def choose_loader(path: Path, requested: str = "auto") -> str | None:
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".sav", ".ckpt", ".dat", ".model", ".p"}
 
 
+def _loaders_for(path: Path, requested: str) -> list[str]:
+    """Every way the owner might load it: a plain pickle that carries joblib wrappers is tried with
+    joblib.load *and* pickle.load (an array/opcode polyglot means different things to each)."""
+    first = choose_loader(path, requested)
+    if not first:
+        return []
+    if requested == "auto" and first == "joblib":
+        from probes import formats
+
+        if formats.detect_file(path) == formats.PICKLE:
+            return ["joblib", "pickle"]
+    return [first]
+
+
 def _files_of(path: Path, max_files: int) -> list[Path]:
     if path.is_file():
         return [path]
@@ -227,8 +241,7 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
         raise ProbeError(f"no such file or folder: {path}")
     check_cancel(cancel)
     files = _files_of(subject, int(p["max_files"]))
-    plan = [(f, choose_loader(f, p["loader"])) for f in files]
-    plan = [(f, ld) for f, ld in plan if ld]
+    plan = [(f, ld) for f in files for ld in _loaders_for(f, p["loader"])]
     params_out = {k: p[k] for k in DEFAULTS}
     if not plan:
         return ProbeResult(PROBE, "inconclusive", 0.0, "nothing to load: no pickle-bearing file",
@@ -263,6 +276,8 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
     results = []
     for i, (f, loader) in enumerate(plan):
         check_cancel(cancel)
+        if any(r["file"] == str(f) and r["verdict"] == "malicious" for r in results):
+            continue  # already decided for this file by another loader
         progress(i + 1, len(plan) + 1, f"loading {f.name} ({loader}) in the sandbox")
         if not zygote.alive():
             zygote = sandbox.get_zygote(preload=preload, netns=bool(p["netns"]), readonly_fs=bool(p["readonly_fs"]))
@@ -273,9 +288,10 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
     verdict = worst["verdict"]
     score = max(r["score"] for r in results)
     if verdict == "clean" and all(r["verdict"] == "clean" for r in results):
-        why = f"loaded {len(results)} file(s) in the sandbox; nothing refused, trace like benign loads"
+        why = f"loaded {len({r['file'] for r in results})} file(s) in the sandbox; nothing refused, trace like benign loads"
     else:
-        tag = f"{Path(worst['file']).name}: " if len(results) > 1 else ""
+        tag = f"{Path(worst['file']).name}: " if len({r["file"] for r in results}) > 1 else ""
+        tag += f"[{worst['loader']}] " if len(results) > 1 else ""
         why = tag + ("; ".join(worst["reasons"]) or verdict)
     refused = [{**r, "file": res["file"]} for res in results for r in res["refused"]]
     events = [{**e, "file": res["file"]} if len(results) > 1 else e for res in results for e in res["events"]]
@@ -291,6 +307,23 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
     return ProbeResult(PROBE, verdict, score, why[:300], params_out, time.perf_counter() - t0, details)
 
 
+def offer_after_static(static_result: dict | None) -> bool:
+    """Should the layered scan offer ``dynamic`` after this static result (a ``to_dict()`` mapping)?
+
+    Yes when the static scan is inconclusive, or only found review-tier (medium/low) imports; no when it
+    is clean (nothing to learn) or already malicious (the file is refused anyway).
+    """
+    if not static_result:
+        return False
+    verdict = static_result.get("verdict")
+    if verdict == "inconclusive":
+        return True
+    if verdict == "suspicious":
+        sev = {f.get("severity") for f in static_result.get("findings") or []}
+        return not (sev & {"critical", "high"})
+    return False
+
+
 def warm_up(background: bool = True):
     """Start the sealed zygote ahead of time (optional)."""
     from probes.dynamic_load import sandbox
@@ -298,4 +331,4 @@ def warm_up(background: bool = True):
     return sandbox.warm_up(background=background)
 
 
-__all__ = ["run", "warm_up", "choose_loader", "DEFAULTS", "LOADERS"]
+__all__ = ["run", "warm_up", "offer_after_static", "choose_loader", "DEFAULTS", "LOADERS"]

@@ -18,7 +18,7 @@ import joblib.numpy_pickle  # noqa: F401  (imported before the no-unpickling gua
 import joblib.numpy_pickle_compat  # noqa: F401
 import pytest
 
-from probes.dynamic_load import choose_loader, payloads, run, sandbox
+from probes.dynamic_load import choose_loader, offer_after_static, payloads, run, sandbox
 from probes.errors import Cancelled, ProbeError
 
 
@@ -176,6 +176,14 @@ def test_params_recorded_and_bad_params_refused(files):
         probe(files["benign"][0][0], loader="dill")
     with pytest.raises(ProbeError):
         probe(files["root"] / "missing.pkl")
+
+
+def test_offered_after_an_inconclusive_or_review_tier_static_scan():
+    assert offer_after_static({"verdict": "inconclusive", "findings": []})
+    assert offer_after_static({"verdict": "suspicious", "findings": [{"severity": "medium"}]})
+    assert not offer_after_static({"verdict": "clean", "findings": []})
+    assert not offer_after_static({"verdict": "malicious", "findings": [{"severity": "critical"}]})
+    assert not offer_after_static(None)
 
 
 def test_loader_choice_is_by_content(files, tmp_path):
