@@ -686,8 +686,9 @@ class Scanner:
         head = bytes(buf[start:start + 64])
         codec = _compression(head)
         try:
-            if codec == "joblib-zf":
-                data = _inflate_zlib(bytes(buf[start + 21:end]), self.max_decompressed)
+            if codec == "joblib-zf":  # "ZF" + hex length padded to 19 chars, optional space, zlib data
+                skip = start + 21 + (1 if bytes(buf[start + 21:start + 22]) == b" " else 0)
+                data = _inflate_zlib(bytes(buf[skip:end]), self.max_decompressed)
             elif codec == "lz4":
                 data = _lz4_frame(bytes(buf[start:end]), self.max_decompressed)
             else:
@@ -702,15 +703,21 @@ class Scanner:
             return
         mloc = Loc(loc.file, f"{loc.member + '!' if loc.member else ''}({codec}-decompressed)", 0, loc.allow_prefixes)
         self.bytes_total += len(data)
+        if data[:6] == b"\x93NUMPY":  # old joblib (<0.10) keeps arrays as zlib-compressed .npy files
+            return self.scan_npy(data, 0, len(data), mloc)
+        if data[:4] == b"PK\x03\x04":
+            return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
         sims, pos, err = self.scan_pickle_stream(data, 0, len(data), mloc)
         if not sims:
             if looks_like_pickle(data, 0, len(data)) or not data:
                 self.fail(mloc, f"decompressed stream is not a complete pickle: {err}")
+            elif codec == "joblib-zf":
+                # joblib < 0.10 keeps raw array bytes in ZF files (ZNDArrayWrapper); joblib never unpickles them
+                if self._rec is not None:
+                    self._rec.format = "joblib-zf-array"
+                self.hunt(data, 0, len(data), mloc, "old joblib raw array data")
             else:
-                inner = formats.UNKNOWN
-                if data[:4] == b"PK\x03\x04":
-                    return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
-                self.fail(mloc, f"decompressed stream is not a pickle ({inner}): {err}")
+                self.fail(mloc, f"decompressed {codec} stream is not a pickle, .npy or zip: {err}")
         elif pos < len(data):
             self._trailing(data, pos, len(data), mloc, "after the pickle in the decompressed stream")
 
