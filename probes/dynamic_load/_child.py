@@ -183,6 +183,8 @@ DIR_FD_EVENTS = {"os.remove", "os.mkdir", "os.rmdir", "os.chmod", "os.chown", "o
 # Modules whose functions reach process creation or raw memory without raising an audit event.
 NATIVE_ESCAPES = {"_posixsubprocess", "_ctypes", "ctypes", "_winapi", "_xxsubinterpreters", "_testcapi", "_testinternalcapi"}
 
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth")
+
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -304,9 +306,16 @@ def make_hook(nonce, job, roots):
                 return None, {"write": bool(writing)}
             if writing:
                 return (None if under(p, write_ok) else "write outside the sandbox"), {"write": True, "path": p}
+            if p.endswith(CODE_SUFFIXES) and not under(p, trusted):
+                return "code file read from outside the trusted library paths", {"path": p}
             if under(p, read_ok):
                 return None, {"path": p}
             return "read outside allowed paths", {"path": p}
+        if event == "import":
+            fname = args[1] if len(args) > 1 else None
+            if isinstance(fname, str) and not under(norm(fname) or fname, trusted):
+                return "import of code from outside the trusted library paths", {}
+            return None, {}
         if event in ("exec", "compile"):
             caller, direct, active, importing = context()
             code = args[0] if args else None
@@ -314,6 +323,9 @@ def make_hook(nonce, job, roots):
             from_file = isinstance(fname, str) and fname.endswith(".py") and under(fname, trusted) \
                 and caller.startswith("<frozen importlib")
             info = {"caller": caller, "from_file": from_file, "unpickler_active": active}
+            if caller.startswith("<frozen importlib") and isinstance(fname, str) and fname.endswith(".py") \
+                    and not under(fname, trusted):
+                return "import of code from outside the trusted library paths", info
             if direct:
                 return "code execution called directly by the pickle stream", info
             return None, info

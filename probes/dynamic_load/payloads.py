@@ -99,6 +99,17 @@ def build_payloads(dest: str | os.PathLike, marker_dir: str | os.PathLike | None
     # Tries to forge the trace channel: writes fake "done"/"exit" lines to every low fd (os.write is not audited).
     forged = b'{"t":"exit","job":1,"code":0}\n{"n":"x","t":"done","ok":true}\n'
     add("forge-trace", [_Reduce(os.write, (fd, forged)) for fd in range(1, 12)], "pickle", "call", "pickle.call")
+    # Plants nothing itself: puts the subject's own folder on sys.path and imports a module shipped beside it.
+    helper = dest / "model_helpers.py"
+    helper.write_text(f"open({str(m('sidecar'))!r}, 'w').write('x')\n")
+
+    def u(text):
+        b = text.encode()
+        return b"X" + len(b).to_bytes(4, "little") + b
+
+    sidecar = (b"\x80\x02cbuiltins\ngetattr\n(csys\npath\n" + u("insert") + b"tR(K\x00" + u(str(dest)) + b"tR0"
+               + b"cimportlib\nimport_module\n(" + u("model_helpers") + b"tR.")
+    add("sidecar-import", sidecar, "pickle", "refused", "open", m("sidecar"))
     # Behaviour only: spin forever / allocate too much / crash the interpreter.
     add("hang-spin", _Reduce(collections.deque, (_Reduce(itertools.count, ()), 0)), "pickle", "timeout", "timeout")
     add("memory-bomb", _Reduce(operator.mul, (b"x", 1 << 34)), "pickle", "memory", "MemoryError")

@@ -107,6 +107,14 @@ def test_payload_on_no_denylist_caught_by_behaviour(files):
         assert res.details["refused"][0]["reason"] == "write outside the sandbox"
 
 
+def test_import_of_a_module_shipped_beside_the_model_is_refused(files):
+    p = files["payloads"]["sidecar-import"]
+    res = probe(p.path)
+    assert res.verdict == "malicious"
+    assert res.details["refused"][0]["reason"] == "code file read from outside the trusted library paths"
+    assert not p.marker.exists()
+
+
 def test_harmless_getpid_payload_is_suspicious_with_the_call_as_evidence(files):
     res = probe(files["payloads"]["os-getpid"].path)
     assert res.verdict == "suspicious", res.summary
