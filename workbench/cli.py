@@ -97,6 +97,24 @@ def _run_tui(db: Path, **kwargs: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+@app.command("demo")
+def demo(no_tui: Annotated[bool, typer.Option("--no-tui", help="Build the demo case and print it; do not open the workbench.")] = False,
+         rebuild: Annotated[bool, typer.Option("--rebuild", help="Start a fresh demo case even if one exists.")] = False,
+         db: Annotated[Optional[Path], typer.Option("--db", help="Demo case file (default: demo.db in the platform's data dir).")] = None) -> None:
+    """Build demo subjects locally (backdoored and clean classifiers and language models) and open a demo case."""
+    from workbench.demo import build_demo_case
+    from workbench.paths import default_db_path
+
+    with _Guard():
+        target = db or default_db_path().with_name("demo.db")
+        case_id = build_demo_case(target, say=lambda m: typer.echo(m, err=True), rebuild=rebuild)
+        if no_tui:
+            case_show(case_id, db=target, as_json=False)
+        else:
+            _run_tui(target, case_id=case_id)
+
+
+# --------------------------------------------------------------------------------------------
 @case_app.command("new")
 def case_new(title: Annotated[str, typer.Argument(help="Case title, e.g. \"Vendor model 2026-11\".")],
              description: Annotated[str, typer.Option("--description", "-d", help="One-paragraph description.")] = "",
@@ -410,8 +428,6 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
         if case is not None:
             store = _open_store(db, create=False)
             store.get_case(case)
-        elif db is not None and not as_json:
-            typer.echo("note: --db without --case records nothing; add --case ID to keep the runs", err=True)
         progress = _StderrProgress(enabled=True)
         try:
             report = run_scan(prepared, store=store, case_id=case, progress=progress)
