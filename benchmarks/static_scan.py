@@ -145,13 +145,13 @@ def large_table(dest: Path, large_mb: int, repeat: int) -> None:
         pickle.dump({f"a{i}": np.zeros(large_mb * (1 << 20) // 8 // 8) for i in range(8)}, fh, protocol=4)
     cases.append(("large numpy pickle (p4)", p))
     print()
-    print(f"{'file':<26}{'size MB':>9}{'pickle MB':>10}{'ours s':>9}{'MB/s pkl':>10}{'picklescan s':>14}")
+    print(f"{'file':<26}{'size MB':>9}{'pickle MB':>10}{'ours ms':>10}{'MB/s pkl':>10}{'picklescan ms':>15}")
     for label, path in cases:
         t, r = _timed(lambda: _ours(path), repeat)
         t_ps, rps = _timed(lambda: _picklescan(path, False), repeat)
         err = " (error)" if isinstance(rps, Exception) or getattr(rps, "scan_err", False) else ""
-        print(f"{label:<26}{path.stat().st_size / 1e6:>9.1f}{r['pickle_bytes'] / 1e6:>10.3f}{t:>9.3f}"
-              f"{r['pickle_bytes'] / 1e6 / t:>10.2f}{t_ps:>14.3f}{err}   verdict {r['verdict']}")
+        print(f"{label:<26}{path.stat().st_size / 1e6:>9.1f}{r['pickle_bytes'] / 1e6:>10.3f}{t * 1e3:>10.1f}"
+              f"{r['pickle_bytes'] / 1e6 / t:>10.2f}{t_ps * 1e3:>15.1f}{err}   verdict {r['verdict']}")
         path.unlink()
 
 
