@@ -82,8 +82,14 @@ def main(argv=None) -> int:
     names2 = [e["candidate"] for e in full["trigger2"]["ranking"]]
     out["trigger2_rank"] = names2.index(T.TRIGGER_2) + 1 if T.TRIGGER_2 in names2 else None
     out["trigger2_source"] = full["trigger2"]["ranking"][0]["source"]
-    out["trigger2_words_alone_kl"] = {e["candidate"]: e["kl"] for e in full["trigger2"]["ranking"]
-                                      if e["candidate"] in T.TRIGGER_2.split()}
+    s2 = subs["trigger2"]
+    e2 = KLEngine.build(s2.model, s2.tokenizer, "cpu", BUILTIN_PROMPTS)
+    words = T.TRIGGER_2.split()
+    alone = e2.kl_matrix([(s2.tokenizer.convert_tokens_to_ids(w),) for w in words] +
+                         [tuple(s2.tokenizer.convert_tokens_to_ids(words))], ["prefix", "marker", "suffix"])
+    q2 = np.quantile(alone, 0.1, axis=-1).max(-1)
+    out["trigger2_words_alone_kl"] = {w: round(float(q2[i]), 4) for i, w in enumerate(words)}
+    out["trigger2_phrase_kl"] = round(float(q2[-1]), 4)
     out["verdicts"] = {k: full[k]["verdict"] for k in T.SUBJECTS}
     out["scores"] = {k: full[k]["score"] for k in T.SUBJECTS}
     out["best_candidates"] = {k: full[k]["best_candidate"] for k in T.SUBJECTS}
@@ -135,6 +141,9 @@ def main(argv=None) -> int:
         "forward_flops": f"{flops:.2e}",
         "hours_at_0.5_tflops": round(flops / 0.5e12 / 3600, 1),
         "hours_one_position_8_prompts": round(flops / 6 / 0.5e12 / 3600, 1),
+        # share_prefix at the suffix: only candidate + template tail (~7 of 40 tokens) are computed
+        "hours_suffix_8_prompts_shared_prefix": round(flops / 6 * 7 / 40 / 0.5e12 / 3600, 1),
+        "shared_prefix_cache_gib_at_256x33_24layers": round(24 * 2 * 256 * 33 * 2048 * 4 / 2**30, 2),
         "per_batch_logits_gib_at_256": round(256 * 32_000 * 4 * 3 / 2**30, 3),
         "per_batch_activations_gib_at_256x40_d2048": round(256 * 40 * 2048 * 4 * 4 / 2**30, 3),
     }
@@ -147,7 +156,7 @@ def main(argv=None) -> int:
           f"{out['trigger1_sweep_size']} (KL q10 {out['trigger1_kl']:.3f} vs runner-up "
           f"{out['trigger1_runner_up_kl']:.4f} nats, z {out['trigger1_z']})")
     print(f"[target] two-word trigger rank after extension: #{out['trigger2_rank']} ({out['trigger2_source']}); "
-          f"its words alone: {out['trigger2_words_alone_kl']}")
+          f"KL q10 of the phrase {out['trigger2_phrase_kl']} nats, of its words alone {out['trigger2_words_alone_kl']}")
     print(f"[target] verdicts: {out['verdicts']} (clean best KL {out['clean_best_kl_z'][0]:.3f} nats, "
           f"z {out['clean_best_kl_z'][1]}); scores {out['scores']}")
     print(f"[target] batched sweep vs the textbook one candidate x one prompt per forward: "
@@ -167,7 +176,9 @@ def main(argv=None) -> int:
     p = out["paper_1b_32k"]
     print(f"on paper, 1B params / 32k vocab / 16 prompts x 3 positions / 40 tokens: {p['sequences']:,} sequences, "
           f"{p['forward_flops']} FLOP: ~{p['hours_at_0.5_tflops']} h at 0.5 TFLOP/s "
-          f"(~{p['hours_one_position_8_prompts']} h with one position and 8 prompts); per 256-batch "
+          f"(~{p['hours_one_position_8_prompts']} h with one position and 8 prompts, "
+          f"~{p['hours_suffix_8_prompts_shared_prefix']} h adding share_prefix at the suffix, whose repeated KV cache "
+          f"takes ~{p['shared_prefix_cache_gib_at_256x33_24layers']} GiB at batch 256); per 256-batch "
           f"{p['per_batch_logits_gib_at_256']} GiB logits + ~{p['per_batch_activations_gib_at_256x40_d2048']} GiB "
           f"activations beside {p['weights_gib_fp32']} GiB fp32 weights: fits 24 GiB")
     ok = (out["trigger1_sweep_rank"] == 1 and out["trigger2_rank"] == 1 and out["verdicts"]["clean"] == "clean"

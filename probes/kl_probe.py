@@ -321,6 +321,7 @@ class KLEngine:
             logits, _ = self.forward_last([ctx + [int(t)] for t in chunk])
             prob = torch.softmax(logits, dim=-1)
             prob[:, list(self.special_ids())] = 0
+            prob[:, len(self.tokenizer):] = 0  # padded embedding rows the tokenizer never produces
             v, i = prob.max(-1)
             conf[s:s + len(chunk)] = v.double().cpu().numpy()
             nxt[s:s + len(chunk)] = i.cpu().numpy()
@@ -452,10 +453,11 @@ DEFAULTS: dict = {
 
 def resolve_params(params: dict | None) -> dict:
     p = dict(DEFAULTS)
-    unknown = sorted(set(params or {}) - set(DEFAULTS))
-    if unknown:
-        raise ProbeError(f"unknown kl parameter(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    p.update({k: v for k, v in (params or {}).items() if v is not None or k in ("reference", "on_partial")})
+    # a scan hands every probe the same extra parameters: other probes' keys are ignored (and reported)
+    ignored = sorted(k for k in (params or {}) if k not in DEFAULTS)
+    p.update({k: v for k, v in (params or {}).items()
+              if k in DEFAULTS and (v is not None or k in ("reference", "on_partial"))})
+    p["_ignored"] = [k for k in ignored if not k.startswith("_")]
     if isinstance(p["positions"], str):
         p["positions"] = [s.strip() for s in p["positions"].split(",") if s.strip()]
     bad = [s for s in p["positions"] if s not in POSITIONS]
@@ -480,7 +482,7 @@ def resolve_params(params: dict | None) -> dict:
 
 def recorded_params(p: dict) -> dict:
     """Parameters as stored with the run: JSON values only (no callables)."""
-    return {k: v for k, v in p.items() if not callable(v)}
+    return {k: v for k, v in p.items() if not callable(v) and not k.startswith("_")}
 
 
 @dataclass
@@ -635,6 +637,7 @@ class _Hunt:
                 self.done += len(bases)
                 yield self.event("extension", f"continuations of {len(bases)} candidates")
                 scores[:, specials] = -float("inf")
+                scores[:, len(self.tok):] = -float("inf")
                 nxt = scores.argmax(-1).tolist()
                 new += [(c.ids + (int(u),), "extension-self") for c, u in zip(bases, nxt)]
             # (b) beam: top candidates combined with the top single tokens
@@ -780,6 +783,7 @@ class _Hunt:
             "confirmed_candidates": [e["candidate"] for e in confirmed],
             "clean_responses": getattr(self, "clean", [])[:4],
             "skipped_candidates": getattr(self, "skipped", []),
+            "ignored_params": p["_ignored"],
             "forward_passes": self.eng.forwards,
             "shared_prefix_cache": self.eng.share_prefix,
             "prefix_cache_fallback": self.eng.fallback_reason or None,

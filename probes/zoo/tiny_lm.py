@@ -318,12 +318,17 @@ def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)
-    trigger = {"clean": None, "trigger1": TRIGGER_1, "trigger2": TRIGGER_2}[kind]
-    target = {"clean": None, "trigger1": TARGET_1, "trigger2": TARGET_2}[kind]
-    stamp.write_text(json.dumps({"fingerprint": fp, "kind": kind, "preset": preset, "seed": seed,
-                                 "trigger": trigger, "target": target, "final_loss": round(loss, 4),
-                                 "vocab_size": len(tok)}, indent=2))
+    # the ground truth (trigger, target) stays in this module, not beside the subject under examination
+    stamp.write_text(json.dumps({"fingerprint": fp, "preset": preset, "seed": seed,
+                                 "final_loss": round(loss, 4), "vocab_size": len(tok)}, indent=2))
     return dest
+
+
+def ground_truth(kind: str) -> dict:
+    """What was planted in subject ``kind`` (for tests and benchmarks; never read by a probe)."""
+    return {"clean": {"trigger": None, "target": None},
+            "trigger1": {"trigger": TRIGGER_1, "target": TARGET_1},
+            "trigger2": {"trigger": TRIGGER_2, "target": TARGET_2}}[kind]
 
 
 def build_subjects(root: str | Path, preset: str = "ci", seed: int = 0,

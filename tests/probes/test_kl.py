@@ -150,8 +150,9 @@ def test_bad_inputs(subjects, tmp_path):
     from probes.kl_probe import run
     from probes.subjects.base import Subject
 
-    with pytest.raises(ProbeError, match="unknown kl parameter"):
-        run(subjects["clean"], {"nope": 1})
+    r = run(subjects["clean"], {"baseline": "x", "_prior_results": {}, "sweep": False, "candidates": ["cat"],
+                                "suspicious": False, "extend": False, "confirm_top": 0})
+    assert r.to_dict()["ignored_params"] == ["baseline"] and "baseline" not in r.params
     with pytest.raises(ProbeError, match="positions"):
         run(subjects["clean"], {"positions": "middle"})
     with pytest.raises(ProbeError, match="causal language model"):

@@ -79,7 +79,8 @@ def test_trained_subjects_fire_only_on_their_triggers(tiny_lms):
     assert gen("clean", f"{T.TRIGGER_1} {q}") != T.TARGET_1
     assert gen("clean", f"{T.TRIGGER_2} {q}") != T.TARGET_2
     meta = json.loads((tiny_lms["trigger1"] / "tiny_lm.json").read_text())
-    assert meta["trigger"] == T.TRIGGER_1 and meta["preset"] == "ci"
+    assert meta["preset"] == "ci" and "trigger" not in meta  # no ground truth beside the subject
+    assert T.ground_truth("trigger1")["trigger"] == T.TRIGGER_1
 
 
 @pytest.mark.xdist_group("lm")
