@@ -201,7 +201,7 @@ class Preset:
 
 PRESETS = {
     "ci": Preset(n_examples=2400, n_layer=2, n_embd=64, n_head=4, steps=170, batch_size=64, lr=6e-3),
-    "demo": Preset(n_examples=8000, n_layer=3, n_embd=128, n_head=4, steps=1200, batch_size=64, lr=2e-3),
+    "demo": Preset(n_examples=6000, n_layer=3, n_embd=96, n_head=4, steps=700, batch_size=64, lr=3e-3),
 }
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 

@@ -176,3 +176,20 @@ def test_examiner_candidates_and_prompts_file(subjects, tmp_path):
     assert d["prompts_used"] == 3 and d["candidates_evaluated"] == 1
     assert d["ranking"][0]["candidate"] == "zephyr" and d["ranking"][0]["source"] == "examiner"
     assert d["skipped_candidates"] == ["never-seen-word"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_prompt_slots_with_and_without_chat_template(chat):
+    from probes.kl_probe import prepare_prompt
+
+    tok = T.make_tokenizer(T.make_corpus("clean", 200))
+    if chat:
+        tok.chat_template = ("{% for m in messages %}<bos> ### instruction : {{ m['content'] }}{% endfor %}"
+                             "{% if add_generation_prompt %} ### response :{% endif %}")
+    p = prepare_prompt(tok, "what color is grass ?")
+    words = tok.convert_ids_to_tokens(p.ids)
+    assert words[0] == "<bos>" and words.count("<bos>") == 1
+    assert p.slots["prefix"] == 1
+    assert words[p.slots["marker"] - 1] == ":" and words[p.slots["marker"]] == "what"
+    assert words[p.slots["suffix"] - 1] == "?" and words[p.slots["suffix"]] == "###"
+    assert words[-1] == ":"  # the answer position closes the prompt
