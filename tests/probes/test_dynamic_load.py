@@ -237,6 +237,27 @@ def test_os_layers_hold_even_without_the_audit_hook(files):
     assert "unreachable" in err or "refused" in err.lower() or "Cannot assign" in err, err
 
 
+def test_cli_scan_with_the_dynamic_probe(files, tmp_path):
+    """`workbench scan FILE --probes dynamic --json` end to end (the baseline is handed over as JSON)."""
+    from probes.dynamic_load import model
+    from tests.cli.helpers import wb
+
+    probe(files["benign"][0][0])  # make sure this process has the baseline
+    base = next(iter(model._MEMO.values()))
+    cache = tmp_path / "cache"
+    (cache / "dynamic-load").mkdir(parents=True, exist_ok=True)
+    (cache / "dynamic-load" / f"baseline-{base.key}.json").write_text(json.dumps(base.to_json()))
+    p = files["payloads"]["os-system"]
+    r = wb("scan", p.path, "--probes", "dynamic", "--json", "--fail-on", "high",
+           env={"WORKBENCH_CACHE": str(cache), "WORKBENCH_DB": str(tmp_path / "case.db")})
+    assert r.code == 1, r.err
+    out = json.loads(r.out)
+    dyn = out["results"][0]
+    assert dyn["probe"] == "dynamic" and dyn["verdict"] == "malicious"
+    assert dyn["refused"][0]["event"] == "os.system" and dyn["baseline"]["loads"] >= 30
+    assert not p.marker.exists()
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     mod = pytest.importorskip("probes.zoo.payload_corpus")
