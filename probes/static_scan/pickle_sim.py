@@ -218,7 +218,7 @@ class PickleSim:
 
     def __init__(self, buf, start: int, end: int, *, emit: Callable[[dict], None],
                  base: int = 0, nested: Callable | None = None, depth: int = 0,
-                 context: str = "", joblib_arrays: bool = True):
+                 context: str = "", joblib_arrays: bool = True, max_ops: int | None = None, cancel=None):
         self.buf = buf
         self.start = start
         self.end = end
@@ -228,6 +228,9 @@ class PickleSim:
         self.depth = depth
         self.context = context
         self.joblib_arrays = joblib_arrays
+        self.max_ops = max_ops if max_ops is not None else 1 << 62
+        self.cancel = cancel
+        self._walked: set = set()  # (id, size) of argument structures already walked
         self.globals: list[SGlobal] = []
         self.persids: list = []
         self.value: Any = None
@@ -296,7 +299,7 @@ class PickleSim:
         if not spec:
             return
         if "*" in spec:
-            for v in _callables_in(args):
+            for v in _callables_in(args, self._walked):
                 self._use(v, spec["*"], pos, opcode)
         for i, mode in spec.items():
             if i == "*" or not isinstance(args, tuple) or i >= len(args):
@@ -473,6 +476,13 @@ class PickleSim:
                 code = buf[pos]
                 opos = pos
                 n_ops += 1
+                if not n_ops & 0xFFFF:
+                    if n_ops > self.max_ops:
+                        raise PickleParseError(opos, "opcode budget exhausted")
+                    if self.cancel is not None and self.cancel.is_set():
+                        from probes.errors import Cancelled
+
+                        raise Cancelled("cancelled")
                 # ---- fast paths for the opcodes that make up most of a state_dict pickle
                 if code == 0x71 or code == 0x68 or code == 0x4B:  # BINPUT / BINGET / BININT1
                     if pos + 2 > end:
@@ -738,7 +748,7 @@ class PickleSim:
                     elif name == "NEWOBJ_EX":
                         kwargs = stack.pop(); args = stack.pop(); cls = stack[-1]
                         stack[-1] = self._call(cls, args, opos, name, mode="new")
-                        for v in _walk_values(kwargs):
+                        for v in _callables_in(kwargs, self._walked):
                             self._use(v, "ref", opos, name)
                     elif name == "INST":
                         items = pop_mark()
@@ -897,8 +907,11 @@ def _decode(full: str, args: tuple) -> bytes | None:
     return None
 
 
-def _callables_in(root: Any, limit: int = 100_000) -> list:
-    """Imported names / resolved attributes / partials anywhere inside a value (iterative, bounded)."""
+def _callables_in(root: Any, walked: set | None = None, limit: int = 1_000_000) -> list:
+    """Imported names / resolved attributes / partials anywhere inside a value (iterative, bounded).
+
+    ``walked`` holds (id, size) of containers already walked by this simulator: a structure recalled
+    from the memo again and again (a classic amplification) is walked once per size it has had."""
     out = []
     todo = [root]
     n = 0
@@ -906,6 +919,13 @@ def _callables_in(root: Any, limit: int = 100_000) -> list:
         v = todo.pop()
         n += 1
         t = type(v)
+        if walked is not None and (t is SList or t is SDict or t is SSet or t is tuple):
+            size = len(v) if t is tuple else len(v.pairs) if t is SDict else len(v.items)
+            if size > 8:
+                key = (id(v), size)
+                if key in walked:
+                    continue
+                walked.add(key)
         if t is tuple:
             todo.extend(v)
         elif t is SGlobal:

@@ -243,7 +243,7 @@ class Scanner:
     def run_pickle(self, buf, start: int, end: int, loc: Loc, *, context: str = "") -> tuple[PickleSim, int | None, str | None]:
         """Walk one pickle; (sim, end position or None, error)."""
         sim = PickleSim(buf, start, end, emit=self._emitter(loc), base=loc.base, nested=self._nested_cb(loc),
-                        context=context)
+                        context=context, cancel=self.cancel)
         self._allow(sim, loc)
         try:
             newpos = sim.run()
@@ -328,6 +328,7 @@ class Scanner:
         """Look for complete pickles hidden inside opaque bytes; report what they would import."""
         found = 0
         tries = 0
+        budget = 4_000_000  # opcodes over all candidates: bounded work on hostile trailing data
         stop = min(end, start + limit)
         pos = start
         for m in _HUNT_RE.finditer(buf, start, stop):
@@ -337,15 +338,23 @@ class Scanner:
             tries += 1
             if tries > 2000:
                 break
+            if budget <= 0:
+                self.add(loc, a - loc.base, None, None, None, "low", "hidden-pickle",
+                         f"search for hidden pickles in {what} stopped at offset {a - loc.base} (work budget spent)")
+                break
             sink: list = []
             sim = PickleSim(buf, a, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
-                            context=f"hidden pickle in {what} at offset {a - loc.base}")
+                            context=f"hidden pickle in {what} at offset {a - loc.base}", max_ops=budget,
+                            cancel=self.cancel)
             try:
                 newpos = sim.run()
             except (PickleParseError, RecursionError):
+                budget -= sim.n_ops
                 if not any(f["severity"] == "critical" for f in sink):
                     continue
                 newpos = a + 1
+            else:
+                budget -= sim.n_ops
             if not sim.globals and not sink:
                 continue
             found += 1

@@ -228,3 +228,20 @@ def test_real_benign_files_shipped_with_installed_packages_are_not_malicious():
     verdicts = {f.name: scan_path(f).verdict for f in files}
     assert not [n for n, v in verdicts.items() if v == "malicious"], verdicts
     assert not [n for n, v in verdicts.items() if v == "inconclusive"], verdicts
+
+
+def test_memo_amplification_and_in_pickle_cancel_are_bounded():
+    import time
+
+    # a 20,000-item list stored once in the memo, then handed to an allowlisted helper 20,000 times
+    big = b"(" + b"K\x01" * 20000 + b"l\x94"
+    calls = (b"ctorch._utils\n_rebuild_tensor_v2\n\x94" + b"0"
+             + (b"h\x01h\x00\x85R0" * 20000))
+    data = b"\x80\x04" + big + calls + b"N."
+    t0 = time.perf_counter()
+    assert _sim(data) == []
+    assert time.perf_counter() - t0 < 10
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        PickleSim(data, 0, len(data), emit=lambda f: None, cancel=ev).run()
