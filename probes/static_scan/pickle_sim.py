@@ -62,6 +62,7 @@ class SGlobal:
     uses: set = field(default_factory=set)
     call_offset: int | None = None
     call_opcode: str | None = None
+    enum_like: bool = True  # every call so far had one constant scalar argument (Enum(value) pattern)
 
     full: str = ""
 
@@ -280,7 +281,11 @@ class PickleSim:
                 self._finding(g.offset, g.opcode, mod, nm, "critical", "dangerous-callable",
                               f"{mod}.{nm}: {g.reason}{via}{called}")
             elif "call" in g.uses:
-                if policy.constructor_ok(g.module) and policy.looks_like_class(g.name) and not g.via:
+                if g.enum_like and "new" not in g.uses and policy.well_known(g.module) and policy.looks_like_class(g.name) \
+                        and not g.via:
+                    self._finding(g.offset, g.opcode, mod, nm, "low", "review-class",
+                                  f"{g.full}(<constant>) looks like an Enum member lookup{called}; review")
+                elif policy.constructor_ok(g.module) and policy.looks_like_class(g.name) and not g.via:
                     self._finding(g.offset, g.opcode, mod, nm, "low", "review-class",
                                   f"constructor of library class {g.full} is called while loading{called}; review")
                 else:
@@ -320,6 +325,8 @@ class PickleSim:
         res = SObj("call" if mode == "call" else "new", func, args, pos, opcode)
         if isinstance(func, SGlobal):
             self._use(func, mode, pos, opcode)
+            if mode == "call" and not (len(args) == 1 and (args[0] is None or type(args[0]) in (str, int, float, bool))):
+                func.enum_like = False
             full = func.full
             if func.tier == policy.ALLOW:
                 self._check_args(full, args, pos, opcode)

@@ -194,7 +194,7 @@ CRITICAL_NAMES: frozenset[str] = frozenset({
     "joblib.load", "joblib.numpy_pickle.load", "joblib.numpy_pickle_compat.load_compatibility",
     "joblib.Parallel", "joblib.parallel", "joblib.externals", "joblib._parallel_backends",
     "sklearn.utils._testing", "sklearn.utils.fixes", "sklearn.externals",
-    "transformers.dynamic_module_utils", "transformers.trainer_utils",
+    "transformers.dynamic_module_utils",
     "pandas.io", "pandas.read_pickle", "pandas.eval", "pandas.core.computation",
     "scipy.io", "scipy.weave", "scipy._lib._testutils", "functools.reduce",
     "keras.models", "tensorflow", "keras.src.saving", "onnx.load",

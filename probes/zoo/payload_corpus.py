@@ -227,6 +227,12 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
                                                "f": frozenset({3}), "c": 1 + 2j}, protocol=proto), f"plain pickle protocol {proto}")
     B("randomstate.pkl", pickle.dumps(np.random.RandomState(1)), "numpy RandomState pickle")
     B("object_free.bin", pickle.dumps([np.float64(1.5), np.int32(3), np.dtype("f4")]), "numpy scalars (extensionless name)")
+    # what transformers' training_args.bin looks like: a dataclass instance holding Enum members
+    B("training_args.bin", P2 + _g("transformers.training_args", "TrainingArguments") + b")\x81}("
+      + _u("output_dir") + _u("out") + _u("eval_strategy") + _g("transformers.trainer_utils", "IntervalStrategy")
+      + _t(_u("steps")) + b"R" + _u("optim") + _g("transformers.training_args", "OptimizerNames") + _t(_u("adamw_torch"))
+      + b"R" + _u("learning_rate") + b"G" + struct.pack(">d", 5e-5) + b"ub" + STOP,
+      "transformers training_args (enums; review tier)", "suspicious")
     hf = ben / "hf_model"
     hf.mkdir(exist_ok=True)
     (hf / "config.json").write_text(json.dumps({"architectures": ["TinyNetForImageClassification"], "model_type": "tiny",
