@@ -82,8 +82,12 @@ class WorkbenchApp(App[int]):
     ]
 
     def __init__(self, db_path: str | Path, *, case_id: int | None = None, subject_id: int | None = None,
+                 probe_params: dict[str, Any] | None = None, kl_params: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
+        """``probe_params`` / ``kl_params``: extra parameters for every scan / trigger hunt (as ``--param``)."""
         super().__init__()
+        self.probe_params = dict(probe_params or {})
+        self.kl_params = dict(kl_params or {})
         self.db_path = Path(db_path)
         self.store = CaseStore(self.db_path)
         self.sub_title = str(self.db_path)
@@ -418,7 +422,8 @@ class WorkbenchApp(App[int]):
                     self.log_event(f"{s['name']}: none of the chosen probes applies to a {s['kind']}", "grey62")
                     continue
                 self.enqueue(Job("scan", case_id, s["id"], path=s["path"], probes=chosen, data=values["data"],
-                                 audit=values["audit"], label=f"{s['name']}: {', '.join(chosen)}"))
+                                 audit=values["audit"], params=dict(self.probe_params),
+                                 label=f"{s['name']}: {', '.join(chosen)}"))
 
         self.push_screen(ProbePicker(title, probes, data or "", audit or ""), done)
 
@@ -439,7 +444,7 @@ class WorkbenchApp(App[int]):
         def done(values: dict[str, str] | None) -> None:
             if values is None:
                 return
-            params: dict[str, Any] = {}
+            params: dict[str, Any] = dict(self.kl_params)
             if values.get("candidates"):
                 params["candidates"] = values["candidates"]
             if values.get("max_sweep"):

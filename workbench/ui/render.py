@@ -27,7 +27,7 @@ STATUS_ICON = {
     "cancelled": ("⊘", "yellow"),
     "interrupted": ("⚠", "yellow"),
 }
-_RANK = {"malicious": 4, "backdoored": 3, "suspicious": 2, "inconclusive": 1, "clean": 0}
+RANK = {"malicious": 4, "backdoored": 3, "suspicious": 2, "inconclusive": 1, "clean": 0}
 
 
 def verdict_text(verdict: str | None) -> Text:
@@ -43,7 +43,7 @@ def status_text(status: str | None) -> Text:
 
 def worst_verdict(verdicts: Sequence[str | None]) -> str | None:
     vs = [v for v in verdicts if v]
-    return max(vs, key=lambda v: _RANK.get(v, 0)) if vs else None
+    return max(vs, key=lambda v: RANK.get(v, 0)) if vs else None
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -36,6 +36,7 @@ class NotesPane(Vertical):
         self._loading = False
         self._timer: Timer | None = None
         self.saves = 0
+        self._saved_text = ""
 
     def compose(self) -> ComposeResult:
         yield Static(id="notes-head")
@@ -65,6 +66,7 @@ class NotesPane(Vertical):
             notes = store.list_notes(case_id, subject_id=subject_id)
             body = notes[-1]["body"] if notes else ""
         self._loading = True
+        self._saved_text = body
         self.editor.load_text(body)
         self.editor.disabled = new is None
         self._loading = False
@@ -73,7 +75,7 @@ class NotesPane(Vertical):
         self.call_after_refresh(self._render_preview)
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
-        if self._loading or self.target is None:
+        if self._loading or self.target is None or self.editor.text == self._saved_text:
             return
         self.dirty = True
         self._status("editing…")
@@ -93,13 +95,15 @@ class NotesPane(Vertical):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
-        if not self.dirty or self.target is None:
+        if not self.dirty or self.target is None or self.editor.text == self._saved_text:
+            self.dirty = False
             return True
         from casefiles.errors import CaseFileBusy, CaseFileError
 
         case_id, subject_id = self.target
         try:
-            self.app.store.save_note(case_id, self.editor.text, subject_id=subject_id)  # type: ignore[attr-defined]
+            text = self.editor.text
+            self.app.store.save_note(case_id, text, subject_id=subject_id)  # type: ignore[attr-defined]
         except CaseFileBusy:
             self._status("case file busy — retrying in 1 s", error=True)
             self.app.notify("Case file busy; the note will be saved in a second.", severity="warning")
@@ -109,6 +113,7 @@ class NotesPane(Vertical):
             self._status(f"NOT SAVED: {exc}", error=True)
             self.app.notify(f"Note not saved: {exc}", severity="error")
             return False
+        self._saved_text = text
         self.dirty = False
         self.saves += 1
         self._status(f"saved {datetime.now():%H:%M:%S}")

@@ -14,6 +14,9 @@ from workbench.ui import render
 
 
 class RunLogPane(Vertical):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history: list[str] = []  # this session's events as plain text
     def compose(self) -> ComposeResult:
         yield Static("Runs recorded in the case file", classes="pane-title")
         yield DataTable(id="runlog-table", cursor_type="row", zebra_stripes=True)
@@ -45,4 +48,5 @@ class RunLogPane(Vertical):
     def event(self, text: str, style: str = "") -> None:
         line = Text(f"{datetime.now():%H:%M:%S} ", style="grey50")
         line.append(text, style=style)
+        self.history.append(line.plain)
         self.query_one("#runlog-events", RichLog).write(line)

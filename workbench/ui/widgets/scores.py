@@ -55,7 +55,7 @@ class ScoresPane(Vertical):
         subjects = store.list_subjects(case_id)
         all_v = [subject_verdict([r for r in runs if r["subject_id"] == s["id"]]) for s in subjects]
         scored = [v for v in all_v if v["score"] is not None]
-        worst = max(scored, key=lambda v: v["score"]) if scored else {"score": None, "band": None,
+        worst = max(scored, key=lambda v: (v["score"], render.RANK.get(v["verdict"], 0))) if scored else {"score": None, "band": None,
                                                                       "verdict": "inconclusive", "evidence": ""}
         self.query_one("#scores-head", Static).update(self._head(f"Case {case_id}: {case['title']}", worst))
         t = self.query_one("#scores-table", DataTable)
@@ -81,13 +81,15 @@ class ScoresPane(Vertical):
             self._head(f"{s['name']}  ({s['format']}, {s['kind']})  sha256 {s['sha256'][:16]}…", v))
         t = self.query_one("#scores-table", DataTable)
         t.clear(columns=True)
-        t.add_columns("", "probe", "verdict", "score", "duration", "summary")
+        t.add_columns("", "probe", "verdict", "score", "risk", "duration", "summary")
+        contrib = v.get("contributions") or {}
         for probe, r in latest_by_probe(runs).items():
             score = Text(render.fmt_score(r.get("score")))
             if r.get("score") is not None and r["score"] >= 0.5:
                 score.stylize("bold red")
+            c = contrib.get(probe)
             t.add_row(render.status_text(r["status"]), probe, render.verdict_text(r.get("verdict")), score,
-                      render.fmt_duration(r.get("duration_s")), _trim(r.get("summary") or r.get("error") or "", 90),
+                      "—" if c is None else str(c), render.fmt_duration(r.get("duration_s")), _trim(r.get("summary") or r.get("error") or "", 90),
                       key=f"r{r['id']}")
         ev = Text("Evidence: ", style="bold")
         ev.append(v["evidence"])
