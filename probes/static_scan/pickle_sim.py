@@ -330,6 +330,10 @@ class PickleSim:
             full = func.full
             if func.tier == policy.ALLOW:
                 self._check_args(full, args, pos, opcode)
+                if full == "torch.storage._load_from_bytes" and not (args and isinstance(args[0], (bytes, SBlob))):
+                    self._finding(pos, opcode, "torch.storage", "_load_from_bytes", "high", "computed-call",
+                                  "torch.storage._load_from_bytes runs torch.load(weights_only=False) on bytes computed "
+                                  f"while loading ({describe(args[0]) if args else 'no argument'}); they cannot be checked")
                 if full == "functools.partial" and args:
                     res.partial = (args[0], args[1:])
                 elif full in ("_codecs.encode", "codecs.encode") and args and isinstance(args[0], str):

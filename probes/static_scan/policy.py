@@ -96,6 +96,12 @@ ALLOWED: frozenset[str] = frozenset({
     "pandas._libs.tslibs.timestamps._unpickle_timestamp",
     "pandas._libs.tslibs.timedeltas._timedelta_unpickle", "pandas.core.internals.blocks.new_block",
     "pandas._libs.arrays.__pyx_unpickle_NDArrayBacked",
+    # torch pickled with plain pickle: storages travel as torch.save bytes, which the scanner
+    # scans as a nested zip (a computed argument is a high finding, see pickle_sim)
+    "torch.storage._load_from_bytes",
+    # path objects (construction does no I/O) and argparse namespaces, common in checkpoints
+    "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
+    "pathlib.Path", "pathlib.PurePath", "argparse.Namespace", "torch.torch_version.TorchVersion",
     # plain value types
     "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta",
     "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",

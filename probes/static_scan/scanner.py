@@ -211,11 +211,11 @@ class Scanner:
     def _nested_cb(self, loc: Loc):
         def nested(buf, a: int, b: int, pos: int, what: str, depth: int, inplace: bool = True) -> None:
             if not inplace:  # bytes decoded from a constant: offsets are inside those bytes
-                sub = Loc(loc.file, f"{loc.member or ''}!bytes@{pos - loc.base}", 0, loc.allow_prefixes)
+                sub = Loc(loc.file, _sub(loc.member, f"bytes@{pos - loc.base}"), 0, loc.allow_prefixes)
                 return self._nested_cb(sub)(buf, a, b, pos, what, depth, True)
             if bytes(buf[a:a + 4]) == b"PK\x03\x04":
                 data = bytes(buf[a:b])
-                sub = Loc(loc.file, f"{loc.member or ''}!bytes@{pos - loc.base}", 0, loc.allow_prefixes)
+                sub = Loc(loc.file, _sub(loc.member, f"bytes@{pos - loc.base}"), 0, loc.allow_prefixes)
                 self.scan_zip(data, 0, len(data), sub, formats.ZIP, nested=True)
                 return
             if not looks_like_pickle(buf, a, b):
@@ -732,6 +732,10 @@ class Scanner:
 
 
 # ---------------------------------------------------------------- helpers
+def _sub(member: str | None, part: str) -> str:
+    return f"{member}!{part}" if member else part
+
+
 def sim_allow(sim: PickleSim, prefix: str) -> None:
     """Let one simulator treat names under ``prefix`` as allowed (TorchScript's own types)."""
     orig = sim._global

@@ -225,6 +225,10 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
     for proto in range(0, 6):
         B(f"plain_p{proto}.pkl", pickle.dumps({"a": [1, 2.5, "x", b"y", None, True], "s": {1, 2}, "t": (1,),
                                                "f": frozenset({3}), "c": 1 + 2j}, protocol=proto), f"plain pickle protocol {proto}")
+    import argparse
+
+    B("tensors_plain_pickle.pkl", pickle.dumps({"t": torch.ones(3), "p": Path("/data/run1"), "args": argparse.Namespace(lr=0.1)}),
+      "plain pickle of tensors, paths and argparse args")
     B("randomstate.pkl", pickle.dumps(np.random.RandomState(1)), "numpy RandomState pickle")
     B("object_free.bin", pickle.dumps([np.float64(1.5), np.int32(3), np.dtype("f4")]), "numpy scalars (extensionless name)")
     # what transformers' training_args.bin looks like: a dataclass instance holding Enum members
@@ -301,6 +305,9 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
         zipfile.ZipFile(io.BytesIO(sd_zip)).read("archive/data.pkl"), _call(_g("posix", "system"), _u(cmd)))})
     M("nested_torch_load.pkl", P2 + _call(_g("torch", "load"), _call(_g("io", "BytesIO"), _b(evil_zip))) + STOP,
       "nested torch.load", "posix.system")
+    evil_ckpt = _torch_zip_bytes({"x": _Reduce(os.system, cmd)})
+    M("nested_load_from_bytes.pkl", P4 + _call(_sg("torch.storage", "_load_from_bytes"), _b(evil_ckpt)) + STOP,
+      "nested torch.load via allowlisted torch.storage._load_from_bytes", "posix.system")
     M("nested_codecs_p2.pkl", pickle.dumps(_Reduce(pickle.loads, inner), protocol=2), "nested pickle.loads via _codecs.encode",
       "posix.system")
     # ---------------------------------------------------------------- memo tricks
