@@ -334,6 +334,14 @@ class PickleSim:
                     self._finding(pos, opcode, "torch.storage", "_load_from_bytes", "high", "computed-call",
                                   "torch.storage._load_from_bytes runs torch.load(weights_only=False) on bytes computed "
                                   f"while loading ({describe(args[0]) if args else 'no argument'}); they cannot be checked")
+                if full in ("numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct"):
+                    m, n = (const_str(args[0]), const_str(args[1])) if len(args) == 2 else (None, None)
+                    if m is not None and n is not None:
+                        res.resolved = self._global(m, n, pos, opcode, "")
+                        res.resolved.via = "" if m.split(".")[0] == "numpy" else full
+                    else:
+                        self._finding(pos, opcode, None, None, "high", "computed-global",
+                                      f"{full} imports a computed module/name ({', '.join(describe(a) for a in args)})")
                 if full == "functools.partial" and args:
                     res.partial = (args[0], args[1:])
                 elif full in ("_codecs.encode", "codecs.encode") and args and isinstance(args[0], str):

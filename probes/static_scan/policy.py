@@ -102,6 +102,9 @@ ALLOWED: frozenset[str] = frozenset({
     # path objects (construction does no I/O) and argparse namespaces, common in checkpoints
     "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
     "pathlib.Path", "pathlib.PurePath", "argparse.Namespace", "torch.torch_version.TorchVersion",
+    "types.SimpleNamespace", "re._compile", "zoneinfo.ZoneInfo._unpickle",
+    # numpy ufuncs: _ufunc_reconstruct(module, name) imports module.name; resolved and classified in pickle_sim
+    "numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct",
     # plain value types
     "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta",
     "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
@@ -212,9 +215,9 @@ BUILTIN_MODULES = {"builtins", "__builtin__", "__builtins__", "exceptions"}
 
 # Builtin callables that execute code when found *inside* a dotted attribute path.
 _BARE_DANGEROUS = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "system",
-                   "popen", "Popen", "spawn", "execv", "execve", "execl", "run", "call",
-                   "check_output", "check_call", "loads", "load", "import_module",
-                   "open", "_run_code", "run_path", "run_module", "fork", "posix_spawn"}
+                   "popen", "Popen", "spawn", "spawnv", "execv", "execve", "execl", "execvp",
+                   "check_output", "check_call", "loads", "import_module", "_run_code", "run_path",
+                   "run_module", "fork", "posix_spawn", "fork_exec"}
 _DUNDER_OK = {"__main__", "__builtin__", "__builtins__", "__newobj__", "__newobj_ex__",
               "__randomstate_ctor", "__generator_ctor", "__bit_generator_ctor"}
 
@@ -225,6 +228,7 @@ WELL_KNOWN = frozenset({
     "lightgbm", "catboost", "joblib", "tokenizers", "collections", "datetime",
     "decimal", "fractions", "enum", "re", "timm", "torchvision", "safetensors",
     "accelerate", "peft", "diffusers", "sentence_transformers", "statsmodels",
+    "lightning", "pytorch_lightning", "lightning_fabric", "omegaconf", "argparse",
 })
 
 EXPLANATIONS = {

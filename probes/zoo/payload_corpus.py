@@ -273,6 +273,9 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
     M("alt_profile.pkl", P2 + _call(_g("cProfile", "run"), _u("import os; os.getpid()")) + STOP, "alternative module", "cProfile.run")
     M("alt_numpy_runstring.pkl", P2 + _call(_g("numpy.testing._private.utils", "runstring"), _u("import os; os.getpid()"), b"}")
       + STOP, "alternative module (numpy)", "numpy.testing._private.utils.runstring")
+    M("gadget_ufunc_reconstruct.pkl", P4 + _call(_call(_sg("numpy._core", "_ufunc_reconstruct"), _u("posix"), _u("system")),
+                                                 _u(cmd)) + STOP, "allowlisted numpy helper used as an import gadget",
+      "posix.system")
     M("alt_asyncio_shell.pkl", P2 + _call(_g("asyncio.subprocess", "create_subprocess_shell"), _u(cmd)) + STOP,
       "alternative module", "asyncio.subprocess.create_subprocess_shell")
     # ---------------------------------------------------------------- getattr / attrgetter / methodcaller chains
