@@ -128,8 +128,11 @@ class Scanner:
     def scan_file(self, path: Path, *, in_folder: bool) -> None:
         loc = Loc(str(path))
         try:
-            fmt = formats.detect_file(path)
             size = path.stat().st_size
+            with open(path, "rb") as fh:
+                head4 = fh.read(4)
+            # zips are classified from the central directory scan_zip reads anyway (one parse, not two)
+            fmt = formats.ZIP if head4 in (b"PK\x03\x04", b"PK\x05\x06") else formats.detect_file(path)
         except OSError as exc:
             rec = FileRecord(str(path), formats.UNKNOWN)
             self.records.append(rec)
@@ -375,6 +378,10 @@ class Scanner:
             self.fail(loc, f"malformed zip archive: {exc}")
             return
         names = [i.filename for i in infos]
+        if fmt == formats.ZIP and not nested:
+            fmt = _classify_names(names)
+            if self._rec is not None and loc.member is None:
+                self._rec.format = fmt
         is_torch = fmt in (formats.TORCH_ZIP, formats.TORCHSCRIPT)
         prefix = names[0].split("/", 1)[0] + "/" if is_torch and names and "/" in names[0] else ""
         allow = TORCHSCRIPT_ALLOW if fmt == formats.TORCHSCRIPT else ()
@@ -732,6 +739,17 @@ class Scanner:
 
 
 # ---------------------------------------------------------------- helpers
+def _classify_names(names: list[str]) -> str:
+    """The zip flavour from member names (same rules as probes.formats)."""
+    if names and all(n.endswith(".npy") for n in names):
+        return formats.NPZ
+    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+        return formats.TORCHSCRIPT
+    if any(n.endswith("data.pkl") for n in names):
+        return formats.TORCH_ZIP
+    return formats.ZIP
+
+
 def _sub(member: str | None, part: str) -> str:
     return f"{member}!{part}" if member else part
 
