@@ -963,29 +963,6 @@ def _callables_in(root: Any, walked: set | None = None, limit: int = 1_000_000) 
     return out
 
 
-def _walk_values(v: Any, depth: int = 0):
-    """Every leaf value inside tuples/lists/dicts/sets (and call results' items)."""
-    if depth > 20:
-        return
-    if isinstance(v, tuple):
-        for x in v:
-            yield from _walk_values(x, depth + 1)
-    elif isinstance(v, (SList, SSet)):
-        for x in v.items:
-            yield from _walk_values(x, depth + 1)
-    elif isinstance(v, SDict):
-        for k, x in v.pairs:
-            yield from _walk_values(k, depth + 1)
-            yield from _walk_values(x, depth + 1)
-    elif isinstance(v, SObj):
-        if v.items and v.kind in ("call", "new") and isinstance(v.func, SGlobal) and v.func.tier == policy.ALLOW:
-            for x in v.items:
-                yield from _walk_values(x, depth + 1)
-        yield v
-    else:
-        yield v
-
-
 def _dtype_info(dtype: Any) -> tuple[int | None, bool]:
     """(itemsize, has_object) of a pickled numpy dtype (``numpy.dtype('f8', False, True)`` + BUILD state)."""
     if not isinstance(dtype, SObj) or not dtype.args:
