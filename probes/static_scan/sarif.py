@@ -10,6 +10,7 @@ it names: the file itself, or the member inside it.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -49,7 +50,7 @@ RULES = {
 
 def _uri(path: str) -> str:
     p = Path(path)
-    return p.as_uri() if p.is_absolute() else p.as_posix()
+    return p.as_uri() if p.is_absolute() else quote(p.as_posix(), safe="/!@()-_.~")
 
 
 def to_sarif(results: list[dict]) -> dict[str, Any]:
@@ -68,7 +69,8 @@ def to_sarif(results: list[dict]) -> dict[str, Any]:
         mkey = (file, member)
         if mkey not in index:
             index[mkey] = len(artifacts)
-            artifacts.append({"location": {"uri": member.replace("\\", "/")}, "parentIndex": parent})
+            artifacts.append({"location": {"uri": quote(member.replace("\\", "/"), safe="/!@()-_.~")},
+                              "parentIndex": parent})
         return index[mkey]
 
     used_rules: dict[str, int] = {}
