@@ -1,9 +1,31 @@
 """The layered, case-level verdict: one risk score with the evidence that drove it.
 
 Risk (the DESIGN's "trust score") is 0–100, higher is riskier: 0–30 low,
-31–60 medium, 61–100 high. A fingerprint ensemble's calibrated ``trust_score``
-is used when present; every other probe contributes its own 0–1 score, and the
-strongest evidence wins (an attacker must get past every probe at once).
+31–60 medium, 61–100 high.
+
+How the probes combine
+----------------------
+* Each probe's own 0–1 ``score`` is read *within the band its verdict allows*:
+  a ``clean`` probe contributes at most 30, ``inconclusive`` at most 60 (and
+  nothing when its score is 0), ``suspicious`` 31–80, ``backdoored`` 61–100,
+  ``malicious`` 100. A Neural Cleanse anomaly index of 1.8 (clean) therefore
+  cannot by itself lift a model into the medium band, while a flagged one
+  always reaches the high band.
+* The fingerprint ensemble's calibrated ``trust_score`` is used as it is (it is
+  already calibrated against clean models); without a baseline it has none and
+  adds only its evidence line.
+* The strongest evidence wins (an attacker must get past every probe at once);
+  when two or more *independent* probes are at or above the medium band the
+  risk is raised by 10 per extra corroborating probe (capped at 100).
+* The case verdict is the worst decisive verdict (``malicious`` >
+  ``backdoored`` > ``suspicious`` > ``clean``); ``inconclusive`` only when no
+  probe reached a decisive verdict.
+
+The evidence line lists every probe in pipeline order, e.g. ``static: clean;
+Neural Cleanse anomaly index 4.30 → class 0; fingerprint 2 of 6 detectors above
+the 95th percentile (trust 72)``.
+
+Pure Python: importing this module never imports torch or numpy.
 """
 
 from __future__ import annotations
@@ -12,44 +34,115 @@ from typing import Any
 
 _RANK = {"malicious": 4, "backdoored": 3, "suspicious": 2, "inconclusive": 1, "clean": 0}
 BANDS = (("low", 30), ("medium", 60), ("high", 100))
+# risk range a probe's 0-1 score is mapped into, by the probe's own verdict
+_VERDICT_RANGE = {"clean": (0.0, 30.0), "inconclusive": (0.0, 60.0), "suspicious": (31.0, 80.0),
+                  "backdoored": (61.0, 100.0), "malicious": (100.0, 100.0)}
+PIPELINE_ORDER = ("static", "dynamic", "neural-cleanse", "strip", "spectral", "activation-clustering", "kl",
+                  "fingerprint")
 
 
-def band(score: float) -> str:
+def band(score: float | None) -> str | None:
+    if score is None:
+        return None
     for name, upper in BANDS:
         if score <= upper:
             return name
     return "high"
 
 
+def _num(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+def probe_risk(r: dict[str, Any]) -> float | None:
+    """One probe's contribution to the case risk (0–100), or None when it has nothing to say."""
+    verdict = r.get("verdict")
+    if r.get("probe") == "fingerprint":
+        t = _num(r.get("trust_score"))
+        if t is None:
+            return None
+        return max(0.0, min(100.0, t))
+    lo, hi = _VERDICT_RANGE.get(verdict, (0.0, 60.0))
+    s = _num(r.get("score")) or 0.0
+    s = max(0.0, min(1.0, s))
+    if verdict == "inconclusive" and s == 0.0:
+        return None
+    return lo + (hi - lo) * s
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+
+
 def _evidence(r: dict[str, Any]) -> str:
     probe, verdict = r.get("probe"), r.get("verdict")
-    if probe == "neural-cleanse" and r.get("anomaly_index") is not None:
+    if probe == "neural-cleanse" and _num(r.get("anomaly_index")) is not None:
         target = r.get("suspected_target")
         tail = f" → class {target}" if target is not None and verdict != "clean" else ""
-        return f"Neural Cleanse anomaly index {r['anomaly_index']:.2f}{tail}"
+        return f"Neural Cleanse anomaly index {_fmt(float(r['anomaly_index']))}{tail}"
     if probe == "static":
         n = len(r.get("findings") or [])
         return f"static: {verdict}" + (f" ({n} finding{'s' if n != 1 else ''})" if n else "")
     if probe == "kl" and r.get("best_candidate") is not None:
         return f"KL hunt: {verdict}, best candidate {r['best_candidate']!r}"
-    if probe == "fingerprint" and r.get("detectors"):
-        return f"fingerprint: {r.get('summary', verdict)}"
+    if probe == "strip" and _num(r.get("entropy_mean")) is not None:
+        return f"STRIP: {verdict}, mean entropy {_fmt(float(r['entropy_mean']))}"
+    if probe == "fingerprint":
+        t = _num(r.get("trust_score"))
+        n_det = r.get("n_detectors")
+        if n_det is None and isinstance(r.get("detectors"), dict):
+            n_det = len(r["detectors"])
+        if t is None or not n_det:
+            note = "no baseline" if not r.get("baseline_size") else f"baseline of {r['baseline_size']} too small"
+            return f"fingerprint: {note}, no trust score"
+        if r.get("trust_basis"):
+            return f"fingerprint: no ensemble ({r['trust_basis']})"
+        above = int(r.get("n_above_95") or 0)
+        return (f"fingerprint {above} of {n_det} detectors above the 95th percentile "
+                f"(trust {int(round(t))}, baseline {r.get('baseline_size', '?')})")
     return f"{probe}: {verdict}"
 
 
+def _ordered(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for r in results:  # the first result of a probe wins (callers pass the newest first or one per probe)
+        if r.get("probe") in seen:
+            continue
+        seen.add(r.get("probe"))
+        out.append(r)
+    pos = {p: i for i, p in enumerate(PIPELINE_ORDER)}
+    return sorted(out, key=lambda r: pos.get(r.get("probe"), len(pos)))
+
+
 def layered_verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine probe results (``to_dict()`` form) into ``{score, band, verdict, evidence}``."""
-    done = [r for r in results if r.get("verdict")]
+    """Combine probe results (``to_dict()`` form) into ``{score, band, verdict, evidence}``.
+
+    Also returns ``contributions`` ({probe: risk}) and ``driver`` (the probe that set the score).
+    """
+    done = _ordered([r for r in results if r.get("verdict")])
     if not done:
-        return {"score": None, "band": None, "verdict": "inconclusive", "evidence": "no probe completed"}
-    scores = [100.0 * float(r.get("score") or 0.0) for r in done]
+        return {"score": None, "band": None, "verdict": "inconclusive", "evidence": "no probe completed",
+                "contributions": {}, "driver": None}
+    contrib = {}
     for r in done:
-        if r.get("probe") == "fingerprint" and r.get("trust_score") is not None:
-            scores.append(float(r["trust_score"]))
-        if r.get("verdict") == "malicious":
-            scores.append(100.0)
-    score = int(round(max(scores)))
-    worst = max(done, key=lambda r: _RANK.get(r["verdict"], 0))["verdict"]
-    ordered = sorted(done, key=lambda r: -_RANK.get(r["verdict"], 0))
-    return {"score": score, "band": band(score), "verdict": worst,
-            "evidence": "; ".join(_evidence(r) for r in ordered)}
+        risk = probe_risk(r)
+        if risk is not None:
+            contrib[r["probe"]] = risk
+    if contrib:
+        driver = max(contrib, key=lambda k: contrib[k])
+        score = contrib[driver]
+        corroborating = [p for p, v in contrib.items() if v > 30 and p != driver]
+        if score > 30 and corroborating:
+            score = min(100.0, score + 10.0 * len(corroborating))
+        score_i = int(round(score))
+    else:
+        driver, score_i = None, None
+    decisive = [r["verdict"] for r in done if r["verdict"] != "inconclusive"]
+    verdict = max(decisive, key=lambda v: _RANK.get(v, 0)) if decisive else "inconclusive"
+    return {"score": score_i, "band": band(score_i), "verdict": verdict,
+            "evidence": "; ".join(_evidence(r) for r in done),
+            "contributions": {k: int(round(v)) for k, v in contrib.items()}, "driver": driver}

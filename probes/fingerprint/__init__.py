@@ -1,0 +1,437 @@
+"""Probe ``fingerprint``: behavioural fingerprint, six-detector ensemble and calibrated trust score.
+
+``run(subject, params, *, progress=None, cancel=None) -> ProbeResult``
+
+Params (all optional):
+
+* ``seed``                  reference inputs, detectors and folds (default 0)
+* ``data``                  :class:`~probes.data.LabelledData` reference images (``--data``)
+* ``prompts_file``          prompts, one per line, for causal LMs
+* ``_prior_results``        probe name -> result dict of earlier probes in the scan
+                            (Neural Cleanse / STRIP meta-features)
+* ``baseline``              a folder of trusted models of the same architecture
+* ``baseline_fingerprints`` list of ``{sha256, vector, feature_names}`` (a stored baseline)
+* ``baseline_name``         label of a stored baseline (reported only)
+* ``arch``                  ``FILE.py:Class`` for bare state_dicts in the baseline folder (default:
+                            a copy of the subject's own module when it is an ``nn.Module``)
+* ``cache_dir``             fingerprint / calibration cache (default ``$WORKBENCH_CACHE`` else a temp dir)
+* ``detectors``             subset of :data:`~probes.fingerprint.ensemble.DETECTORS`
+* ``representations``       subset of ``raw, pca, ica, rproj`` used for the trust score (default ``pca``)
+* ``feature_groups``        feature-name prefixes to use (default: all the baseline shares)
+* ``loo_max``               largest baseline calibrated leave-one-out (else 10-fold), default 30
+
+Details: ``detectors`` {name: calibrated percentile 0-1}, ``trust_score`` (0-100 or None),
+``band``, ``n_above_95``, ``excluded`` {detector: reason}, ``features_used``, ``feature_groups``,
+``baseline_size``, ``baseline_source``, ``calibration``, ``top_features`` (largest |z| vs the
+baseline), ``within_model`` signals, ``meta_features``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probes.errors import ProbeError
+from probes.fingerprint.features import FEATURE_VERSION, Fingerprint, compute_fingerprint, subject_sha256
+from probes.progress import check_cancel, null_progress
+from probes.result import ProbeResult
+
+__all__ = ["run", "compute_fingerprint", "fingerprints_for_folder", "score_fingerprint", "Fingerprint",
+           "default_cache_dir"]
+
+MODEL_SUFFIX_SKIP = {".json", ".py", ".txt", ".md", ".npz", ".npy", ".csv", ".yaml", ".yml", ".log", ".tmp"}
+ARCH_AGNOSTIC_GROUPS = ("out.", "trig.", "pen.", "w.log_params", "w.all.", "w.head.", "lm.", "meta.")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("WORKBENCH_CACHE") or os.path.join(tempfile.gettempdir(), "trojan-workbench-cache")
+
+
+# -- baseline folders ------------------------------------------------------------------------
+
+def _model_paths(folder: Path) -> list[Path]:
+    from probes import formats
+
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if formats.is_hf_folder(p):
+                out.append(p)
+            continue
+        if p.suffix.lower() in MODEL_SUFFIX_SKIP or p.name.endswith("_arch.py"):
+            continue
+        try:
+            fmt = formats.detect_file(p)
+        except OSError:
+            continue
+        if fmt in formats.WEIGHT_FORMATS:
+            out.append(p)
+    return out
+
+
+def _load_like(path: Path, subject, arch: str | None):
+    """Load a baseline model safely; bare weights fall back to a copy of the subject's own module."""
+    import torch
+
+    from probes.subjects.base import IMAGE_CLASSIFIER, ImageClassifier
+    from probes.subjects.loader import load_subject
+
+    shape = getattr(subject, "input_shape", None) if subject.kind == IMAGE_CLASSIFIER else None
+    if subject.kind != IMAGE_CLASSIFIER and path.is_dir():
+        from probes.subjects.hf_lm import load_causal_lm
+
+        return load_causal_lm(path, device=getattr(subject, "device", None))
+    try:
+        return load_subject(str(path), arch=arch, input_shape=shape, device=getattr(subject, "device", None))
+    except ProbeError as first:
+        module = getattr(subject, "module", None)
+        if arch or subject.kind != IMAGE_CLASSIFIER or not isinstance(module, torch.nn.Module) \
+                or subject.feature_fn is not None:
+            raise
+        from probes import formats
+        from probes.subjects.arch import apply_state_dict, check_finite, extract_state_dict
+        from probes.subjects.loader import check_zip
+
+        fmt = formats.detect(path)
+        if fmt == formats.SAFETENSORS:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        elif fmt in (formats.TORCH_ZIP, formats.TORCH_LEGACY):
+            if fmt == formats.TORCH_ZIP:
+                check_zip(path)
+            try:
+                state = extract_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), str(path))
+            except ProbeError:
+                raise
+            except Exception:
+                raise first from None
+        else:
+            raise
+        check_finite(state.items(), str(path))
+        clone = copy.deepcopy(module).cpu()
+        apply_state_dict(clone, state, str(path), f"the subject's {type(module).__name__}")
+        return ImageClassifier.from_module(clone, subject.input_shape, subject.num_classes, path=str(path),
+                                           format=fmt, device=subject.device)
+
+
+def _fp_cache_path(cache_dir: str | Path, sha: str, data, seed: int, prompts_sha: str = "") -> Path:
+    dsha = getattr(data, "sha256", "") or ("mem" if data is not None else "none")
+    return Path(cache_dir) / "fingerprints" / f"{sha}-v{FEATURE_VERSION}-s{seed}-d{dsha[:16]}{prompts_sha[:8]}.json"
+
+
+def fingerprints_for_folder(folder, *, cache_dir=None, data=None, seed: int = 0, like=None, arch: str | None = None,
+                            prompts: list[str] | None = None, exclude_sha256: set[str] | None = None,
+                            skipped: list | None = None, progress=None, cancel=None) -> list[Fingerprint]:
+    """Fingerprints of every model in ``folder`` (cached by sha256 under ``cache_dir``).
+
+    ``like`` is the subject under test: baseline models are loaded with its input
+    shape (and, for bare state_dicts without ``arch``, into a copy of its module).
+    Models whose sha256 is in ``exclude_sha256`` (the subject itself) are left out.
+    Models that cannot be loaded are skipped; ``skipped`` receives ``{path, reason}``.
+    """
+    from probes.fingerprint.features import subject_sha256 as _sha
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ProbeError(f"baseline folder not found: {folder}")
+    cache_dir = cache_dir or default_cache_dir()
+    paths = _model_paths(folder)
+    if not paths:
+        raise ProbeError(f"baseline folder {folder} holds no model files")
+    progress = progress or null_progress
+    pr_sha = ""
+    if prompts:
+        import hashlib
+
+        pr_sha = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    out = []
+    for i, p in enumerate(paths):
+        check_cancel(cancel)
+        sha = _sha(type("S", (), {"path": str(p)})())
+        if exclude_sha256 and sha in exclude_sha256:
+            if skipped is not None:
+                skipped.append({"path": str(p), "reason": "the subject itself"})
+            continue
+        cpath = _fp_cache_path(cache_dir, sha, data, seed, pr_sha)
+        fp = None
+        if cpath.exists():
+            try:
+                fp = Fingerprint.from_record(json.loads(cpath.read_text()))
+            except (ValueError, OSError, ProbeError):
+                fp = None
+        if fp is None:
+            try:
+                subj = _load_like(p, like, arch) if like is not None else _load_plain(p, arch)
+                fp = compute_fingerprint(subj, data=data, seed=seed, prompts=prompts, cancel=cancel, sha256=sha)
+            except ProbeError as exc:
+                if skipped is not None:
+                    skipped.append({"path": str(p), "reason": str(exc)})
+                continue
+            try:
+                cpath.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cpath.with_suffix(".tmp")
+                tmp.write_text(json.dumps(fp.to_record()))
+                tmp.replace(cpath)
+            except OSError:
+                pass
+        out.append(fp)
+        progress(i + 1, len(paths), f"baseline {p.name}")
+    return out
+
+
+def _load_plain(path: Path, arch):
+    from probes.subjects.loader import load_subject
+
+    return load_subject(str(path), arch=arch)
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+def feature_matrix(fps: list[Fingerprint], names: list[str]) -> np.ndarray:
+    """Rows of ``fps`` restricted to ``names`` (every fingerprint must have them)."""
+    rows = []
+    for f in fps:
+        idx = {n: i for i, n in enumerate(f.feature_names)}
+        rows.append([f.vector[idx[n]] for n in names])
+    M = np.array(rows, np.float64).reshape(len(fps), len(names))
+    M[~np.isfinite(M)] = 0.0
+    return M
+
+
+def common_features(fps: list[Fingerprint], groups=None) -> list[str]:
+    """Feature names every fingerprint has (optionally only those starting with one of ``groups``)."""
+    common = set(fps[0].feature_names) if fps else set()
+    for f in fps[1:]:
+        common &= set(f.feature_names)
+    if groups:
+        common = {n for n in common if any(n.startswith(g) for g in groups)}
+    return sorted(common)
+
+
+def _align(fp: Fingerprint, baseline: list[Fingerprint], groups=None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Feature names shared by the subject and every baseline member (optionally by prefix)."""
+    common = set(fp.feature_names)
+    for b in baseline:
+        common &= set(b.feature_names)
+    if groups:
+        common = {n for n in common if any(n.startswith(g) for g in groups)}
+    names = sorted(common)
+    idx = {n: i for i, n in enumerate(fp.feature_names)}
+    t = np.array([fp.vector[idx[n]] for n in names], np.float64)
+    rows = []
+    for b in baseline:
+        bi = {n: i for i, n in enumerate(b.feature_names)}
+        rows.append([b.vector[bi[n]] for n in names])
+    B = np.array(rows, np.float64).reshape(len(baseline), len(names))
+    B[~np.isfinite(B)] = 0.0
+    return names, B, t
+
+
+def score_fingerprint(fp: Fingerprint, baseline: list[Fingerprint], *, seed: int = 0, detectors=None,
+                      representations=("pca",), feature_groups=None, loo_max: int = 30, cache_dir=None,
+                      cancel=None, progress=None) -> dict[str, Any]:
+    """Calibrated ensemble scores of one fingerprint against a clean baseline (no ProbeResult wrapping)."""
+    from probes.fingerprint import calibration as C
+    from probes.fingerprint.ensemble import DETECTORS, Standardiser
+
+    detectors = list(detectors or DETECTORS)
+    names, B, t = _align(fp, baseline, feature_groups)
+    if not names:
+        raise ProbeError("the subject and the baseline share no fingerprint features (different model kinds?)")
+    cal, cached = C.cached_calibration(B, names, cache_dir=cache_dir, detectors=detectors,
+                                       representations=tuple(representations), seed=seed, loo_max=loo_max,
+                                       cancel=cancel, progress=progress)
+    res = C.score_against(cal, B, t[None], cancel=cancel)
+    std = Standardiser().fit(B)
+    z = (t - std.center) / std.scale
+    z[~std.keep] = 0.0
+    order = np.argsort(-np.abs(z))[:8]
+    return {
+        "names": names, "calibration": cal, "calibration_cached": cached, "result": res,
+        "trust_score": None if not cal.detectors else float(res["trust_score"][0]),
+        "detectors": {d: float(res["detector_percentile"][d][0]) for d in cal.detectors},
+        "per_representation": {k: round(float(v[0]), 4) for k, v in res["percentile"].items()},
+        "exceedance": {k: round(float(v[0]), 3) for k, v in res["exceedance"].items()},
+        "n_above_95": int(res["n_above_95"][0]),
+        "top_features": [{"feature": names[i], "z": round(float(z[i]), 2)} for i in order if abs(z[i]) > 0],
+    }
+
+
+def _band(score: float | None) -> str | None:
+    if score is None:
+        return None
+    return "low" if score <= 30 else "medium" if score <= 60 else "high"
+
+
+def _groups_of(names: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        g = parts[0] if parts[0] in ("w", "meta", "pen") else ".".join(parts[:2])
+        out[g] = out.get(g, 0) + 1
+    return out
+
+
+def _within_model(fp: Fingerprint, prior: dict | None) -> dict[str, Any]:
+    """Signals readable from the model alone (reported, not turned into a score without a baseline)."""
+    f = fp.as_dict()
+    keys = ("meta.nc.anomaly_index", "meta.nc.min_over_median", "w.head.row_norm_maxz", "w.head.bias_maxz",
+            "trig.patch.conc_max", "trig.blend.conc_max", "out.syn.top_class_share", "lm.trig.tv_word_maxz")
+    return {k: round(f[k], 4) for k in keys if k in f}
+
+
+
+
+def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> ProbeResult:
+    """Probe entry point (``fingerprint``); see the module docstring for params and details."""
+    t0 = time.perf_counter()
+    params = dict(params or {})
+    progress = progress or null_progress
+    seed = int(params.get("seed", 0))
+    data = params.get("data")
+    prior = params.get("_prior_results") or {}
+    cache_dir = params.get("cache_dir") or default_cache_dir()
+    from probes.data import LabelledData
+    from probes.subjects.base import IMAGE_CLASSIFIER
+
+    if data is not None and not isinstance(data, LabelledData):
+        raise ProbeError("params['data'] must be LabelledData (a loaded --data file) or None")
+    if subject.kind != IMAGE_CLASSIFIER:
+        data = None
+    prompts = _prompts_from(params) if subject.kind != IMAGE_CLASSIFIER else None
+    total = 4
+    progress(0, total, "fingerprinting the subject")
+    check_cancel(cancel)
+    fp = compute_fingerprint(subject, data=data, seed=seed, prior_results=prior, prompts=prompts, cancel=cancel)
+    progress(1, total, f"fingerprint: {len(fp.feature_names)} features")
+
+    # -- the baseline
+    baseline: list[Fingerprint] = []
+    skipped: list[dict] = []
+    source = None
+    if params.get("baseline_fingerprints"):
+        recs = params["baseline_fingerprints"]
+        source = f"stored baseline {params.get('baseline_name') or ''}".strip()
+        for r in recs:
+            if r.get("kind") and r["kind"] != subject.kind:
+                skipped.append({"path": r.get("path", r.get("sha256", "?")), "reason": f"a {r['kind']} model"})
+                continue
+            if fp.sha256 and r.get("sha256") == fp.sha256:
+                skipped.append({"path": r.get("path", r["sha256"]), "reason": "the subject itself"})
+                continue
+            baseline.append(Fingerprint.from_record(r))
+    elif params.get("baseline"):
+        folder = params["baseline"]
+        source = f"folder {folder}"
+        baseline = fingerprints_for_folder(
+            folder, cache_dir=cache_dir, data=data, seed=seed, like=subject, arch=params.get("arch"),
+            prompts=prompts, exclude_sha256={fp.sha256} if fp.sha256 else None, skipped=skipped,
+            cancel=cancel, progress=lambda d, t, m="": progress(1, total, m))
+    progress(2, total, f"baseline: {len(baseline)} models")
+    check_cancel(cancel)
+
+    rec_params = {k: v for k, v in params.items() if k not in ("data", "_prior_results", "baseline_fingerprints")}
+    rec_params["data"] = data.describe() if data is not None else None
+    rec_params["prior_results"] = sorted(prior)
+    meta = {n: round(float(v), 4) for n, v in fp.as_dict().items() if n.startswith("meta.")}
+    details: dict[str, Any] = {
+        "features_total": len(fp.feature_names), "feature_groups": _groups_of(fp.feature_names),
+        "baseline_size": len(baseline), "baseline_source": source, "baseline_skipped": skipped,
+        "within_model": _within_model(fp, prior), "meta_features": meta, "sha256": fp.sha256,
+        "reference_inputs": ("synthetic" + (f" + data {data.source} ({len(data)})" if data is not None else ""))
+        if subject.kind == IMAGE_CLASSIFIER else f"{len(prompts) if prompts else 'built-in'} prompts",
+    }
+    from probes.fingerprint.ensemble import DETECTORS, excluded_detectors
+
+    detectors = list(params.get("detectors") or DETECTORS)
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown:
+        raise ProbeError(f"unknown detector(s) {unknown}; known: {', '.join(DETECTORS)}")
+    excluded = excluded_detectors(len(baseline), detectors)
+    if len(excluded) == len(detectors):
+        # no usable baseline: report what the model shows on its own, no ensemble score
+        details.update(_no_baseline(details, prior, len(baseline), excluded, source))
+        verdict, score, summary = details.pop("_verdict"), details.pop("_score"), details.pop("_summary")
+        progress(total, total, "done")
+        return ProbeResult("fingerprint", verdict, score, summary, params=rec_params,
+                           duration_s=time.perf_counter() - t0, details=details)
+
+    reps = params.get("representations") or ("pca",)
+    if isinstance(reps, str):
+        reps = [r.strip() for r in reps.split(",") if r.strip()]
+    out = score_fingerprint(fp, baseline, seed=seed, detectors=detectors, representations=tuple(reps),
+                            feature_groups=params.get("feature_groups"), loo_max=int(params.get("loo_max", 30)),
+                            cache_dir=cache_dir, cancel=cancel,
+                            progress=lambda d, t, m="": progress(2, total, m))
+    progress(3, total, "scored")
+    trust = out["trust_score"]
+    trust_int = int(round(trust))
+    band = _band(trust_int)
+    cal = out["calibration"]
+    n_used = len(cal.detectors)
+    details.update({
+        "detectors": {d: round(v, 4) for d, v in out["detectors"].items()},
+        "trust_score": trust_int, "band": band, "n_above_95": out["n_above_95"],
+        "n_detectors": n_used, "excluded": excluded,
+        "features_used": len(out["names"]), "feature_groups_used": _groups_of(out["names"]),
+        "representations": list(reps), "per_representation": out["per_representation"],
+        "exceedance": out["exceedance"], "top_features": out["top_features"],
+        "calibration": {"method": cal.method, "baseline_size": cal.n, "cached": out["calibration_cached"]},
+    })
+    if not [n for n in out["names"] if n.startswith("meta.")] and meta:
+        details["meta_note"] = "meta-features not used by the ensemble: the baseline has none (fingerprinted without earlier probes)"
+    verdict = "clean" if band == "low" else "inconclusive" if band == "medium" else "suspicious"
+    summary = (f"trust score {trust_int} ({band} risk): {out['n_above_95']} of {n_used} detectors above the "
+               f"95th percentile of a {len(baseline)}-model baseline")
+    progress(total, total, "done")
+    return ProbeResult("fingerprint", verdict, trust / 100.0, summary, params=rec_params,
+                       duration_s=time.perf_counter() - t0, details=details)
+
+
+def _prompts_from(params) -> list[str] | None:
+    pf = params.get("prompts_file")
+    if not pf:
+        return None
+    p = Path(pf)
+    if not p.is_file():
+        raise ProbeError(f"prompt file not found: {p}")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
+    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not prompts:
+        raise ProbeError(f"prompt file {p} holds no prompts")
+    return prompts
+
+
+def _no_baseline(details, prior, n, excluded, source) -> dict[str, Any]:
+    """Without a usable baseline: no ensemble score; a verdict only from earlier probes' own evidence."""
+    nc = (prior or {}).get("neural-cleanse")
+    why = ("no baseline given (--baseline DIR or a stored baseline)" if not source
+           else f"baseline too small ({n} usable model(s)) for any detector")
+    out: dict[str, Any] = {"detectors": {}, "excluded": excluded, "features_used": 0, "n_above_95": 0,
+                           "n_detectors": 0, "baseline_note": why}
+    if nc and nc.get("anomaly_index") is not None:
+        a = float(nc["anomaly_index"])
+        thr = float((nc.get("params") or {}).get("threshold", 2.0) or 2.0)
+        trust = int(round(100 * a / (a + thr))) if a > 0 else 0
+        out.update({"trust_score": trust, "band": _band(trust), "trust_basis": "neural-cleanse anomaly index (no baseline)"})
+        verdict = "suspicious" if a > thr else "inconclusive"
+        out["_summary"] = (f"{why}; no ensemble score. From Neural Cleanse alone: anomaly index {a:.2f} "
+                           f"({'above' if a > thr else 'not above'} {thr:g})")
+        out["_score"] = trust / 100.0
+    else:
+        out.update({"trust_score": None, "band": None, "trust_basis": None})
+        verdict = "inconclusive"
+        out["_summary"] = f"{why}; fingerprint recorded, no trust score without a clean baseline"
+        out["_score"] = 0.0
+    out["_verdict"] = verdict
+    return out
