@@ -19,6 +19,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.lazy import Lazy
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, TabbedContent, TabPane, Tree
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -26,7 +27,6 @@ from casefiles import CaseFileBusy, CaseFileError, CaseStore
 from workbench.ui import messages as M
 from workbench.ui.commands import WorkbenchCommands
 from workbench.ui.model import data_paths_for, latest_done
-from workbench.ui.screens.dialogs import Field, HelpScreen, ProbePicker, PromptScreen
 from workbench.ui.tasks import RUNNERS, Job
 from workbench.ui.widgets.audit import AuditPane
 from workbench.ui.widgets.case_tree import CaseTree
@@ -96,6 +96,7 @@ class WorkbenchApp(App[int]):
         self.queue: deque[Job] = deque()
         self.current: Job | None = None
         self.finished_jobs: list[Job] = []
+        self.events: list[tuple[str, str]] = []  # this session's run-log events (the pane mounts lazily)
         self._stage: tuple[int, str] | None = None
 
     # -- layout -------------------------------------------------------------------------------
@@ -106,16 +107,17 @@ class WorkbenchApp(App[int]):
             with TabbedContent(id="tabs", initial="tab-scores"):
                 with TabPane("1 Scores", id="tab-scores"):
                     yield ScoresPane(id="scores")
+                # hidden panes are mounted just after the first paint
                 with TabPane("2 Trigger norms", id="tab-norms"):
-                    yield NormsPane(id="norms")
+                    yield Lazy(NormsPane(id="norms"))
                 with TabPane("3 Trigger hunt", id="tab-hunt"):
-                    yield HuntPane(id="hunt")
+                    yield Lazy(HuntPane(id="hunt"))
                 with TabPane("4 Data audit", id="tab-audit"):
-                    yield AuditPane(id="audit")
+                    yield Lazy(AuditPane(id="audit"))
                 with TabPane("5 Notes", id="tab-notes"):
-                    yield NotesPane(id="notes")
+                    yield Lazy(NotesPane(id="notes"))
                 with TabPane("6 Run log", id="tab-log"):
-                    yield RunLogPane(id="log")
+                    yield Lazy(RunLogPane(id="log"))
         with Horizontal(id="jobstrip"):
             yield Static("idle", id="job-label")
             yield ProgressBar(id="job-progress", total=1, show_eta=False)
@@ -160,49 +162,76 @@ class WorkbenchApp(App[int]):
         self.sel = new
         self.refresh_panes(runlog=case_changed)
 
+    def pane(self, cls: type) -> Any:
+        """A pane if it is mounted (panes other than the first are mounted lazily, after the first paint)."""
+        found = self.query(cls)
+        return found.first() if found else None
+
     def refresh_panes(self, runlog: bool = True) -> None:
+        for cls in (ScoresPane, NormsPane, AuditPane, NotesPane, HuntPane) + ((RunLogPane,) if runlog else ()):
+            pane = self.pane(cls)
+            if pane is not None:
+                self.refresh_pane(pane)
+
+    def pane_mounted(self, pane: Any) -> None:
+        """Called by each pane when it is mounted: fill it for the current selection."""
+        if isinstance(pane, RunLogPane):
+            for text, style in self.events:
+                pane.event(text, style, stamp=False)
+        self.refresh_pane(pane)
+
+    def refresh_pane(self, pane: Any) -> None:
         sel, store = self.sel, self.store
+        case_id, subject_id, run_id = sel["case_id"], sel["subject_id"], sel["run_id"]
+        if case_id is None:
+            return
         try:
-            case_id, subject_id, run_id = sel["case_id"], sel["subject_id"], sel["run_id"]
-            scores = self.query_one(ScoresPane)
-            norms, audit, hunt = self.query_one(NormsPane), self.query_one(AuditPane), self.query_one(HuntPane)
-            notes = self.query_one(NotesPane)
-            if case_id is None:
+            if isinstance(pane, RunLogPane):
+                pane.show_case(store, case_id)
                 return
             if subject_id is None:
                 case = store.get_case(case_id)
-                scores.show_case(store, case_id)
-                norms.show_none("Select an image-classifier subject to see its Neural Cleanse trigger norms.")
-                audit.show_none("Select a subject to see its data audits.")
-                notes.set_target(store, case_id, None, f"case {case_id}: {case['title']}")
-            else:
-                s = store.get_subject(subject_id)
-                runs = store.list_runs(subject_id=subject_id)
-                scores.show_subject(store, subject_id, run_id)
-                chosen = next((r for r in runs if r["id"] == run_id), None)
+                if isinstance(pane, ScoresPane):
+                    pane.show_case(store, case_id)
+                elif isinstance(pane, NormsPane):
+                    pane.show_none("Select an image-classifier subject to see its Neural Cleanse trigger norms.")
+                elif isinstance(pane, AuditPane):
+                    pane.show_none("Select a subject to see its data audits.")
+                elif isinstance(pane, NotesPane):
+                    pane.set_target(store, case_id, None, f"case {case_id}: {case['title']}")
+                return
+            s = store.get_subject(subject_id)
+            if isinstance(pane, ScoresPane):
+                pane.show_subject(store, subject_id, run_id)
+                return
+            if isinstance(pane, NotesPane):
+                pane.set_target(store, case_id, subject_id, f"subject {s['name']}")
+                return
+            runs = store.list_runs(subject_id=subject_id)
+            chosen = next((r for r in runs if r["id"] == run_id), None)
+            if isinstance(pane, NormsPane):
                 nc = chosen if chosen and chosen["probe"] == "neural-cleanse" and chosen.get("result") else \
                     latest_done(runs, "neural-cleanse")
                 if nc:
-                    norms.show_run(nc, s["name"])
+                    pane.show_run(nc, s["name"])
                 else:
-                    norms.show_none(f"{s['name']}: no finished Neural Cleanse run"
-                                    + (" (press r to run probes)." if s["kind"] != "causal-lm" else
-                                       " (a language model: see the trigger hunt, key 3)."))
+                    pane.show_none(f"{s['name']}: no finished Neural Cleanse run"
+                                   + (" (press r to run probes)." if s["kind"] != "causal-lm" else
+                                      " (a language model: see the trigger hunt, key 3)."))
+            elif isinstance(pane, AuditPane):
                 aud = [r for r in (latest_done(runs, "spectral"), latest_done(runs, "activation-clustering")) if r]
                 if chosen and chosen["probe"] in ("spectral", "activation-clustering") and chosen.get("result"):
                     aud = [chosen]
                 if aud:
-                    audit.show_runs(aud)
+                    pane.show_runs(aud)
                 else:
-                    audit.show_none(f"{s['name']}: no finished spectral or activation-clustering run "
-                                    "(run probes with an audit .npz, key r).")
-                notes.set_target(store, case_id, subject_id, f"subject {s['name']}")
-                if not (hunt.live and hunt.subject_id != subject_id):
+                    pane.show_none(f"{s['name']}: no finished spectral or activation-clustering run "
+                                   "(run probes with an audit .npz, key r).")
+            elif isinstance(pane, HuntPane):
+                if not (pane.live and pane.subject_id != subject_id):
                     kl = latest_done(runs, "kl")
                     if s["kind"] == "causal-lm" or kl:
-                        hunt.set_subject(subject_id, s["name"], kl["result"] if kl else None)
-            if runlog:
-                self.query_one(RunLogPane).show_case(store, case_id)
+                        pane.set_subject(subject_id, s["name"], kl["result"] if kl else None)
         except CaseFileBusy:
             self.notify("Case file busy (another process is writing); press F5 to retry.", severity="warning")
         except CaseFileError as exc:
@@ -263,8 +292,8 @@ class WorkbenchApp(App[int]):
         self.query_one("#job-label", Static).update(label)
         self.query_one("#job-progress", ProgressBar).update(total=max(msg.total, 1), progress=msg.done)
         if msg.job.kind in ("hunt", "confirm", "custom"):
-            hunt = self.query_one(HuntPane)
-            if msg.job.kind == "hunt" and hunt.subject_id == msg.job.subject_id:
+            hunt = self.pane(HuntPane)
+            if hunt is not None and msg.job.kind == "hunt" and hunt.subject_id == msg.job.subject_id:
                 hunt.progress(msg.done, msg.total, msg.text)
         if self._stage != (msg.job.id, msg.stage):
             self._stage = (msg.job.id, msg.stage)
@@ -283,13 +312,13 @@ class WorkbenchApp(App[int]):
         self.resync()
 
     def on_hunt_partial(self, msg: M.HuntPartial) -> None:
-        hunt = self.query_one(HuntPane)
-        if hunt.subject_id == msg.job.subject_id:
+        hunt = self.pane(HuntPane)
+        if hunt is not None and hunt.subject_id == msg.job.subject_id:
             hunt.update_ranking(msg.ranking)
 
     def on_hunt_rate(self, msg: M.HuntRate) -> None:
-        hunt = self.query_one(HuntPane)
-        if hunt.subject_id == msg.job.subject_id:
+        hunt = self.pane(HuntPane)
+        if hunt is not None and hunt.subject_id == msg.job.subject_id:
             hunt.set_rate(msg.rate, msg.evaluated)
 
     def on_job_finished(self, msg: M.JobFinished) -> None:
@@ -301,7 +330,7 @@ class WorkbenchApp(App[int]):
         elapsed = time.monotonic() - (job.started or time.monotonic())
         style = {"done": "green", "cancelled": "yellow"}.get(msg.status, "bold red")
         self.log_event(f"{job.title()} {msg.status} in {elapsed:.1f}s: {msg.text}", style)
-        hunt = self.query_one(HuntPane)
+        hunt = self.query_one(HuntPane)  # mounted long before any job can finish
         if job.kind == "hunt" and hunt.subject_id == job.subject_id:
             hunt.finished(msg.status, msg.text)
         if job.kind == "confirm" and msg.status == "done" and hunt.subject_id == job.subject_id:
@@ -348,6 +377,8 @@ class WorkbenchApp(App[int]):
         return self.sel["case_id"]
 
     def action_new_case(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
         def done(values: dict[str, str] | None) -> None:
             if not values:
                 return
@@ -366,6 +397,8 @@ class WorkbenchApp(App[int]):
                                       submit="Create", required=("title",)), done)
 
     def action_add_subject(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
         case_id = self._need_case()
         if case_id is None:
             return
@@ -391,6 +424,7 @@ class WorkbenchApp(App[int]):
 
     def action_run_probes(self) -> None:
         from probes import registry
+        from workbench.ui.screens.dialogs import ProbePicker
 
         case_id = self._need_case()
         if case_id is None:
@@ -428,6 +462,8 @@ class WorkbenchApp(App[int]):
         self.push_screen(ProbePicker(title, probes, data or "", audit or ""), done)
 
     def action_trigger_hunt(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
         case_id = self._need_case()
         sid = self.sel["subject_id"]
         if case_id is None:
@@ -512,6 +548,8 @@ class WorkbenchApp(App[int]):
                                    "position": cand.get("position")}, f"confirm {cand['candidate']!r}")
 
     def action_hunt_custom(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
         hunt = self._hunt_ready()
         if hunt is None:
             return
@@ -524,6 +562,8 @@ class WorkbenchApp(App[int]):
                                       submit="Score", required=("candidate",)), done)
 
     def action_export(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
         case_id = self._need_case()
         if case_id is None:
             return
@@ -539,7 +579,9 @@ class WorkbenchApp(App[int]):
     def export_case(self, case_id: int, dest: Path) -> Path | None:
         from casefiles.export import render_markdown
 
-        self.query_one(NotesPane).flush()
+        notes = self.pane(NotesPane)
+        if notes is not None:
+            notes.flush()
         try:
             text = render_markdown(self.store.case_bundle(case_id))
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -581,10 +623,11 @@ class WorkbenchApp(App[int]):
 
     def action_reload(self) -> None:
         self.resync()
-        self.query_one(RunLogPane).show_case(self.store, self.sel["case_id"])
         self.notify("Case file re-read.", timeout=2)
 
     def action_help(self) -> None:
+        from workbench.ui.screens.dialogs import HelpScreen
+
         self.push_screen(HelpScreen(help_text(self)))
 
     async def action_quit(self) -> None:
@@ -593,10 +636,9 @@ class WorkbenchApp(App[int]):
 
     def shutdown(self) -> None:
         """Keep the note, stop the probes (their runs are recorded as cancelled)."""
-        try:
-            self.query_one(NotesPane).flush()
-        except Exception:  # noqa: BLE001
-            pass
+        notes = self.pane(NotesPane)
+        if notes is not None:
+            notes.flush()
         if self.current is not None:
             self.current.cancel.set()
         self.queue.clear()
@@ -605,10 +647,13 @@ class WorkbenchApp(App[int]):
         self.shutdown()
 
     def log_event(self, text: str, style: str = "") -> None:
-        try:
-            self.query_one(RunLogPane).event(text, style)
-        except Exception:  # noqa: BLE001 - before mount
-            pass
+        from datetime import datetime
+
+        text = f"{datetime.now():%H:%M:%S} {text}"
+        self.events.append((text, style))
+        pane = self.pane(RunLogPane)
+        if pane is not None:
+            pane.event(text, style, stamp=False)
 
 
 def help_text(app: WorkbenchApp) -> str:

@@ -163,8 +163,17 @@ def _minmax(grid: list[list[float]]) -> tuple[float, float]:
     return lo, (hi if hi > lo else lo + 1.0)
 
 
-def heatmap(values: Any, *, xscale: int = 2, normalise: bool = True, rgb: bool = False) -> Text:
-    """Draw an H×W grid (or 3×H×W when ``rgb``) with ``▀``: foreground = upper pixel, background = lower."""
+def heatmap(values: Any, *, xscale: int = 1, yscale: int = 1, normalise: bool = True, rgb: bool = False) -> Text:
+    """Draw an H×W grid (or 3×H×W when ``rgb``) with half blocks: two pixels per character cell.
+
+    A cell is about twice as tall as wide, so a half block is a square pixel;
+    ``xscale``/``yscale`` repeat pixels to enlarge the picture.
+    """
+    if yscale > 1:
+        if rgb:
+            values = [[list(r) for r in ch for _ in range(yscale)] for ch in values]
+        else:
+            values = [list(r) for r in values for _ in range(yscale)]
     if rgb:
         chans = [_as_grid(c) for c in values]
         h, w = len(chans[0]), len(chans[0][0]) if chans[0] else 0

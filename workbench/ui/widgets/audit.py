@@ -20,6 +20,7 @@ class AuditPane(VerticalScroll):
 
     def on_mount(self) -> None:
         self.show_none("Select a subject with a spectral or activation-clustering run (needs an audit .npz).")
+        self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
     def show_none(self, message: str) -> None:
         self.query_one("#audit-body", Static).update(Text(message, style="grey62"))

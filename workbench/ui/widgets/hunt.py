@@ -60,6 +60,7 @@ class HuntPane(Vertical):
         c.add_column("clean response", key="clean", width=40)
         c.add_column("with candidate", key="triggered", width=40)
         self._head()
+        self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
     # -- state --------------------------------------------------------------------------------
     def set_subject(self, subject_id: int | None, name: str, last_result: dict[str, Any] | None) -> None:

@@ -21,6 +21,7 @@ class NormsPane(VerticalScroll):
 
     def on_mount(self) -> None:
         self.show_none("Select an image-classifier subject with a Neural Cleanse run.")
+        self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
     def show_none(self, message: str) -> None:
         self.query_one("#norms-head", Static).update(Text(message, style="grey62"))
@@ -58,14 +59,18 @@ class NormsPane(VerticalScroll):
         mask, pattern = res.get("mask"), res.get("pattern")
         maps = Text()
         if mask:
-            blocks = [("mask", render.heatmap(mask, normalise=False))]
+            width = len(mask[0]) if mask and mask[0] else 1
+            room = (self.size.width or 100) - 2
+            scale = max(1, min(3, (room // 3 - 3) // width))  # three pictures side by side
+            kw = {"xscale": scale, "yscale": scale}
+            blocks = [("mask", render.heatmap(mask, **kw))]
             if pattern:
                 grid, rgb = render.gray_pattern(pattern)
-                blocks.append(("pattern", render.heatmap(grid, rgb=rgb)))
+                blocks.append(("pattern", render.heatmap(grid, rgb=rgb, **kw)))
                 st = render.stamped_trigger(mask, pattern)
-                blocks.append(("mask × pattern", render.heatmap(st, rgb=rgb)))
+                blocks.append(("mask × pattern", render.heatmap(st, rgb=rgb, **kw)))
             label = f"class {target if target is not None else cand}"
-            maps.append(f"\nRecovered trigger for {label}  (L1 {res.get('mask_l1', 0):.1f};"
-                        " bright = part of the trigger)\n\n", style="bold")
+            maps.append(f"\nRecovered trigger for {label}  (mask L1 {res.get('mask_l1', 0):.1f}; "
+                        "each picture scaled to its own range, bright = high)\n\n", style="bold")
             maps.append_text(render.side_by_side(blocks))
         self.query_one("#norms-maps", Static).update(maps)

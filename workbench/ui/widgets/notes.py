@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
-from textual.widgets import Markdown, Static, TextArea
+from textual.widgets import Static, TextArea
 
 AUTOSAVE_S = 0.5
 
@@ -43,8 +43,13 @@ class NotesPane(Vertical):
         with Horizontal(id="notes-body"):
             yield NoteEditor(id="notes-editor", soft_wrap=True, show_line_numbers=False, tab_behavior="focus")
             with VerticalScroll(id="notes-preview-box"):
+                from textual.widgets import Markdown  # markdown-it is imported only when notes are first shown
+
                 yield Markdown(id="notes-preview")
         yield Static(id="notes-status")
+
+    def on_mount(self) -> None:
+        self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
     @property
     def editor(self) -> TextArea:
@@ -88,7 +93,7 @@ class NotesPane(Vertical):
         await self._render_preview()
 
     async def _render_preview(self) -> None:
-        await self.query_one("#notes-preview", Markdown).update(self.editor.text or "*(no note yet)*")
+        await self.query_one("#notes-preview").update(self.editor.text or "*(no note yet)*")
 
     def flush(self) -> bool:
         """Save now if there are unsaved changes; True when saved (or nothing to save)."""

@@ -27,6 +27,7 @@ class RunLogPane(Vertical):
         t = self.query_one("#runlog-table", DataTable)
         t.add_columns("run", "", "subject", "probe", "status", "verdict", "started", "duration",
                       "error / summary", "params")
+        self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
     def show_case(self, store: Any, case_id: int | None) -> None:
         t = self.query_one("#runlog-table", DataTable)
@@ -45,8 +46,8 @@ class RunLogPane(Vertical):
         if t.row_count:
             t.move_cursor(row=t.row_count - 1)
 
-    def event(self, text: str, style: str = "") -> None:
-        line = Text(f"{datetime.now():%H:%M:%S} ", style="grey50")
+    def event(self, text: str, style: str = "", stamp: bool = True) -> None:
+        line = Text(f"{datetime.now():%H:%M:%S} " if stamp else "", style="grey50")
         line.append(text, style=style)
         self.history.append(line.plain)
         self.query_one("#runlog-events", RichLog).write(line)

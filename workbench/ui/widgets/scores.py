@@ -23,6 +23,7 @@ class ScoresPane(Vertical):
 
     def on_mount(self) -> None:
         self.show_empty("Select a case or a subject in the case tree (or press n for a new case).")
+        self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
     def show_empty(self, message: str) -> None:
         self.query_one("#scores-head", Static).update(Text(message, style="grey62"))
