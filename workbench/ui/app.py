@@ -355,7 +355,7 @@ class WorkbenchApp(App[int]):
 
     def action_cancel(self) -> None:
         if self.current is None and not self.queue:
-            self.notify("Nothing is running.", timeout=2)
+            self.tree.focus()  # nothing to cancel: Esc goes back to the case tree
             return
         dropped = list(self.queue)
         self.queue.clear()

@@ -50,16 +50,19 @@ class AuditPane(VerticalScroll):
         top_flag = max([int(c.get("flagged") or 0) for c in per] + [1])
         t = Table(box=None, pad_edge=False, expand=False, header_style="bold")
         for col in ("class", "n", "poisoned", "flagged", "", "transplant vs baseline", "reason"):
-            t.add_column(col, no_wrap=col != "reason", max_width=50 if col == "reason" else None)
+            if col == "reason":
+                t.add_column(col, no_wrap=True, overflow="ellipsis", max_width=36)
+            else:
+                t.add_column(col, no_wrap=True, min_width={"": 8, "n": 4, "transplant vs baseline": 25}.get(col, len(col)))
         for c in per:
             poisoned = bool(c.get("poisoned"))
             tr = c.get("transplant_rate")
             base = c.get("transplant_baseline") or 0.0
             bar = Text("—", style="grey50") if tr is None else (
-                render.hbar(tr, 1.0, 20, "bold red" if poisoned else "steel_blue1") + Text(f" {tr:.2f}/{base:.2f}"))
+                render.hbar(tr, 1.0, 14, "bold red" if poisoned else "steel_blue1") + Text(f" {tr:.2f}/{base:.2f}"))
             t.add_row(str(c.get("class")), str(c.get("n")),
                       Text("yes", style="bold red") if poisoned else Text("no", style="green"),
                       str(c.get("flagged") or 0),
-                      render.hbar(int(c.get("flagged") or 0), top_flag, 12, "bold red" if poisoned else "grey50"),
+                      render.hbar(int(c.get("flagged") or 0), top_flag, 8, "bold red" if poisoned else "grey50"),
                       bar, Text(str(c.get("reason") or ""), style="grey62"))
         return Group(head, Text(""), t, Text(""))

@@ -56,9 +56,9 @@ class HuntPane(Vertical):
                            ("confirmed", "confirmed")):
             t.add_column(label, key=key)
         c = self.query_one("#hunt-compare", DataTable)
-        c.add_column("prompt", key="prompt", width=34)
-        c.add_column("clean response", key="clean", width=40)
-        c.add_column("with candidate", key="triggered", width=40)
+        c.add_column("prompt", key="prompt", width=26)
+        c.add_column("clean response", key="clean", width=31)
+        c.add_column("with candidate", key="triggered", width=31)
         self._head()
         self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
