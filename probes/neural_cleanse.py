@@ -56,15 +56,15 @@ MAD_CONSTANT = 1.4826
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "steps": 300,                 # maximum optimisation steps (every active class moves each step)
-    "batch_size": 32,             # clean images per class per step
+    "steps": 400,                 # maximum optimisation steps (every active class moves each step)
+    "batch_size": 16,             # clean images per class per step (K x 16 images per forward pass)
     "lr": 0.1,
     "init_cost": 1e-2,
     "init_mask": 0.1,             # masks start small (uniform 0.08-0.12) and grow where they help
     "cost_multiplier": 1.5,
     "attack_success_target": 0.99,
     "patience": 3,                # steps before the cost moves up or down
-    "early_stop_patience": 40,    # settled steps without a >1% improvement of the best norm
+    "early_stop_patience": 60,    # settled steps without a >1% improvement of the best norm
     "early_stop_threshold": 0.99,
     "threshold": 2.0,             # anomaly index flagging a backdoor
     "holdout_fraction": 0.3,
