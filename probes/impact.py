@@ -8,15 +8,17 @@ Trigger specificity (from the mask alone):
 * ``mask_l1`` - sum of the mask; ``mask_fraction`` - that as a fraction of the image.
 * ``active_pixels`` - pixels holding the mask's mass: those >= 0.5 x the mask's
   maximum (robust to a faint background haze).
-* ``bbox`` - ``[row0, col0, row1, col1]`` (inclusive) of the active pixels,
-  ``location`` - which ninth of the image the bbox centre falls in
+* ``clusters`` - 8-connected blobs of pixels >= 0.2 x the maximum; the
+  heaviest blob is taken as the trigger.
+* ``bbox`` - ``[row0, col0, row1, col1]`` (inclusive) of that blob's active
+  pixels, ``location`` - which ninth of the image its centre falls in
   (e.g. ``bottom-right``), ``bbox_fraction`` - bbox area / image area.
-* ``compactness`` - share of the mask's total mass inside the bbox (1.0 = the
-  trigger is one tight blob; low = scattered).
-* ``density`` - active pixels / bbox area.
+* ``compactness`` - share of the mask's total mass in that blob (1.0 = the
+  trigger is one tight blob; low = scattered over the image).
+* ``density`` - active pixels of the blob / bbox area.
 
 Attack-type guess: ``patch`` when the mass sits in a small compact region
-(bbox <= 20% of the image, compactness >= 0.6), otherwise ``blended/diffuse``;
+(its heaviest blob holds >= 50% of the mass in <= 20% of the image), otherwise ``blended/diffuse``;
 ``none`` when the model is not flagged.
 """
 
@@ -42,6 +44,8 @@ def _location(r: float, c: float, h: int, w: int) -> str:
 
 def trigger_specificity(mask) -> dict[str, Any]:
     """Size, location and compactness of a recovered mask (H, W)."""
+    from scipy import ndimage
+
     m = np.asarray(mask, float)
     if m.ndim == 3:
         m = m.max(axis=0)
@@ -50,21 +54,26 @@ def trigger_specificity(mask) -> dict[str, Any]:
     peak = float(m.max()) if m.size else 0.0
     out: dict[str, Any] = {"mask_l1": round(total, 4), "mask_fraction": round(total / (h * w), 4),
                            "image_hw": [h, w]}
-    if peak <= 1e-9:
-        out.update(active_pixels=0, bbox=None, location=None, bbox_fraction=0.0, compactness=0.0, density=0.0)
+    if peak <= 1e-9 or total <= 0:
+        out.update(active_pixels=0, bbox=None, location=None, bbox_fraction=0.0, compactness=0.0,
+                   density=0.0, clusters=0)
         return out
     act = m >= 0.5 * peak
-    rows, cols = np.nonzero(act)
+    # blobs of the mask (8-connected, including its fainter rim); the heaviest one is "the trigger"
+    labels, n = ndimage.label(m >= 0.2 * peak, structure=np.ones((3, 3)))
+    mass = ndimage.sum(m, labels, index=np.arange(1, n + 1))
+    main = int(np.argmax(mass)) + 1
+    rows, cols = np.nonzero((labels == main) & act) if ((labels == main) & act).any() else np.nonzero(labels == main)
     r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
     box_area = (r1 - r0 + 1) * (c1 - c0 + 1)
-    inside = float(m[r0:r1 + 1, c0:c1 + 1].sum())
     out.update(
         active_pixels=int(act.sum()),
         bbox=[r0, c0, r1, c1],
         location=_location((r0 + r1 + 1) / 2, (c0 + c1 + 1) / 2, h, w),
         bbox_fraction=round(box_area / (h * w), 4),
-        compactness=round(inside / total, 4) if total > 0 else 0.0,
-        density=round(float(act.sum()) / box_area, 4),
+        compactness=round(float(mass[main - 1]) / total, 4),
+        density=round(float(((labels == main) & act).sum()) / box_area, 4),
+        clusters=int(n),
     )
     return out
 
@@ -72,7 +81,7 @@ def trigger_specificity(mask) -> dict[str, Any]:
 def guess_attack_type(spec: dict[str, Any], flagged: bool) -> str:
     if not flagged:
         return "none"
-    if spec.get("bbox") is not None and spec["bbox_fraction"] <= 0.2 and spec["compactness"] >= 0.6:
+    if spec.get("bbox") is not None and spec["bbox_fraction"] <= 0.2 and spec["compactness"] >= 0.5:
         return "patch"
     return "blended/diffuse"
 
