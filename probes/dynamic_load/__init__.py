@@ -223,6 +223,7 @@ def _not_a_pickle(err: str | None) -> bool:
                                                  "central directory", "PytorchStreamReader", "Ran out of input", "is not installed"))
 
 
+_BASELINE_FAILED: dict[str, str] = {}  # one failed training per environment and process, not one per file
 _RANK = {"malicious": 4, "suspicious": 3, "inconclusive": 1, "clean": 0}
 
 
@@ -257,22 +258,26 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
     except OSError as exc:
         raise ProbeError(f"could not start the sandbox child: {exc}") from exc
     baseline = None
+    failed = _BASELINE_FAILED.get(model.environment_key(preload + sandbox.SKLEARN_PRELOAD))
+    if failed and not p["retrain_baseline"]:
+        p = {**p, "baseline": False}
     if p["baseline"]:
         def sub(done, total, msg):
             progress(0, len(plan) + 1, msg)
 
         try:
-            baseline = model.get_baseline(zygote, preload=preload, progress=sub, cancel=cancel,
+            baseline = model.get_baseline(zygote, preload=preload + sandbox.SKLEARN_PRELOAD, progress=sub, cancel=cancel,
                                           retrain=bool(p["retrain_baseline"]))
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001  (the hard rules still work without the baseline)
             baseline = None
             baseline_error = f"{type(exc).__name__}: {exc}"[:300]
+            _BASELINE_FAILED[model.environment_key(preload + sandbox.SKLEARN_PRELOAD)] = baseline_error
         else:
             baseline_error = None
     else:
-        baseline_error = "disabled"
+        baseline_error = failed or "disabled"
     results = []
     for i, (f, loader) in enumerate(plan):
         check_cancel(cancel)
@@ -284,10 +289,14 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
         results.append(_analyse_one(zygote, baseline, f, loader, p, cancel))
     progress(len(plan) + 1, len(plan) + 1, "done")
 
-    worst = max(results, key=lambda r: (_RANK[r["verdict"]], r["score"]))
+    # One file tried with two loaders: a loader that merely rejects the bytes does not make it inconclusive
+    # when the other loaded it cleanly; anything suspicious or malicious always counts.
+    decisive = [r for r in results if not (r["verdict"] == "inconclusive" and any(
+        o["file"] == r["file"] and o is not r and o["verdict"] != "inconclusive" for o in results))]
+    worst = max(decisive, key=lambda r: (_RANK[r["verdict"]], r["score"]))
     verdict = worst["verdict"]
-    score = max(r["score"] for r in results)
-    if verdict == "clean" and all(r["verdict"] == "clean" for r in results):
+    score = max(r["score"] for r in decisive)
+    if verdict == "clean" and all(r["verdict"] == "clean" for r in decisive):
         why = f"loaded {len({r['file'] for r in results})} file(s) in the sandbox; nothing refused, trace like benign loads"
     else:
         tag = f"{Path(worst['file']).name}: " if len({r["file"] for r in results}) > 1 else ""
@@ -302,7 +311,7 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
         "child": worst["child"],
         "files": [{k: v for k, v in r.items() if k != "events"} for r in results],
         "baseline": {"loads": len(baseline.X) if baseline else 0, "key": baseline.key if baseline else None,
-                     "error": baseline_error},
+                     "error": baseline_error, "skipped": (baseline.skipped or []) if baseline else []},
     }
     return ProbeResult(PROBE, verdict, score, why[:300], params_out, time.perf_counter() - t0, details)
 

@@ -309,7 +309,7 @@ def make_hook(nonce, job, roots):
             if p.endswith(CODE_SUFFIXES) and not under(p, trusted):
                 return "code file read from outside the trusted library paths", {"path": p}
             if under(p, read_ok):
-                return None, {"path": p}
+                return None, {"path": p, "lib": under(p, trusted)}
             return "read outside allowed paths", {"path": p}
         if event == "import":
             fname = args[1] if len(args) > 1 else None
@@ -322,7 +322,7 @@ def make_hook(nonce, job, roots):
             fname = getattr(code, "co_filename", None) if event == "exec" else (args[1] if len(args) > 1 else None)
             from_file = isinstance(fname, str) and fname.endswith(".py") and under(fname, trusted) \
                 and caller.startswith("<frozen importlib")
-            info = {"caller": caller, "from_file": from_file, "unpickler_active": active}
+            info = {"caller": caller, "from_file": from_file, "unpickler_active": active, "importing": importing}
             if caller.startswith("<frozen importlib") and isinstance(fname, str) and fname.endswith(".py") \
                     and not under(fname, trusted):
                 return "import of code from outside the trusted library paths", info
@@ -340,10 +340,10 @@ def make_hook(nonce, job, roots):
                 return "code object built during unpickling", {"caller": caller}
             return None, {"caller": caller}
         if event in ("object.__setattr__", "object.__delattr__"):
-            if len(args) > 1 and args[1] in ("__code__", "__globals__", "__closure__", "__defaults__",
-                                             "__kwdefaults__"):
-                return "function internals rewritten", {}
             caller, direct, active, importing = context()
+            if len(args) > 1 and args[1] in ("__code__", "__globals__", "__closure__", "__defaults__",
+                                             "__kwdefaults__") and (direct or (active and not importing)):
+                return "function internals rewritten while unpickling", {"caller": caller}
             if direct:
                 return "monkey-patching from the pickle stream", {"caller": caller}
             return None, {}
@@ -768,6 +768,12 @@ def main():
             job_tmp = os.path.join(tmp_dir, "tmp", str(job["id"]))
             os.makedirs(job_tmp, exist_ok=True)
             job["tmp"] = job_tmp
+            for name in job.get("preload") or ():
+                if name not in sys.modules:
+                    try:
+                        __import__(name)  # trusted library code, in the zygote, before any hook
+                    except Exception:  # noqa: BLE001
+                        pass
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             trace_r, trace_w = os.pipe()
             started = time.perf_counter()

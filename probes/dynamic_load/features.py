@@ -18,7 +18,7 @@ FEATURES = (
     "find_class_distinct", "find_class_pkgs", "find_class_pkgs_novel",
     "calls_distinct", "calls_function_distinct", "calls_novel",
     "imports", "imports_pkgs_novel",
-    "open_nonpyc_reads", "writes",
+    "reads_outside_libs", "writes",
     "exec_compile_nonfile", "exec_compile_unpickling",
     "refused", "other_events", "putenv",
     "load_failed", "abnormal_exit",
@@ -107,10 +107,10 @@ def vector(trace: dict[str, Any], vocab: dict[str, list[str]], summary: dict[str
         if e == "open":
             if info.get("write"):
                 writes += 1
-            else:
+            elif not info.get("lib"):  # library files read by the import machinery are like imports
                 nonpyc += 1
         elif e in ("exec", "compile"):
-            if not info.get("from_file"):
+            if not info.get("from_file") and not info.get("importing"):
                 ex_nonfile += 1
             if info.get("unpickler_active"):
                 ex_unpick += 1
@@ -125,7 +125,7 @@ def vector(trace: dict[str, Any], vocab: dict[str, list[str]], summary: dict[str
         "calls_novel": len(calls_novel) if vocab.get("calls") else 0,
         "imports": len(s["imports"]),
         "imports_pkgs_novel": len(imp_pkgs - known_imp) if known_imp or vocab.get("calls") else 0,
-        "open_nonpyc_reads": nonpyc,
+        "reads_outside_libs": nonpyc,
         "writes": writes,
         "exec_compile_nonfile": ex_nonfile,
         "exec_compile_unpickling": ex_unpick,

@@ -172,6 +172,31 @@ def build_benign_corpus(dest: str | os.PathLike, seed: int = 0) -> list[tuple[Pa
     pdump("tree.sav", DecisionTreeClassifier(max_depth=3, random_state=seed).fit(x, y), 4)
     pdump("lr.pkl", LogisticRegression().fit(x, y), 5)
     pdump("pipe.pkl", make_pipeline(StandardScaler(), PCA(2)).fit(x), 2)
+    import decimal
+    import fractions
+    import pathlib
+    import types
+    import uuid
+
+    pdump("run_config.pkl", {"out": pathlib.Path("/data/run1"), "ckpt": pathlib.PurePosixPath("a/b.pt"),
+                             "args": argparse.Namespace(lr=0.1, out=pathlib.Path("x")), "step": decimal.Decimal("1.5"),
+                             "ratio": fractions.Fraction(1, 3), "id": uuid.UUID(int=seed + 1),
+                             "ns": types.SimpleNamespace(a=1), "when": datetime.timedelta(hours=1),
+                             "dd": collections.defaultdict(list, {"a": [1]})}, 4)
+    tsave("tensors_paths.pt", {"t": torch.ones(3), "p": pathlib.Path("/data/run1"),
+                               "args": argparse.Namespace(lr=0.1)})
+    try:  # what Hugging Face training_args.bin / config pickles look like (if transformers is installed)
+        from transformers import PretrainedConfig, TrainingArguments
+        from transformers.trainer_utils import IntervalStrategy
+        from transformers.training_args import OptimizerNames
+
+        targs = TrainingArguments.__new__(TrainingArguments)  # no __init__: it wants accelerate
+        targs.__dict__.update(output_dir="out", eval_strategy=IntervalStrategy("steps"),
+                              optim=OptimizerNames("adamw_torch"), learning_rate=5e-5, seed=seed)
+        pdump("training_args.bin", targs, 4)
+        pdump("hf_config.pkl", PretrainedConfig(num_labels=3), 4)
+    except Exception:  # noqa: BLE001  (transformers absent or changed: the baseline simply lacks these)
+        pass
     p = dest / "weights.npz"
     np.savez_compressed(p, w=rng.normal(size=(3, 3)), b=np.arange(3))
     out.append((p, "numpy", "npz"))
@@ -196,6 +221,7 @@ class Baseline:
     _scaler: Any = None
     threshold: float = 0.0
     spread: float = 1.0
+    skipped: list = None
 
     def fit(self) -> "Baseline":
         import numpy as np
@@ -225,7 +251,8 @@ class Baseline:
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "vocab": self.vocab, "X": self.X, "names": self.names, "features": list(F.FEATURES)}
+        return {"key": self.key, "vocab": self.vocab, "X": self.X, "names": self.names, "features": list(F.FEATURES),
+                "skipped": self.skipped or []}
 
 
 _MEMO: dict[str, Baseline] = {}
@@ -249,13 +276,14 @@ def get_baseline(zygote, *, preload: tuple[str, ...], progress: Callable[[int, i
             data = json.loads(path.read_text("utf-8"))
             if data.get("key") == key and data.get("features") == list(F.FEATURES):
                 b = Baseline(key, data["vocab"], data["X"], data["names"]).fit()
+                b.skipped = data.get("skipped") or []
                 _MEMO[key] = b
                 return b
         except (OSError, ValueError, KeyError):
             pass
     from probes.progress import check_cancel
 
-    summaries, traces, names = [], [], []
+    summaries, traces, names, skipped = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="wb-benign-") as tmp:
         files = build_benign_corpus(tmp)
         for i, (p, loader, family) in enumerate(files):
@@ -266,19 +294,28 @@ def get_baseline(zygote, *, preload: tuple[str, ...], progress: Callable[[int, i
                 tr = zygote.run_job(str(p), loader, timeout_s=60, cpu_s=60, memory_mb=2048, cancel=cancel)
             td = _trace_dict(tr)
             if not td["load_ok"] or any(e.get("r") for e in tr.events):
-                raise RuntimeError(f"benign baseline file {p.name} did not load cleanly in the sandbox: "
-                                   f"{(tr.done or {}).get('error')} {[e for e in tr.events if e.get('r')][:2]}")
+                # A benign file this environment cannot load cleanly is left out (and named), not fatal.
+                skipped.append(f"{p.name}: {(tr.done or {}).get('error')} "
+                               f"{[(e.get('e'), e.get('a', [''])[:1], e.get('r')) for e in tr.events if e.get('r')][:2]}"[:300])
+                continue
             summaries.append(F.summarize(tr.events))
             traces.append(td)
             names.append(f"{family}:{p.name}")
     vocab = F.build_vocab(summaries)
     X = []
     for i, td in enumerate(traces):
-        # Leave-one-out vocabulary: a benign file's own rare names count as novel, as they would for a new file.
+        # Each benign load twice: against the full vocabulary (as a file of a known kind will look) and
+        # against a leave-one-out vocabulary (its own rare names novel, as a benign file of a new kind looks).
         loo = F.build_vocab(summaries[:i] + summaries[i + 1:])
-        feats = F.vector(td, loo, summaries[i])
-        X.append([feats[n] for n in F.FEATURES])
+        for voc in (vocab, loo):
+            feats = F.vector(td, voc, summaries[i])
+            row = [feats[n] for n in F.FEATURES]
+            if row not in X:
+                X.append(row)
+    if len(traces) < 10:
+        raise RuntimeError(f"too few benign loads for a baseline ({len(traces)}); skipped: {skipped[:3]}")
     b = Baseline(key, vocab, X, names).fit()
+    b.skipped = skipped
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = path.with_suffix(".tmp")

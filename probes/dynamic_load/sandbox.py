@@ -33,10 +33,27 @@ from typing import Any
 from probes.errors import Cancelled, ProbeError
 
 CHILD_SCRIPT = Path(__file__).with_name("_child.py")
-# Imported once in the warm zygote (so a load of these kinds costs a fork, not an import).
-DEFAULT_PRELOAD = ("torch", "numpy", "joblib", "sklearn", "sklearn.base", "sklearn.linear_model", "sklearn.tree",
-                   "sklearn.ensemble", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.decomposition",
-                   "sklearn.cluster", "sklearn.svm")
+# Imported once in the warm zygote before it reports ready (so a load costs a fork, not an import).
+DEFAULT_PRELOAD = ("torch", "numpy", "joblib")
+# Imported by the zygote (outside any hook) before the first job that may need them, then kept: the
+# scikit-learn stack costs more start-up than torch's pickle path needs, so a torch file does not wait for it.
+SKLEARN_PRELOAD = ("sklearn", "sklearn.base", "sklearn.linear_model", "sklearn.tree", "sklearn.ensemble",
+                   "sklearn.pipeline", "sklearn.preprocessing", "sklearn.decomposition", "sklearn.cluster",
+                   "sklearn.svm")
+
+
+def job_preload(path: str, loader: str) -> tuple[str, ...]:
+    """What the zygote must have imported before forking for this file (the same answer every time)."""
+    if loader in ("joblib", "pickle", "numpy"):
+        return SKLEARN_PRELOAD
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8 << 20)
+    except OSError:
+        return ()
+    return SKLEARN_PRELOAD if b"sklearn" in head else ()
+
+
 ZYGOTE_START_TIMEOUT_S = 120.0
 
 
@@ -190,7 +207,7 @@ class Zygote:
         real = os.path.realpath(path)
         trusted = list(self.sys_path)
         read = trusted + [real, os.path.dirname(real), "/proc/self", "/proc/thread-self", "/proc/cpuinfo",
-                          "/proc/meminfo", "/proc/stat", "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev/null", "/dev/urandom",
+                          "/proc/meminfo", "/proc/stat", "/proc/sys/vm", "/proc/sys/kernel/random", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev/null", "/dev/urandom",
                           "/dev/random", "/dev/shm", "/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo",
                           "/etc/ld.so.cache", "/etc/localtime", os.path.realpath(self.tmp),
                           os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)]
@@ -199,13 +216,14 @@ class Zygote:
     # ----------------------------------------------------------------- one job
     def run_job(self, path: str, loader: str, *, timeout_s: float, cpu_s: float, memory_mb: int,
                 max_events: int = 4000, cancel: threading.Event | None = None,
-                audit_hook: bool = True) -> JobTrace:
+                audit_hook: bool = True, preload: tuple[str, ...] | None = None) -> JobTrace:
         """Load ``path`` in a fresh grandchild. ``audit_hook=False`` exists only to test the OS layers alone."""
         self._jobs += 1
         nonce = secrets.token_hex(16)
         job = {"id": self._jobs, "nonce": nonce, "path": os.path.realpath(path), "loader": loader,
                "cpu_s": max(1, int(cpu_s)), "memory_mb": int(memory_mb), "max_events": int(max_events),
-               "roots": self.roots(path), "audit_hook": bool(audit_hook)}
+               "roots": self.roots(path), "audit_hook": bool(audit_hook),
+               "preload": list(job_preload(path, loader) if preload is None else preload)}
         trace = JobTrace()
         t0 = time.monotonic()
         try:
