@@ -16,8 +16,9 @@ Params (all optional):
                             a copy of the subject's own module when it is an ``nn.Module``)
 * ``cache_dir``             fingerprint / calibration cache (default ``$WORKBENCH_CACHE`` else a temp dir)
 * ``detectors``             subset of :data:`~probes.fingerprint.ensemble.DETECTORS`
-* ``representations``       subset of ``raw, pca, ica, rproj`` used for the trust score (default ``pca``)
-* ``feature_groups``        feature-name prefixes to use (default: all the baseline shares)
+* ``representations``       subset of ``raw, pca, ica, rproj`` used for the trust score (default ``raw``)
+* ``feature_groups``        feature-name prefixes to use (default :data:`DEFAULT_FEATURE_GROUPS`;
+                            ``"all"``: every feature the subject and the baseline share)
 * ``loo_max``               largest baseline calibrated leave-one-out (else 10-fold), default 30
 
 Details: ``detectors`` {name: calibrated percentile 0-1}, ``trust_score`` (0-100 or None),
@@ -47,7 +48,12 @@ __all__ = ["run", "compute_fingerprint", "fingerprints_for_folder", "score_finge
            "default_cache_dir"]
 
 MODEL_SUFFIX_SKIP = {".json", ".py", ".txt", ".md", ".npz", ".npy", ".csv", ".yaml", ".yml", ".log", ".tmp"}
-ARCH_AGNOSTIC_GROUPS = ("out.", "trig.", "pen.", "w.log_params", "w.all.", "w.head.", "lm.", "meta.")
+# what the ensemble compares by default: behaviour on the reference inputs, trigger sensitivity,
+# the head's weight outliers, earlier probes' meta-features and (LMs) hidden-state statistics.
+# Per-layer activation and per-tensor weight statistics (``act.*``, ``w.<tensor>.*``) are recorded
+# but only used with ``feature_groups="all"`` (they need a baseline of the same architecture).
+DEFAULT_FEATURE_GROUPS = ("out.", "trig.", "pen.trig.", "w.head.", "meta.", "lm.")
+DEFAULT_REPRESENTATIONS = ("raw",)
 
 
 def default_cache_dir() -> str:
@@ -238,7 +244,7 @@ def _align(fp: Fingerprint, baseline: list[Fingerprint], groups=None) -> tuple[l
 
 
 def score_fingerprint(fp: Fingerprint, baseline: list[Fingerprint], *, seed: int = 0, detectors=None,
-                      representations=("pca",), feature_groups=None, loo_max: int = 30, cache_dir=None,
+                      representations=DEFAULT_REPRESENTATIONS, feature_groups=DEFAULT_FEATURE_GROUPS, loo_max: int = 30, cache_dir=None,
                       cancel=None, progress=None) -> dict[str, Any]:
     """Calibrated ensemble scores of one fingerprint against a clean baseline (no ProbeResult wrapping)."""
     from probes.fingerprint import calibration as C
@@ -366,11 +372,14 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
         return ProbeResult("fingerprint", verdict, score, summary, params=rec_params,
                            duration_s=time.perf_counter() - t0, details=details)
 
-    reps = params.get("representations") or ("pca",)
+    reps = params.get("representations") or DEFAULT_REPRESENTATIONS
     if isinstance(reps, str):
         reps = [r.strip() for r in reps.split(",") if r.strip()]
+    groups = params.get("feature_groups", DEFAULT_FEATURE_GROUPS)
+    if isinstance(groups, str):
+        groups = None if groups == "all" else tuple(g.strip() for g in groups.split(",") if g.strip())
     out = score_fingerprint(fp, baseline, seed=seed, detectors=detectors, representations=tuple(reps),
-                            feature_groups=params.get("feature_groups"), loo_max=int(params.get("loo_max", 30)),
+                            feature_groups=groups, loo_max=int(params.get("loo_max", 30)),
                             cache_dir=cache_dir, cancel=cancel,
                             progress=lambda d, t, m="": progress(2, total, m))
     progress(3, total, "scored")

@@ -10,8 +10,11 @@ cross-fitting (each model scored by a fit that never saw it). A new model is
 scored by the detector fitted on the whole baseline and placed in that null:
 
 * ``percentile``  fraction of the baseline's out-of-sample scores below it (0-1);
-* ``exceedance``  ``(s - median) / (q95 - median)`` of the null: 0 at a typical
-  clean model, 1 at the baseline's 95th percentile, 3 far beyond it.
+* ``exceedance``  ``(s - median) / spread`` of the null, where ``median + spread``
+  is a robust estimate of the null's 95th percentile (from the upper quartile
+  scaled as for a normal distribution, or the 90th percentile if smaller: one
+  odd clean model must not inflate it): 0 at a typical clean model, 1 at the
+  clean 95th percentile, 3 far beyond it.
 
 Aggregation (an attacker must fool every detector at once)
 ----------------------------------------------------------
@@ -21,10 +24,11 @@ Because the maximum of six scores is itself inflated for clean models, the
 aggregate is calibrated once more against the baseline's own leave-out
 aggregates ``A_null``:
 
-``trust_score = 100 * clip((A - median(A_null)) / (q95(A_null) - median(A_null)) / 2, 0, 1)``
+``trust_score = 100 * clip((A - median(A_null)) / spread(A_null) / 2, 0, 1)``
 
-so a typical clean model scores near 0, the clean 95th percentile 50
-(medium) and a model twice as far out as the clean 95th percentile 100.
+(same robust spread), so a typical clean model scores near 0, the clean 95th
+percentile 50 (medium) and a model twice as far out as the clean 95th
+percentile 100.
 ``n_above_95`` counts detectors above their own 95th percentile (the evidence
 line quotes it). Bands: 0-30 low, 31-60 medium, 61-100 high.
 """
@@ -86,15 +90,43 @@ def percentile(null: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (below + 0.5 * equal) / len(null)
 
 
+# a normal distribution's 95th percentile is 1.645 sd above the median, its 75th 0.674 sd
+Q95_OVER_Q75 = 1.645 / 0.6745
+
+
+def robust_q95(null: np.ndarray) -> tuple[float, float]:
+    """``(median, spread)``: spread is the distance from the median to a robust 95th-percentile estimate.
+
+    The empirical q95 of a 10-50 model baseline is essentially its maximum, which
+    one odd clean model can blow up by orders of magnitude (a Gaussian mixture's
+    negative log-likelihood does); so the upper quartile, scaled as for a normal
+    distribution, is used unless the empirical q90 is smaller.
+    """
+    null = np.asarray(null, np.float64)
+    med = float(np.median(null))
+    q75, q90 = float(np.quantile(null, 0.75)), float(np.quantile(null, 0.90))
+    spread = Q95_OVER_Q75 * (q75 - med)
+    if q90 > med:
+        spread = min(spread, 1.0 * (q90 - med) * 1.645 / 1.2816) if spread > 0 else (q90 - med) * 1.645 / 1.2816
+    if not spread > 0:
+        spread = max(float(np.std(null)) * 1.645, 1e-9 * (abs(med) + 1.0))
+    return med, spread
+
+
 def exceedance(null: np.ndarray, s: np.ndarray) -> np.ndarray:
-    med, q95 = np.median(null), np.quantile(null, 0.95)
-    spread = max(q95 - med, 1e-9 * (abs(med) + 1e-9), 1e-12)
+    """``(s - median) / spread`` of the null: 0 at a typical clean model, 1 at its (robust) 95th percentile."""
+    med, spread = robust_q95(null)
     return (np.atleast_1d(s) - med) / spread
 
 
 def trust_from_aggregate(a: np.ndarray, a_null: np.ndarray) -> np.ndarray:
-    med, q95 = np.median(a_null), np.quantile(a_null, 0.95)
-    spread = max(q95 - med, 1e-9)
+    """0 at the baseline's median aggregate, 50 at its 95th percentile, 100 at twice that distance.
+
+    The spread is the larger of the robust estimate and the empirical 90th percentile's distance
+    (the clean aggregates are a maximum over detectors and have a heavier upper tail than normal).
+    """
+    med, spread = robust_q95(a_null)
+    spread = max(spread, float(np.quantile(a_null, 0.90)) - med)
     return 100.0 * np.clip((np.atleast_1d(a) - med) / spread / 2.0, 0.0, 1.0)
 
 
