@@ -109,3 +109,15 @@ def test_no_global_random_state_touched(badnets_mlp):
     before = np.random.get_state()[1].copy()
     spectral.run(badnets_mlp.subject(), {"audit": _audit(badnets_mlp)})
     assert np.array_equal(np.random.get_state()[1], before)
+
+
+def test_torchscript_subject_uses_its_penultimate_layer(badnets_cnn, tmp_path):
+    from probes.subjects.loader import load_subject
+    from probes.zoo.digits import save_model
+
+    subject = load_subject(save_model(badnets_cnn, tmp_path, "torchscript"), input_shape=(1, 16, 16))
+    assert subject.feature_fn is not None
+    r = spectral.run(subject, {"audit": _audit(badnets_cnn)}).to_dict()
+    assert r["poisoned_classes"] == [badnets_cnn.attack.target] and r["recall"] >= 0.9
+    with pytest.raises(ProbeError, match="exposes only the layer"):
+        spectral.run(subject, {"audit": _audit(badnets_cnn), "layer": "fc"})
