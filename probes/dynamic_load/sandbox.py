@@ -42,16 +42,24 @@ SKLEARN_PRELOAD = ("sklearn", "sklearn.base", "sklearn.linear_model", "sklearn.t
                    "sklearn.svm")
 
 
+# Hugging Face side files (training_args.bin, pickled configs) import transformers: seconds per load otherwise.
+HF_PRELOAD = ("transformers", "transformers.training_args", "transformers.configuration_utils")
+
+
 def job_preload(path: str, loader: str) -> tuple[str, ...]:
-    """What the zygote must have imported before forking for this file (the same answer every time)."""
-    if loader in ("joblib", "pickle", "numpy"):
-        return SKLEARN_PRELOAD
+    """What the zygote must have imported before forking for this file: decided from the file's bytes and
+    loader alone, so the same file always meets the same warm image (and the same baseline)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8 << 20)
     except OSError:
-        return ()
-    return SKLEARN_PRELOAD if b"sklearn" in head else ()
+        head = b""
+    out: tuple[str, ...] = ()
+    if loader in ("joblib", "pickle", "numpy") or b"sklearn" in head:
+        out += SKLEARN_PRELOAD
+    if b"transformers" in head:
+        out += HF_PRELOAD
+    return out
 
 
 ZYGOTE_START_TIMEOUT_S = 120.0
