@@ -24,6 +24,10 @@ class Tmux:
         self.name = f"wb-e2e-{uuid.uuid4().hex[:8]}"
         subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height),
                         command], check=True, env={**os.environ, "TERM": "xterm-256color"})
+        # a detached session may otherwise follow another client's size
+        subprocess.run(["tmux", "set-option", "-t", self.name, "window-size", "manual"], capture_output=True)
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(width), "-y", str(height)],
+                       capture_output=True)
 
     def send(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
@@ -51,7 +55,8 @@ class Tmux:
 
 def test_workbench_in_tmux(syn, tmp_path):
     done = tmp_path / "exit-code"
-    cmd = (f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} -m workbench --db {shlex.quote(str(syn['db']))};"
+    cmd = (f"cd {shlex.quote(str(ROOT))} && env -u COLUMNS -u LINES PYTHONPATH={shlex.quote(os.environ.get("PYTHONPATH", ""))} "
+           f"{shlex.quote(sys.executable)} -m workbench --db {shlex.quote(str(syn['db']))};"
            f" echo $? > {shlex.quote(str(done))}")
     term = Tmux(cmd)
     try:
@@ -64,12 +69,9 @@ def test_workbench_in_tmux(syn, tmp_path):
         term.send("5")
         term.wait_for("Notes for subject digits-cnn.ts.pt")
         term.send("-l", "typed in tmux")
-        term.wait_for("saved ", timeout=15)  # autosaved, no key pressed
-        time.sleep(0.3)
-        term.send("Escape")
-        time.sleep(0.6)  # let the terminal's Escape stand alone (not alt+q)
-        term.send("q")
-        deadline = time.monotonic() + 20
+        term.wait_for("saved ", timeout=30)  # autosaved, no key pressed
+        term.send("C-q")  # quits from inside the editor too
+        deadline = time.monotonic() + 30
         while not done.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert done.exists() and done.read_text().strip() == "0", term.capture()
