@@ -18,7 +18,9 @@ Trigger specificity (from the mask alone):
 * ``density`` - active pixels of the blob / bbox area.
 
 Attack-type guess: ``patch`` when the mass sits in a small compact region
-(its heaviest blob holds >= 50% of the mass in <= 20% of the image), otherwise ``blended/diffuse``;
+(at most 3 blobs, the heaviest holding >= 40% of the mass within <= 20% of the
+image: a patch often comes with one or two stray shortcut pixels), otherwise
+``blended/diffuse`` (a diffuse trigger's minimal mask scatters over many blobs);
 ``none`` when the model is not flagged.
 """
 
@@ -81,7 +83,8 @@ def trigger_specificity(mask) -> dict[str, Any]:
 def guess_attack_type(spec: dict[str, Any], flagged: bool) -> str:
     if not flagged:
         return "none"
-    if spec.get("bbox") is not None and spec["bbox_fraction"] <= 0.2 and spec["compactness"] >= 0.5:
+    if (spec.get("bbox") is not None and spec["bbox_fraction"] <= 0.2 and spec["compactness"] >= 0.4
+            and spec.get("clusters", 1) <= 3):
         return "patch"
     return "blended/diffuse"
 
