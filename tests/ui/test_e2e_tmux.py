@@ -55,7 +55,8 @@ class Tmux:
 
 def test_workbench_in_tmux(syn, tmp_path):
     done = tmp_path / "exit-code"
-    cmd = (f"cd {shlex.quote(str(ROOT))} && env -u COLUMNS -u LINES PYTHONPATH={shlex.quote(os.environ.get("PYTHONPATH", ""))} "
+    pythonpath = shlex.quote(os.environ.get("PYTHONPATH", ""))
+    cmd = (f"cd {shlex.quote(str(ROOT))} && env -u COLUMNS -u LINES PYTHONPATH={pythonpath} "
            f"{shlex.quote(sys.executable)} -m workbench --db {shlex.quote(str(syn['db']))};"
            f" echo $? > {shlex.quote(str(done))}")
     term = Tmux(cmd)
