@@ -60,6 +60,8 @@ PR_SET_NO_NEW_PRIVS = 38
 
 
 PR_CAPBSET_DROP = 24
+PR_SET_PDEATHSIG = 1
+LIBC = []  # the libc handle, kept for the grandchildren's PR_SET_PDEATHSIG (set before any hook)
 
 
 def drop_capabilities(libc, ctypes):
@@ -140,6 +142,7 @@ def seal(tmp_dir):
                 iso["writable_mounts_left"] = failed[:20]
         except OSError as exc:
             iso["mountns_error"] = str(exc)
+    LIBC.append(libc)
     try:
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
             iso["no_new_privs"] = True
@@ -516,6 +519,8 @@ def instrument_unpicklers(on_call, on_build):
 def grandchild(job, log_fd, trace_w, trace_r):
     global TRACE_FD
     os.setsid()
+    if LIBC:  # die with the zygote (single-threaded, so this cannot fire early)
+        LIBC[0].prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
     # The grandchild never holds the zygote's channel to the parent: it writes only to its own pipe,
     # which the zygote relays wrapped, so nothing a payload writes can pose as a zygote message.
     os.close(trace_r)
