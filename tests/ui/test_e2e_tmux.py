@@ -70,7 +70,7 @@ def test_workbench_in_tmux(syn, tmp_path):
         term.send("5")
         term.wait_for("Notes for subject digits-cnn.ts.pt")
         term.send("-l", "typed in tmux")
-        term.wait_for("saved ", timeout=30)  # autosaved, no key pressed
+        term.wait_for("saved at ", timeout=30)  # autosaved, no key pressed
         term.send("C-q")  # quits from inside the editor too
         deadline = time.monotonic() + 30
         while not done.exists() and time.monotonic() < deadline:

@@ -64,7 +64,7 @@ class NotesPane(Vertical):
         self.target = new
         head = Text("Notes for ", style="grey70")
         head.append(label or "—", style="bold")
-        head.append("   (markdown; saved automatically as you type)", style="grey50")
+        head.append("   (markdown, autosaved as you type)", style="grey50")
         self.query_one("#notes-head", Static).update(head)
         body = ""
         if new is not None:
@@ -121,7 +121,7 @@ class NotesPane(Vertical):
         self._saved_text = text
         self.dirty = False
         self.saves += 1
-        self._status(f"saved {datetime.now():%H:%M:%S}")
+        self._status(f"saved at {datetime.now():%H:%M:%S}")
         return True
 
     def _status(self, text: str, error: bool = False) -> None:
