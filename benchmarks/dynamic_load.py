@@ -73,7 +73,7 @@ def main() -> int:
 
     bare = _bare_baseline(benign)
     bare_pickle = bare["plain.pkl"]
-    print(f"baseline (this process, benign files only): pickle.load {bare_pickle * 1e3:.2f} ms, "
+    print(f"baseline (this process, benign files only): pickle.load {bare_pickle * 1e6:.1f} µs, "
           f"torch.load state_dict {bare['linear.pt'] * 1e3:.2f} ms, joblib.load {bare['arrays.joblib'] * 1e3:.2f} ms")
 
     # Cold: fresh zygote + training the benign baseline (first use ever), then a cold zygote alone.
