@@ -130,8 +130,21 @@ def _load_like(path: Path, subject, arch: str | None):
                                            format=fmt, device=subject.device)
 
 
+def _array_digest(data) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (data.x, data.y):
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def _fp_cache_path(cache_dir: str | Path, sha: str, data, seed: int, prompts_sha: str = "") -> Path:
-    dsha = getattr(data, "sha256", "") or ("mem" if data is not None else "none")
+    dsha = "none"
+    if data is not None:
+        dsha = getattr(data, "sha256", "") or _array_digest(data)
     return Path(cache_dir) / "fingerprints" / f"{sha}-v{FEATURE_VERSION}-s{seed}-d{dsha[:16]}{prompts_sha[:8]}.json"
 
 

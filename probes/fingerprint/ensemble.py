@@ -4,7 +4,7 @@ Every detector is fitted on clean baseline fingerprints only and returns an
 *anomaly score* for new rows (higher = less like the baseline):
 
 =============  ======================================================================
-``iforest``    Isolation Forest, negated ``score_samples``
+``iforest``    Isolation Forest (64 trees), negated ``score_samples``
 ``ocsvm``      One-Class SVM (RBF, ``gamma="scale"``, nu 0.1), negated decision function
 ``gmm``        Gaussian mixture (diagonal covariances, 1-2 components by BIC), negative log-likelihood
 ``autoencoder`` an MLP trained to reproduce its input through a 2-4 unit tanh bottleneck
@@ -136,7 +136,7 @@ class Detector:
             if name == "iforest":
                 from sklearn.ensemble import IsolationForest
 
-                self.m = IsolationForest(n_estimators=100, random_state=self.seed).fit(X)
+                self.m = IsolationForest(n_estimators=64, random_state=self.seed).fit(X)
             elif name == "ocsvm":
                 from sklearn.svm import OneClassSVM
 
