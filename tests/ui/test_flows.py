@@ -212,13 +212,14 @@ def test_every_binding_has_an_id_and_a_description():
 async def test_tree_shows_status_icons_and_run_detail(syn):
     app = WorkbenchApp(syn["db"], subject_id=syn["clean"])
     async with app.run_test(size=(150, 45)) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: app.sel["subject_id"] == syn["clean"])
         node = app.tree.nodes_by_key[("run", 6)] if ("run", 6) in app.tree.nodes_by_key else None
         labels = [str(n.label) for key, n in app.tree.nodes_by_key.items() if key[0] == "run"]
         assert any(lbl.startswith("✘ strip failed") for lbl in labels)
         assert any(lbl.startswith("✔ neural-cleanse backdoored") for lbl in labels)
         failed = next(k for k, n in app.tree.nodes_by_key.items() if str(n.label).startswith("✘"))
         app.select_key(failed)
-        await pilot.pause()
-        assert "strip needs clean inputs" in str(app.query_one(ScoresPane).query_one("#scores-detail").render())
+        detail = app.query_one(ScoresPane).query_one("#scores-detail")
+        await wait_for(pilot, lambda: "strip needs clean inputs" in str(detail.render()))
+        assert app.sel["run_id"] == failed[1]
         del node

@@ -96,6 +96,7 @@ class WorkbenchApp(App[int]):
         self.queue: deque[Job] = deque()
         self.current: Job | None = None
         self.finished_jobs: list[Job] = []
+        self._stale: set[str] = set()  # ids of hidden panes to refresh when shown
         self.events: list[tuple[str, str]] = []  # this session's run-log events (the pane mounts lazily)
         self._stage: tuple[int, str] | None = None
 
@@ -168,10 +169,26 @@ class WorkbenchApp(App[int]):
         return found.first() if found else None
 
     def refresh_panes(self, runlog: bool = True) -> None:
+        """Refresh the visible pane now; hidden ones when they are shown (arrowing through a big tree stays fast)."""
+        active = self.query_one(TabbedContent).active
         for cls in (ScoresPane, NormsPane, AuditPane, NotesPane, HuntPane) + ((RunLogPane,) if runlog else ()):
             pane = self.pane(cls)
-            if pane is not None:
+            if pane is None:
+                continue
+            # the note must follow the selection at once (it is saved against it)
+            if cls is NotesPane or f"tab-{pane.id}" == active:
                 self.refresh_pane(pane)
+                self._stale.discard(pane.id)
+            else:
+                self._stale.add(pane.id)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        key = (event.pane.id or "").removeprefix("tab-")
+        if key in self._stale:
+            self._stale.discard(key)
+            pane = self.query(f"#{key}")
+            if pane:
+                self.refresh_pane(pane.first())
 
     def pane_mounted(self, pane: Any) -> None:
         """Called by each pane when it is mounted: fill it for the current selection."""
@@ -504,6 +521,9 @@ class WorkbenchApp(App[int]):
 
     def _hunt_ready(self) -> HuntPane | None:
         hunt = self.query_one(HuntPane)
+        if "hunt" in self._stale:
+            self._stale.discard("hunt")
+            self.refresh_pane(hunt)
         if hunt.subject_id is None:
             self.notify("No trigger hunt: select a language model and press t.", severity="warning")
             return None
