@@ -153,7 +153,7 @@ class WorkbenchApp(App[int]):
                 self.select(node.data)
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        if event.node.data and event.node is self.tree.cursor_node:  # skip stale highlights
+        if event.node.data and event.node is event.control.cursor_node:  # skip stale highlights
             self.select(event.node.data)
 
     def select(self, data: dict[str, Any]) -> None:
@@ -170,7 +170,10 @@ class WorkbenchApp(App[int]):
 
     def refresh_panes(self, runlog: bool = True) -> None:
         """Refresh the visible pane now; hidden ones when they are shown (arrowing through a big tree stays fast)."""
-        active = self.query_one(TabbedContent).active
+        tabs = self.query(TabbedContent)
+        if not tabs:  # shutting down
+            return
+        active = tabs.first().active
         for cls in (ScoresPane, NormsPane, AuditPane, NotesPane, HuntPane) + ((RunLogPane,) if runlog else ()):
             pane = self.pane(cls)
             if pane is None:
