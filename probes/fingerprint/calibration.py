@@ -26,9 +26,11 @@ aggregates ``A_null``:
 
 ``trust_score = 100 * clip((A - median(A_null)) / spread(A_null) / 2, 0, 1)``
 
-(same robust spread), so a typical clean model scores near 0, the clean 95th
-percentile 50 (medium) and a model twice as far out as the clean 95th
-percentile 100.
+where the spread is the larger of the robust 95th-percentile spread and the
+empirical 90th percentile's distance from the median (a model less extreme
+than one clean baseline model in ten must not score high). A typical clean
+model scores near 0, the clean 95th percentile 50 (medium) and a model twice as
+far out 100.
 ``n_above_95`` counts detectors above their own 95th percentile (the evidence
 line quotes it). Bands: 0-30 low, 31-60 medium, 61-100 high.
 """
@@ -122,8 +124,9 @@ def exceedance(null: np.ndarray, s: np.ndarray) -> np.ndarray:
 def trust_from_aggregate(a: np.ndarray, a_null: np.ndarray) -> np.ndarray:
     """0 at the baseline's median aggregate, 50 at its 95th percentile, 100 at twice that distance.
 
-    The spread is the larger of the robust estimate and the empirical 90th percentile's distance
-    (the clean aggregates are a maximum over detectors and have a heavier upper tail than normal).
+    The spread is the larger of the robust estimate and the empirical 90th percentile's distance:
+    the clean aggregates are a maximum over detectors with a heavier upper tail than a normal law,
+    and a model that is less extreme than one clean baseline model in ten must not score high.
     """
     med, spread = robust_q95(a_null)
     spread = max(spread, float(np.quantile(a_null, 0.90)) - med)
