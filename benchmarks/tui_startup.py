@@ -63,7 +63,7 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     sys.path.insert(0, str(ROOT / "tests" / "ui"))
     sys.path.insert(0, str(ROOT))
-    import synthetic
+    import ui_synthetic as synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "bench.db")

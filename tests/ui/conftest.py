@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import synthetic  # noqa: E402
-from fixtures import build_digits_case, copy_db  # noqa: E402
+import ui_synthetic as synthetic  # noqa: E402
+from ui_fixtures import build_digits_case, copy_db  # noqa: E402
 
 
 @pytest.fixture
@@ -38,32 +38,3 @@ def tiny_lm(tmp_path_factory):
     from probes.zoo import tiny_lm as T
 
     return T.build_subject(tmp_path_factory.mktemp("ui-lm") / "tiny-lm-trigger1", "trigger1", preset="ci")
-
-
-async def settle(app, pilot, rounds: int = 400) -> None:
-    """Wait until the job queue is empty (workers awaited, not slept on)."""
-    for _ in range(rounds):
-        await app.workers.wait_for_complete()
-        await pilot.pause()
-        if app.current is None and not app.queue:
-            return
-    raise AssertionError("jobs did not finish")
-
-
-async def wait_for(pilot, cond, rounds: int = 300, step: float = 0.05) -> None:
-    for _ in range(rounds):
-        if cond():
-            return
-        await pilot.pause(step)
-    raise AssertionError("condition not reached")
-
-
-def plain(static, width: int = 200) -> str:
-    """The text a Static shows (rich renderables included), without styles."""
-    import io
-
-    from rich.console import Console
-
-    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
-    console.print(static.content)
-    return console.file.getvalue()

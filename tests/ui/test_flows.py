@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 
-from conftest import settle, wait_for
+from ui_helpers import settle, wait_for
 from textual.widgets import DataTable, Input, SelectionList
 
 from casefiles import CaseStore

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import plain, settle, wait_for
-from fixtures import DIGITS_TARGET
+from ui_helpers import plain, settle, wait_for
+from ui_fixtures import DIGITS_TARGET
 from textual.widgets import DataTable, SelectionList
 
 from casefiles import CaseStore

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synthetic import L1, nc_result
+from ui_synthetic import L1, nc_result
 
 from workbench.ui import render
 from workbench.ui.screens.dialogs import complete_path, path_matches

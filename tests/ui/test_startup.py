@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_starting_the_tui_does_not_import_torch(tmp_path):
     """Checked in a fresh interpreter: the app paints a case without torch, transformers or the probes."""
-    import synthetic
+    import ui_synthetic as synthetic
 
     info = synthetic.build(tmp_path / "case.db")
     code = textwrap.dedent(f"""
