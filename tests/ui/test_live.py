@@ -62,6 +62,9 @@ async def test_run_probes_then_cancel_with_escape(digits_case):
 
         await wait_for(pilot, nc_running, rounds=1200, step=0.1)
         await wait_for(pilot, lambda: "neural-cleanse" in str(app.query_one("#job-label").render()), rounds=600)
+        await pilot.press("q")  # a job is running: quitting asks to be repeated
+        await pilot.pause()
+        assert app.is_running and any("quit again" in n.message for n in app._notifications)
         await pilot.press("escape")
         await settle(app, pilot)
         assert app.finished_jobs[-1].status == "cancelled"

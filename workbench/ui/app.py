@@ -654,6 +654,12 @@ class WorkbenchApp(App[int]):
         self.push_screen(HelpScreen(help_text(self)))
 
     async def action_quit(self) -> None:
+        if self.current is not None and not getattr(self, "_quit_armed", False):
+            self._quit_armed = True
+            self.set_timer(4, lambda: setattr(self, "_quit_armed", False))
+            self.notify(f"{self.current.title()} is running: quit again to cancel it and leave.",
+                        severity="warning", timeout=4)
+            return
         self.shutdown()
         self.exit(0)
 
