@@ -139,6 +139,8 @@ def prepare_data(subject, data: LabelledData | None, params: dict) -> dict:
         if data.is_poison is not None:  # Neural Cleanse wants clean inputs; drop known-poisoned ones
             keep = ~np.asarray(data.is_poison, bool)
             x, y = x[keep], y[keep]
+            if len(x) < 10 or len(np.unique(y)) < 2:
+                raise ProbeError("fewer than 10 clean images (or a single class) once is_poison images are left out")
         source = f"data: {data.source} ({len(x)} clean images)"
         labelled = True
     rng = np.random.default_rng(seed)

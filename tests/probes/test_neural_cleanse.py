@@ -121,3 +121,12 @@ def test_anomaly_index_is_lower_tail_mad():
     assert ai[4] == 0.0  # above the median: never anomalous
     big = nc.anomaly_indices(np.array([10.0, 11, 9, 10, 12, 10, 9, 11, 10, 100]))
     assert big.max() < 2  # an unusually *large* trigger does not flag anything
+
+
+def test_runs_on_a_torchscript_subject_from_the_loader(tmp_path, badnets_mlp, clean_data):
+    from probes.subjects.loader import load_subject
+    from probes.zoo.digits import save_model
+
+    subj = load_subject(save_model(badnets_mlp, tmp_path, "torchscript"), device="cpu")
+    d = nc.run(subj, {"data": clean_data, **FAST}).to_dict()
+    assert d["candidate_class"] == 7 and len(d["per_class"]) == 10
