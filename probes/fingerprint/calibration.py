@@ -11,10 +11,10 @@ scored by the detector fitted on the whole baseline and placed in that null:
 
 * ``percentile``  fraction of the baseline's out-of-sample scores below it (0-1);
 * ``exceedance``  ``(s - median) / spread`` of the null, where ``median + spread``
-  is a robust estimate of the null's 95th percentile (from the upper quartile
-  scaled as for a normal distribution, or the 90th percentile if smaller: one
-  odd clean model must not inflate it): 0 at a typical clean model, 1 at the
-  clean 95th percentile, 3 far beyond it.
+  is a robust estimate of the null's 95th percentile (the 90th percentile's
+  distance scaled as for a normal distribution: one odd clean model must not
+  inflate it as it would the empirical q95 of a small baseline): 0 at a
+  typical clean model, 1 at the clean 95th percentile, 3 far beyond it.
 
 Aggregation (an attacker must fool every detector at once)
 ----------------------------------------------------------
@@ -101,15 +101,16 @@ def robust_q95(null: np.ndarray) -> tuple[float, float]:
 
     The empirical q95 of a 10-50 model baseline is essentially its maximum, which
     one odd clean model can blow up by orders of magnitude (a Gaussian mixture's
-    negative log-likelihood does); so the upper quartile, scaled as for a normal
-    distribution, is used unless the empirical q90 is smaller.
+    negative log-likelihood does); so the 90th percentile's distance, scaled as
+    for a normal distribution (1.645 / 1.2816), is used instead (the upper
+    quartile's when the 90th percentile equals the median).
     """
     null = np.asarray(null, np.float64)
     med = float(np.median(null))
     q75, q90 = float(np.quantile(null, 0.75)), float(np.quantile(null, 0.90))
-    spread = Q95_OVER_Q75 * (q75 - med)
-    if q90 > med:
-        spread = min(spread, 1.0 * (q90 - med) * 1.645 / 1.2816) if spread > 0 else (q90 - med) * 1.645 / 1.2816
+    spread = (q90 - med) * 1.645 / 1.2816
+    if not spread > 0:
+        spread = Q95_OVER_Q75 * (q75 - med)
     if not spread > 0:
         spread = max(float(np.std(null)) * 1.645, 1e-9 * (abs(med) + 1.0))
     return med, spread
