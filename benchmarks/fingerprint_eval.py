@@ -19,6 +19,10 @@
    and to ``docs/fingerprint-eval.md``, with speed figures and ratios to a
    plain forward pass measured in the same process.
 
+Cost: the first run trains 70 small models and runs Neural Cleanse on each
+(about 30 minutes on a loaded 2-core machine; ``--no-nc`` skips Neural
+Cleanse); re-runs only load the cache and take about two minutes.
+
 Detection at 10% FPR is read from each split's ROC curve (interpolated; with 8
 clean test models per split a 10% FPR allows no false positive at a step), and,
 for the trust score, also at a threshold fixed in advance from the baseline
