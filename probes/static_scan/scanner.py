@@ -814,10 +814,12 @@ def _crc_mmap(mm, a: int, b: int) -> int:
 
 
 def _torch_member_kind(rel: str) -> str:
-    if rel in ("data.pkl", "constants.pkl") or (rel.startswith("code/") and rel.endswith(".debug_pkl")):
-        return "pickle"  # what torch.load / torch.jit.load unpickle
-    if rel.startswith("data/") and rel[5:].isdigit():
-        return "data"
+    if rel in ("data.pkl", "constants.pkl", "traced_inputs.pkl") or (
+            rel.startswith("code/") and rel.endswith(".debug_pkl")):
+        return "pickle"  # what torch.load / torch.jit.load unpickle (traced_inputs: what jit.trace was given)
+    for storages in ("data/", "traced_inputs/"):
+        if rel.startswith(storages) and rel[len(storages):].isdigit():
+            return "data"
     if rel in ("byteorder", "version", ".data/version", ".data/serialization_id", ".format_version",
                ".storage_alignment", "serialization_id"):
         return "meta"

@@ -203,6 +203,12 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(net), buf)
     B("scripted.pt", buf.getvalue(), "torchscript archive")
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 1, 8, 8)), buf)
+    traced = buf.getvalue()
+    B("traced.pt", traced, "torchscript archive from jit.trace (traced_inputs.pkl)")
     B("model.safetensors", None, "safetensors")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(ben / "model.safetensors"))
     arr = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
@@ -361,6 +367,12 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
     M("zip_in_data_blob.pt", _rezip(sd_zip, replace={"archive/data.pkl": _inject_after_proto(
         data_pkl, _call(_g("builtins", "getattr"), _call(_g("builtins", "__import__"), _u("os")), _u("system")) + b"0"
         + _call(_g("os", "getpid")))}), "torch zip: getattr chain in data.pkl", "os.getpid")
+    ts_names = zipfile.ZipFile(io.BytesIO(traced)).namelist()
+    ti_name = next(n for n in ts_names if n.endswith("/traced_inputs.pkl"))
+    ti_pkl = zipfile.ZipFile(io.BytesIO(traced)).read(ti_name)
+    M("traced_inputs_payload.pt", _rezip(traced, replace={ti_name: _inject_after_proto(
+        ti_pkl, _call(_g("posix", "system"), _u(cmd)))}), "torchscript: payload in traced_inputs.pkl", "posix.system",
+      executes=False)
     M("checkpoint_evil.pt", _torch_zip_bytes({"model": sd, "hook": _Reduce(os.system, cmd)}), "torch.save of a payload object",
       "posix.system")
     # ---------------------------------------------------------------- legacy torch / old tar
