@@ -380,6 +380,8 @@ def _summary_lines(report) -> list[str]:
     t = d["trust"]
     lines += ["", f"Verdict: {d['verdict']}  risk {t['score'] if t['score'] is not None else '-'}/100 ({t['band'] or '-'})",
               f"Evidence: {d['evidence']}"]
+    for o in d.get("offers") or []:
+        lines.append(f"Next: {o['reason']}: {o['command']}")
     return lines
 
 

@@ -7,6 +7,7 @@ recording each probe as a run when a case store is given.
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,13 +54,29 @@ class ScanReport:
     verdict: dict[str, Any]
     subject_id: int | None = None
     run_ids: list[int] = field(default_factory=list)
+    offers: list[dict[str, Any]] = field(default_factory=list)  # opt-in probes worth running next
 
     def to_dict(self) -> dict[str, Any]:
-        """The DESIGN.md ``scan --json`` object."""
+        """The DESIGN.md ``scan --json`` object (plus ``offers``: opt-in probes the evidence calls for)."""
         v = self.verdict
         return {"subject": self.subject, "results": self.results,
                 "trust": {"score": v["score"], "band": v["band"]},
-                "verdict": v["verdict"], "evidence": v["evidence"], "errors": self.errors}
+                "verdict": v["verdict"], "evidence": v["evidence"], "errors": self.errors,
+                "offers": self.offers}
+
+
+def dynamic_offer(path: str | Path, static: dict[str, Any] | None, already: set[str]) -> list[dict[str, Any]]:
+    """Offer the opt-in ``dynamic`` probe when the static scan is inconclusive or only found review-tier imports."""
+    if "dynamic" in already:
+        return []
+    from probes.dynamic_load import offer_after_static
+
+    if not offer_after_static(static):
+        return []
+    why = ("the static scan could not read everything" if static["verdict"] == "inconclusive"
+           else "the static scan found imports to review")
+    return [{"probe": "dynamic", "reason": f"{why}; watch the file load in a sealed child process",
+             "command": f"workbench scan {shlex.quote(str(path))} --probes dynamic"}]
 
 
 def parse_probe_list(text: str | None) -> list[str] | None:
@@ -160,25 +177,26 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
     for name in path_probes:
         run(name, str(prepared.path))
     static = earlier.get("static")
+    offers = dynamic_offer(prepared.path, static, set(earlier))
     model_requested = [n for n in requested if registry.get(n).needs == "model"] if requested else None
     if model_requested == []:
-        return _report(subject_dict, results, errors, subject_id, run_ids)
+        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
     if static and static.get("verdict") == "malicious":
         worst = (static.get("findings") or [{}])[0]
         call = ".".join(x for x in (worst.get("module"), worst.get("name")) if x)
         errors.append({"probe": "load", "status": "refused",
                        "error": f"refused to load: the static scan found a code-execution payload ({call})"})
-        return _report(subject_dict, results, errors, subject_id, run_ids)
+        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
     progress("load", 0, 1, "loading torch and the model")
     t0 = time.perf_counter()
     try:
         subject = _load(prepared)
     except ProbeError as exc:
         errors.append({"probe": "load", "status": "failed", "error": jobs.one_line(exc)})
-        return _report(subject_dict, results, errors, subject_id, run_ids)
+        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
     except Exception as exc:  # hostile input: a one-line error for this subject, never a crash
         errors.append({"probe": "load", "status": "failed", "error": f"{type(exc).__name__}: {jobs.one_line(exc)}"})
-        return _report(subject_dict, results, errors, subject_id, run_ids)
+        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
     progress("load", 1, 1, f"loaded in {time.perf_counter() - t0:.1f}s")
     subject_dict["kind"] = subject.kind
     if store is not None and subject_id is not None:
@@ -193,8 +211,8 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
                            "error": f"{name} does not apply to a {subject.kind} subject"})
             continue
         run(name, subject)
-    return _report(subject_dict, results, errors, subject_id, run_ids)
+    return _report(subject_dict, results, errors, subject_id, run_ids, offers)
 
 
-def _report(subject, results, errors, subject_id, run_ids) -> ScanReport:
-    return ScanReport(subject, results, errors, layered_verdict(results), subject_id, run_ids)
+def _report(subject, results, errors, subject_id, run_ids, offers) -> ScanReport:
+    return ScanReport(subject, results, errors, layered_verdict(results), subject_id, run_ids, offers)

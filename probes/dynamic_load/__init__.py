@@ -193,7 +193,9 @@ def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> 
             reasons += limits
         if unfamiliar:
             reasons.append("the pickle stream called " + ", ".join(unfamiliar[:3]) + " (never called by a benign load)")
-        if ocsvm and ocsvm["anomalous"]:
+        only_resolution = not done.get("ok") and _resolution_error(err) and not limits and not unfamiliar \
+            and _quiet_trace(feats)
+        if ocsvm and ocsvm["anomalous"] and not only_resolution:
             reasons.append(f"trace unlike benign loads (One-Class SVM decision {ocsvm['decision']:.3f} "
                            f"< {ocsvm['threshold']:.3f})")
         if reasons:
@@ -214,6 +216,17 @@ def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> 
         "event_counts": done.get("counts") or {}, "features": feats, "ocsvm": ocsvm,
         "globals": summary["find_class"][:100], "calls": summary["calls"][:100],
     }
+
+
+def _quiet_trace(feats: dict[str, float]) -> bool:
+    """Nothing happened but imports and class look-ups: a load that stopped at a missing module did nothing else.
+
+    Such a trace is short and odd for the One-Class SVM, yet it says nothing about the owner's code, which
+    never ran here; the verdict is then ``inconclusive``, not ``suspicious``.
+    """
+    busy = ("calls_distinct", "calls_novel", "reads_outside_libs", "writes", "exec_compile_nonfile",
+            "exec_compile_unpickling", "refused", "other_events", "putenv", "abnormal_exit")
+    return not any(feats.get(k) for k in busy)
 
 
 def _not_a_pickle(err: str | None) -> bool:

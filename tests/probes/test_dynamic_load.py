@@ -99,6 +99,28 @@ def test_spawn_and_code_execution_refused(files, name):
         assert not p.marker.exists()
 
 
+def test_layered_scan_offers_dynamic_after_a_review_tier_static_scan(tmp_path):
+    """A review-tier pickle: the static scan cannot settle it, so the scan names the next step."""
+    from tests.cli.helpers import wb
+
+    review = tmp_path / "vendor model.pkl"
+    review.write_bytes(b"\x80\x02cvendorlib.models\nNet\n)\x81}b.")
+    r = wb("scan", review, "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["results"][0]["verdict"] == "suspicious"
+    assert [o["probe"] for o in out["offers"]] == ["dynamic"]
+    assert out["offers"][0]["command"] == f"workbench scan '{review}' --probes dynamic"
+    human = wb("scan", review)
+    assert "Next: the static scan found imports to review" in human.out
+    clean = tmp_path / "plain.pkl"
+    clean.write_bytes(b"\x80\x04]\x94(K\x01K\x02e.")
+    assert json.loads(wb("scan", clean, "--json").out)["offers"] == []
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(b"\x80\x02cos\ngetpid\n)R.")
+    assert json.loads(wb("scan", evil, "--json").out)["offers"] == []  # refused outright, nothing to watch
+
+
 def test_payload_on_no_denylist_caught_by_behaviour(files):
     # logging.FileHandler and pathlib.Path.write_text appear on no scanner's denylist.
     for name in ("logging-filehandler", "pathlib-write-text"):
@@ -192,6 +214,15 @@ def test_offered_after_an_inconclusive_or_review_tier_static_scan():
     assert not offer_after_static({"verdict": "clean", "findings": []})
     assert not offer_after_static({"verdict": "malicious", "findings": [{"severity": "critical"}]})
     assert not offer_after_static(None)
+
+
+def test_load_that_stops_at_a_missing_module_is_inconclusive_not_suspicious(tmp_path):
+    # a whole-model pickle of the vendor's own class: the owner's code is not here, so nothing can be watched
+    p = tmp_path / "vendor_model.pkl"
+    p.write_bytes(b"\x80\x02cvendorlib_not_installed.models\nNet\n)\x81}b.")
+    res = probe(p)
+    assert res.verdict == "inconclusive", res.summary
+    assert "owner's code" in res.summary and "vendorlib_not_installed" in res.summary
 
 
 def test_loader_choice_is_by_content(files, tmp_path):

@@ -77,6 +77,35 @@ async def test_new_case_and_add_subject_by_keyboard(tmp_path):
         assert ("run", runs[0]["id"]) in app.tree.nodes_by_key
 
 
+async def test_review_tier_static_result_offers_the_dynamic_probe(tmp_path):
+    db = tmp_path / "offer.db"
+    model = tmp_path / "vendor_model.pkl"
+    model.write_bytes(b"\x80\x02cvendorlib.models\nNet\n)\x81}b.")  # a class to review, no call
+    with CaseStore(db, create=True) as st:
+        cid = st.new_case("offer")
+    app = WorkbenchApp(db)
+    async with app.run_test(size=(150, 45)) as pilot:
+        await pilot.pause()
+        await pilot.press("a")
+        await pilot.pause()
+        app.screen.query_one(Input).value = str(model)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        await pilot.press("r")
+        await pilot.pause()
+        picker = app.screen.query_one(SelectionList)
+        assert "static" in picker.selected and "dynamic" not in picker.selected  # opt-in: not before static spoke
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        assert any("dynamic is ticked" in n for n in notes(app)), notes(app)
+        await pilot.press("r")
+        await pilot.pause()
+        assert "dynamic" in app.screen.query_one(SelectionList).selected
+        await pilot.press("escape")
+    with CaseStore(db) as st:
+        assert [r["verdict"] for r in st.list_runs(case_id=cid)] == ["suspicious"]
+
+
 async def test_failing_probe_notifies_logs_and_app_survives(syn, tmp_path):
     model = tmp_path / "model.pkl"
     model.write_bytes(EVIL)

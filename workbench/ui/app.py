@@ -26,7 +26,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from casefiles import CaseFileBusy, CaseFileError, CaseStore
 from workbench.ui import messages as M
 from workbench.ui.commands import WorkbenchCommands
-from workbench.ui.model import data_paths_for, latest_done
+from workbench.ui.model import data_paths_for, dynamic_called_for, latest_done
 from workbench.ui.tasks import RUNNERS, Job
 from workbench.ui.widgets.audit import AuditPane
 from workbench.ui.widgets.case_tree import CaseTree
@@ -323,6 +323,10 @@ class WorkbenchApp(App[int]):
     def on_probe_finished(self, msg: M.ProbeFinished) -> None:
         if msg.status == "done":
             self.log_event(f"{msg.probe} done: {msg.summary or ''}", "green")
+        elif msg.status == "offered":
+            self.log_event(f"{msg.probe} offered: {msg.error}", "cyan")
+            self.notify(f"{msg.error}. Press r: {msg.probe} is ticked in the picker.", title=f"Next: {msg.probe}",
+                        timeout=8)
         elif msg.status in ("skipped",):
             self.log_event(f"{msg.probe} skipped: {msg.error}", "grey62")
         else:
@@ -461,6 +465,8 @@ class WorkbenchApp(App[int]):
         for s in subjects:
             kind = s["kind"] if s["kind"] in ("image-classifier", "causal-lm") else None
             wanted.update(registry.applicable(kind, have_data=bool(data), have_audit=bool(audit)))
+            if dynamic_called_for(self.store.list_runs(subject_id=s["id"])):
+                wanted.add("dynamic")  # opt-in, ticked because the static scan could not settle it
         wanted.discard("kl")  # a language model is hunted live (t)
         probes = [(p.name, p.help, p.name in wanted) for p in registry.PROBES.values()]
         title = (f"Run probes on {subjects[0]['name']}" if len(subjects) == 1

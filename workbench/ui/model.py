@@ -23,6 +23,17 @@ def latest_done(runs: list[dict[str, Any]], probe: str | tuple[str, ...]) -> dic
     return None
 
 
+def dynamic_called_for(runs: list[dict[str, Any]]) -> bool:
+    """Does the newest static result ask for the opt-in dynamic probe (and has it not run since)?"""
+    from probes.dynamic_load import offer_after_static
+
+    static = latest_done(runs, "static")
+    dynamic = latest_done(runs, "dynamic")
+    if static is None or (dynamic is not None and dynamic["id"] > static["id"]):
+        return False
+    return offer_after_static(static["result"])
+
+
 def subject_verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Layered verdict over the newest finished result of each probe."""
     results = []

@@ -138,6 +138,8 @@ def scan(job: Job, db_path: str | Path, emit: Emit) -> None:
         return
     for e in report.errors:
         emit(M.ProbeFinished(job, e["probe"], e["status"], e["error"], None))
+    for o in report.offers:
+        emit(M.ProbeFinished(job, o["probe"], "offered", o["reason"], None))
     v = report.verdict
     status = "cancelled" if job.cancel.is_set() else ("failed" if not report.results and report.errors else "done")
     emit(M.JobFinished(job, status, f"{v['verdict']}: {v['evidence']}", report.to_dict()))
