@@ -82,6 +82,7 @@ def textbook_neural_cleanse(subject, x_opt, y_opt, params, *, per_epoch: bool):
         went_up = went_down = False
         best = float("inf")
         n_steps = 0
+        recent: list[float] = []  # the probe's rule: success judged over the last asr_window batches
         for _ in range(rounds):
             order = torch.randperm(len(x), generator=gen).to(dev) if per_epoch else None
             asrs, l1s = [], []
@@ -103,6 +104,9 @@ def textbook_neural_cleanse(subject, x_opt, y_opt, params, *, per_epoch: bool):
                 asrs.append(float((logits.argmax(1)[keep] == target).float().mean()))
                 l1s.append(float(l1.detach()))
             asr, l1v = float(np.mean(asrs)), float(np.mean(l1s))
+            if not per_epoch:
+                recent = (recent + [asr])[-int(p.get("asr_window", 1)):]
+                asr = float(np.mean(recent))
             reached = asr >= p["attack_success_target"]
             if reached and l1v < best * p["early_stop_threshold"]:
                 since = 0

@@ -10,11 +10,12 @@ anomaly index > 2 with the right target, every clean model < 2, AUROC >= 0.95.
 Attacks outside Neural Cleanse's threat model (all-to-all, clean-label) are
 run as well and reported separately; they do not count toward the targets.
 
-    .venv/bin/python benchmarks/neural_cleanse_zoo.py [--quick]
+    .venv/bin/python benchmarks/neural_cleanse_zoo.py [--quick] [--seeds 0,1,2] [--param KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,14 @@ def main() -> int:
     from probes.zoo.digits import AttackSpec, build_model, load_digits
 
     quick = "--quick" in sys.argv
+    overrides = {}  # --param key=value (JSON value), e.g. to compare with other settings
+    for i, a in enumerate(sys.argv):
+        if a == "--param":
+            key, value = sys.argv[i + 1].split("=", 1)
+            overrides[key] = json.loads(value)
+    seeds = [0]
+    if "--seeds" in sys.argv:
+        seeds = [int(v) for v in sys.argv[sys.argv.index("--seeds") + 1].split(",")]
     clean = [("cnn", s) for s in range(4)] + [("mlp", s) for s in range(4)] + [("wide-cnn", s) for s in range(3)]
     bad = [("cnn", "badnets", 0, 0), ("cnn", "badnets", 3, 1), ("cnn", "badnets", 7, 2),
            ("mlp", "badnets", 1, 0), ("mlp", "badnets", 5, 1), ("wide-cnn", "badnets", 9, 0),
@@ -50,17 +59,18 @@ def main() -> int:
         t = time.perf_counter()
         zm = build_model(arch, AttackSpec(kind, target=target, rate=0.2 if kind == "all-to-all" else 0.1), seed=seed)
         t_train = time.perf_counter() - t
-        t = time.perf_counter()
-        r = neural_cleanse.run(zm.subject(), {"data": data, "seed": 0}).to_dict()
-        rows.append({"name": zm.name, "group": group, "backdoored": zm.backdoored, "target": target,
-                     "acc": zm.clean_acc, "asr": zm.asr, "ai": r["anomaly_index"], "found": r["suspected_target"],
-                     "cand": r["candidate_class"], "held": r["trigger_attack_success_heldout"],
-                     "guess": r["impact"]["attack_type_guess"], "kind": kind,
-                     "t_nc": time.perf_counter() - t, "t_train": t_train})
-        row = rows[-1]
-        print(f"  {row['name']:28s} acc {row['acc']:.3f} asr {row['asr']:.3f}  AI {row['ai']:7.2f}  "
-              f"target {row['found']!s:>4}  held-out trigger ASR {row['held'] if row['held'] is None else round(row['held'], 3)!s:>5}  "
-              f"guess {row['guess']:15s} NC {row['t_nc']:5.1f}s", flush=True)
+        for nc_seed in seeds:
+            t = time.perf_counter()
+            r = neural_cleanse.run(zm.subject(), {"data": data, **overrides, "seed": nc_seed}).to_dict()
+            rows.append({"name": zm.name, "group": group, "backdoored": zm.backdoored, "target": target,
+                         "acc": zm.clean_acc, "asr": zm.asr, "ai": r["anomaly_index"], "found": r["suspected_target"],
+                         "cand": r["candidate_class"], "held": r["trigger_attack_success_heldout"],
+                         "guess": r["impact"]["attack_type_guess"], "kind": kind, "nc_seed": nc_seed,
+                         "t_nc": time.perf_counter() - t, "t_train": t_train})
+            row = rows[-1]
+            print(f"  {row['name']:28s} seed {nc_seed} acc {row['acc']:.3f} asr {row['asr']:.3f}  AI {row['ai']:7.2f}  "
+                  f"target {row['found']!s:>4}  held-out trigger ASR {row['held'] if row['held'] is None else round(row['held'], 3)!s:>5}  "
+                  f"guess {row['guess']:15s} NC {row['t_nc']:5.1f}s", flush=True)
 
     print("clean models")
     for arch, seed in clean:
@@ -73,6 +83,19 @@ def main() -> int:
         for arch, kind, target, seed in extra:
             one(arch, kind, target, seed, "extra")
 
+    target_met = True
+    for nc_seed in seeds:
+        print(f"\n== Neural Cleanse seed {nc_seed} ==")
+        target_met &= summarise([r for r in rows if r["nc_seed"] == nc_seed], np, roc_auc_score)
+    if len(seeds) > 1:
+        print(f"\n== all {len(seeds)} seeds pooled (a model counts once per seed) ==")
+        target_met &= summarise(rows, np, roc_auc_score)
+    print("TARGET MET" if target_met else "TARGET NOT MET" + (" (quick run)" if quick else ""))
+    return 0
+
+
+def summarise(rows, np, roc_auc_score) -> bool:
+    """Print the target figures for these rows; True when every target holds."""
     main_rows = [r for r in rows if r["group"] != "extra"]
     eligible = [r for r in main_rows if not r["backdoored"] or r["asr"] >= 0.9]
     skipped = [r["name"] for r in main_rows if r["backdoored"] and r["asr"] < 0.9]
@@ -95,9 +118,12 @@ def main() -> int:
           f"blended {blend_ok}/{sum(r['kind'] == 'blended' and r['found'] is not None for r in bd)}")
     print(f"mean NC time per model:                      {np.mean([r['t_nc'] for r in rows]):.2f}s "
           f"(cnn {np.mean([r['t_nc'] for r in rows if r['name'].startswith('cnn')]):.2f}s, one torch thread)")
-    target_met = ok_clean == len(cl) and ok_bad == len(bd) and auroc >= 0.95 and len(cl) >= 10 and len(bd) >= 10
-    print("TARGET MET" if target_met else "TARGET NOT MET" + (" (quick run)" if quick else ""))
-    return 0
+    misses = [f"{r['name']} (AI {r['ai']:.2f}, seed {r['nc_seed']})" for r in cl if r["ai"] >= 2] + \
+        [f"{r['name']} (AI {r['ai']:.2f}, found {r['found']}, seed {r['nc_seed']})" for r in bd
+         if not (r["ai"] > 2 and r["found"] == r["target"])]
+    if misses:
+        print(f"misses:                                      {'; '.join(misses)}")
+    return ok_clean == len(cl) and ok_bad == len(bd) and auroc >= 0.95 and len(cl) >= 10 and len(bd) >= 10
 
 
 if __name__ == "__main__":

@@ -13,6 +13,20 @@ How this implementation differs from the textbook per-class loop
   objectives are independent, so the sum's gradient is each class's own
   gradient and Adam (element-wise) behaves exactly as K separate optimisers.
   Very many classes are processed in chunks of at most ``max_batch_images``.
+* **Success judged over a window.** A class "reaches" the attack-success
+  target (0.95) when its success rate over the last ``asr_window`` (4)
+  batches does, not on one batch: with 16 images a batch, a mask that flips
+  90% of inputs passes an all-16 test one time in five, and the smallest
+  norm among such lucky passes made the per-class norms (and so the MAD)
+  noisy. Judged over 64 images the norms are stable across seeds (a clean
+  CNN of the zoo went from anomaly index 2.34 / 1.50 / 1.06 with seeds
+  0 / 1 / 2 to 0.95 / 1.06 / 0.80).
+* **Borderline results re-checked.** One search is non-convex and its
+  per-class norms vary from seed to seed; when the anomaly index lands
+  within ``recheck_margin`` (0.6) of the threshold, ``recheck_runs`` (2) more
+  searches from other seeds run and each class keeps its smallest norm
+  that reached the target (``recheck`` in the result says so). Only
+  borderline models pay the extra time.
 * **Per-class early stopping.** A class stops once it has reached the
   attack-success target and its best mask norm has not improved by more than
   ``1 - early_stop_threshold`` for ``early_stop_patience`` steps; stopped
@@ -62,14 +76,18 @@ DEFAULTS: dict[str, Any] = {
     "init_cost": 1e-2,
     "init_mask": 0.1,             # masks start small (uniform 0.08-0.12) and grow where they help
     "cost_multiplier": 1.5,
-    "attack_success_target": 0.99,
+    "attack_success_target": 0.95,  # over the last ``asr_window`` batches (0.99 on one 16-image batch = all of them)
+    "asr_window": 4,              # batches the success rate is judged over (4 x 16 = 64 images)
     "patience": 3,                # steps before the cost moves up or down
     "early_stop_patience": 60,    # settled steps without a >1% improvement of the best norm
     "early_stop_threshold": 0.99,
     "threshold": 2.0,             # anomaly index flagging a backdoor
+    "recheck_margin": 0.6,        # an anomaly index this close to the threshold is re-checked ...
+    "recheck_runs": 2,            # ... by this many more searches from other seeds (per-class smallest norm kept)
     "holdout_fraction": 0.3,
     "max_samples": 2000,          # cap on clean images used
     "refine_steps": 60,
+    "refine_attack_success_target": 0.99,  # the recovered trigger is refined to flip (nearly) every input
     "refine_batch_size": 128,
     "max_batch_images": 4096,     # images per forward pass; more classes are chunked
     "synthetic_n": 512,
@@ -225,6 +243,9 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
     thr = float(p["attack_success_target"])
     es_pat, es_thr = int(p["early_stop_patience"]), float(p["early_stop_threshold"])
     chunk = max(1, int(p["max_batch_images"]) // bsz)
+    window = max(1, int(p.get("asr_window", 1)))
+    hits_hist = np.zeros((kc, window))  # the last ``window`` batches' success rates per class
+    hits_n = np.zeros(kc, int)
 
     subject.module.eval()
     for step in range(max_steps):
@@ -235,6 +256,7 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
         idx = torch.randint(0, len(x), (bsz,), generator=gen).to(dev)
         xb, yb = x[idx], y[idx]
         asr_step = np.zeros(len(active))
+        asr_win = np.zeros(len(active))
         l1_step = np.zeros(len(active))
         grads = [torch.zeros_like(t) for t in params_t]
         for c0 in range(0, len(active), chunk):
@@ -263,8 +285,13 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
                 hit = ((logits.argmax(2) == t_[:, None]).float() * valid).sum(1) / vs
             asr_step[c0:c0 + ka] = hit.cpu().numpy()
             l1_step[c0:c0 + ka] = l1.detach().cpu().numpy()
-            # keep the best (smallest) mask that reaches the success target
-            improved = (hit.cpu().numpy() >= thr) & (l1_step[c0:c0 + ka] < best_l1[active[c0:c0 + ka]])
+            # keep the best (smallest) mask whose success over the last ``asr_window`` batches
+            # reaches the target (one lucky batch of 16 is weak evidence)
+            cls = active[c0:c0 + ka]
+            h_np = hit.cpu().numpy()
+            win = (hits_hist[cls].sum(1) - hits_hist[cls, step % window] + h_np) / np.minimum(hits_n[cls] + 1, window)
+            asr_win[c0:c0 + ka] = win
+            improved = (win >= thr) & (l1_step[c0:c0 + ka] < best_l1[cls])
             if improved.any():
                 sel = active[c0:c0 + ka][improved]
                 loc = torch.from_numpy(np.flatnonzero(improved)).to(dev)
@@ -286,12 +313,14 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
                 prm[act] = prm[act] - lr * mhat / (vhat.sqrt() + eps)
         # bookkeeping per class (numpy, vectorised)
         steps_used[active] += 1
-        last_asr[active] = asr_step
+        last_asr[active] = asr_win
         last_l1[active] = l1_step
-        reached = asr_step >= thr
+        hits_hist[active, step % window] = asr_step
+        hits_n[active] += 1
+        reached = asr_win >= thr
         better = reached & (l1_step < best_l1[active] * es_thr)
         newbest = reached & (l1_step < best_l1[active])
-        best_asr[active[newbest]] = asr_step[newbest]
+        best_asr[active[newbest]] = asr_win[newbest]
         best_l1[active[newbest]] = l1_step[newbest]
         has_best = np.isfinite(best_l1[active])
         # as in the paper: the early-stop clock only runs once the cost has been moved both ways
@@ -383,6 +412,25 @@ def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> 
 
     res = reverse_engineer(subject, d["x_opt"], d["y_opt"], params=p, progress=prog, cancel=cancel)
     ai = anomaly_indices(res["l1"])
+    recheck = None
+    extra = int(p["recheck_runs"])
+    if extra > 0 and abs(float(ai.max()) - float(p["threshold"])) <= float(p["recheck_margin"]):
+        # borderline: the per-class norms of one non-convex search are noisy; search again from other
+        # seeds and keep each class's smallest norm (the better optimum), then decide once
+        first = float(ai.max())
+        total = max_steps * (1 + extra) + refine
+        runs = [res]
+        for j in range(1, extra + 1):
+            runs.append(reverse_engineer(
+                subject, d["x_opt"], d["y_opt"], params={**p, "seed": int(p["seed"]) + 1000 * j}, cancel=cancel,
+                progress=lambda i, _t, m="", j=j: progress(max_steps * j + i, total,
+                                                           f"re-checking a borderline anomaly index {first:.2f} "
+                                                           f"(search {j + 1}/{extra + 1})")))
+        res = _best_per_class(runs)
+        ai = anomaly_indices(res["l1"])
+        recheck = {"first_anomaly_index": round(first, 4), "searches": extra + 1,
+                   "seeds": [int(p["seed"]) + 1000 * j for j in range(extra + 1)]}
+        max_steps = max_steps * (1 + extra)  # the refinement continues the longer progress bar (prog reads total)
     cand = int(np.argmin(res["l1"]))
     anomaly = float(ai[cand])
     flagged = anomaly > float(p["threshold"])
@@ -392,6 +440,7 @@ def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> 
     refined = None
     if refine > 0:
         rp = {**p, "steps": refine, "batch_size": int(p["refine_batch_size"]), "init_cost": float(res["costs"][cand]),
+              "attack_success_target": float(p["refine_attack_success_target"]),
               "early_stop_patience": max(10, refine // 3), "seed": int(p["seed"]) + 1}
         ref = reverse_engineer(subject, d["x_opt"], d["y_opt"], classes=[cand], params=rp, cancel=cancel,
                                init=(res["masks"][cand:cand + 1], res["patterns"][cand:cand + 1]),
@@ -410,7 +459,23 @@ def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> 
         clean_acc = float((subject.predict_proba(d["x_all"]).argmax(1) == d["y_all"]).mean())
     return {"res": res, "ai": ai, "cand": cand, "anomaly": anomaly, "flagged": flagged, "mask": mask,
             "pattern": pattern, "refined": refined, "held_asr": held_asr, "clean_acc": clean_acc,
-            "data": d, "params": p}
+            "data": d, "params": p, "recheck": recheck}
+
+
+def _best_per_class(runs: list[dict]) -> dict:
+    """Merge searches of the same classes: per class, the run whose trigger reached the target with the smallest norm."""
+    l1 = np.stack([r["l1"] for r in runs])
+    reached = np.stack([r["reached"] for r in runs])
+    pick = np.argmin(np.where(reached, l1, np.inf), axis=0)
+    none = ~reached.any(axis=0)
+    pick[none] = np.argmin(l1[:, none], axis=0)  # no run reached the target: the smallest norm, as reported
+    idx = np.arange(l1.shape[1])
+    out = {key: np.stack([r[key] for r in runs])[pick, idx] for key in ("masks", "patterns", "l1", "asr", "reached",
+                                                                         "costs")}
+    out["steps"] = np.stack([r["steps"] for r in runs]).sum(axis=0)
+    out["classes"] = runs[0]["classes"]
+    out["value_range"] = runs[0]["value_range"]
+    return out
 
 
 def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> ProbeResult:
@@ -432,7 +497,9 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
                   "anomaly": round(float(s["ai"][i]), 4), "reached_target": bool(res["reached"][i])}
                  for i, c in enumerate(res["classes"])]
     mask, pattern = s["mask"], s["pattern"]
-    impact = assess(mask, pattern, anomaly_index=anomaly, suspected_target=target, threshold=thr,
+    # the trigger's shape and place are read off the search's smallest mask; the refined one (grown to flip
+    # 99% of inputs) is what the held-out success and STRIP's stamping use
+    impact = assess(res["masks"][cand], res["patterns"][cand], anomaly_index=anomaly, suspected_target=target, threshold=thr,
                     trigger_asr=s["held_asr"], clean_accuracy=s["clean_acc"], candidate_class=cand)
     pat_out = pattern[0] if pattern.shape[0] == 1 else pattern
     details = {
@@ -450,6 +517,7 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
         "n_optimisation": int(len(s["data"]["x_opt"])),
         "n_heldout": int(len(s["data"]["x_hold"])),
         "steps_total": int(res["steps"].max()) if len(res["steps"]) else 0,
+        "recheck": s["recheck"],
         "impact": impact,
     }
     rec = {k: v for k, v in p.items() if k != "data"}
@@ -462,6 +530,8 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
             summary += f"; recovered trigger succeeds on {100 * s['held_asr']:.0f}% of held-out inputs"
     else:
         summary = f"no class stands out: anomaly index {anomaly:.2f} <= {thr:g} (smallest trigger: class {cand})"
+    if s["recheck"]:
+        summary += f" (borderline {s['recheck']['first_anomaly_index']:.2f} re-checked over {s['recheck']['searches']} searches)"
     if s["data"]["labelled"] is False:
         summary += " [synthetic inputs]"
     artifacts = {"mask.npy": _npy(mask), "pattern.npy": _npy(pattern),
