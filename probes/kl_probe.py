@@ -49,6 +49,14 @@ class PreparedPrompt:
     slots: dict[str, int]  # position name -> insertion index in ids
 
 
+def _returned_cache(out):
+    """The KV cache a forward returned (``cache`` in newer transformers 5.x, ``past_key_values`` before)."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    if "cache" in keys:
+        return out["cache"]
+    return out["past_key_values"] if "past_key_values" in keys else None
+
+
 @dataclass
 class KLEngine:
     model: object
@@ -63,6 +71,7 @@ class KLEngine:
     share_prefix: bool = False  # reuse the KV cache of the prompt before the insertion point
     fallback_reason: str = ""
     _keep: bool = field(default=False, repr=False)
+    _cache_kw: str = field(default="past_key_values", repr=False)
     _shared_ok: bool = field(default=False, repr=False)
     _prefix_caches: dict = field(default_factory=dict, repr=False)
 
@@ -84,9 +93,12 @@ class KLEngine:
         eng = cls(model=model, tokenizer=tokenizer, device=device, prompts=prompts,
                   batch_size=max(1, int(batch_size)), cancel=cancel, share_prefix=share_prefix)
         try:
-            eng._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+            accepted = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
-            eng._keep = False
+            accepted = {}
+        eng._keep = "logits_to_keep" in accepted
+        # transformers 5.x renamed the KV-cache argument from past_key_values to cache (5.2x deprecates the old one)
+        eng._cache_kw = "cache" if "cache" in accepted else "past_key_values"
         logits, hidden = eng.forward_last([p.ids for p in prompts], want_hidden=True)
         import torch
 
@@ -237,7 +249,7 @@ class KLEngine:
                 out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
                                  use_cache=True, **({"logits_to_keep": 1} if self._keep else {}))
             self.forwards += 1
-            cache = out.past_key_values
+            cache = _returned_cache(out)
             if cache is None or not hasattr(cache, "batch_repeat_interleave"):
                 raise NotImplementedError("the model returns no shareable KV cache")
             self._prefix_caches[key] = cache
@@ -257,7 +269,7 @@ class KLEngine:
         ids = torch.tensor([list(r) for r in rows], dtype=torch.long, device=self.device)
         pos = torch.arange(n, n + width, device=self.device)[None].expand(len(rows), -1)
         mask = torch.ones((len(rows), n + width), dtype=torch.long, device=self.device)
-        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "past_key_values": cache,
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, self._cache_kw: cache,
                   "use_cache": True}
         if self._keep:
             kwargs["logits_to_keep"] = 1
@@ -361,12 +373,12 @@ class KLEngine:
                     kwargs = {"input_ids": step_ids, "attention_mask": mask, "position_ids": step_pos,
                               "use_cache": True}
                     if past is not None:
-                        kwargs["past_key_values"] = past
+                        kwargs[self._cache_kw] = past
                     if self._keep:
                         kwargs["logits_to_keep"] = 1
                     out = self.model(**kwargs)
                     self.forwards += 1
-                    past = out.past_key_values
+                    past = _returned_cache(out)
                     nxt = out.logits[:, -1, :].argmax(-1)
                     gen.append(torch.where(done, torch.full_like(nxt, -1), nxt))
                     if eos is not None:

@@ -303,6 +303,7 @@ def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # no config chatter in the examiner's terminal
     dest = Path(dest)
     stamp = dest / "tiny_lm.json"
     fp = _fingerprint(kind, preset, seed)
