@@ -435,25 +435,22 @@ def _prompts_from(params) -> list[str] | None:
 
 
 def _no_baseline(details, prior, n, excluded, source) -> dict[str, Any]:
-    """Without a usable baseline: no ensemble score; a verdict only from earlier probes' own evidence."""
+    """Without a usable baseline: no ensemble score and no verdict of its own.
+
+    Earlier probes' evidence (e.g. Neural Cleanse) already counts in the layered verdict within its own
+    band; turning it into a second "trust score" here counted it twice and gave a clean model's ordinary
+    anomaly index a medium risk.
+    """
     nc = (prior or {}).get("neural-cleanse")
     why = ("no baseline given (--baseline DIR or a stored baseline)" if not source
            else f"baseline too small ({n} usable model(s)) for any detector")
     out: dict[str, Any] = {"detectors": {}, "excluded": excluded, "features_used": 0, "n_above_95": 0,
-                           "n_detectors": 0, "baseline_note": why}
+                           "n_detectors": 0, "baseline_note": why, "trust_score": None, "band": None,
+                           "trust_basis": None}
+    verdict = "inconclusive"
+    out["_summary"] = f"{why}; fingerprint recorded, no trust score without a clean baseline"
     if nc and nc.get("anomaly_index") is not None:
-        a = float(nc["anomaly_index"])
-        thr = float((nc.get("params") or {}).get("threshold", 2.0) or 2.0)
-        trust = int(round(100 * a / (a + thr))) if a > 0 else 0
-        out.update({"trust_score": trust, "band": _band(trust), "trust_basis": "neural-cleanse anomaly index (no baseline)"})
-        verdict = "suspicious" if a > thr else "inconclusive"
-        out["_summary"] = (f"{why}; no ensemble score. From Neural Cleanse alone: anomaly index {a:.2f} "
-                           f"({'above' if a > thr else 'not above'} {thr:g})")
-        out["_score"] = trust / 100.0
-    else:
-        out.update({"trust_score": None, "band": None, "trust_basis": None})
-        verdict = "inconclusive"
-        out["_summary"] = f"{why}; fingerprint recorded, no trust score without a clean baseline"
-        out["_score"] = 0.0
+        out["_summary"] += f" (Neural Cleanse's anomaly index {float(nc['anomaly_index']):.2f} counts on its own)"
+    out["_score"] = 0.0
     out["_verdict"] = verdict
     return out

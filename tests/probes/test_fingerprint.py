@@ -89,14 +89,19 @@ def test_no_baseline_is_inconclusive_and_says_so(fzoo):
     assert calls and calls[-1][0] == calls[-1][1]
 
 
-def test_no_baseline_uses_prior_neural_cleanse_only(fzoo):
+def test_no_baseline_does_not_count_neural_cleanse_twice(fzoo):
     from probes.fingerprint import run
+    from probes.verdict import layered_verdict
 
-    prior = {"neural-cleanse": {"probe": "neural-cleanse", "anomaly_index": 4.0, "params": {"threshold": 2.0},
-                                "per_class": [{"class": i, "l1_norm": 5.0 + 3 * i} for i in range(10)]}}
-    d = run(fzoo["badnets"].subject(), {"seed": 0, "_prior_results": prior}).to_dict()
-    assert d["trust_basis"].startswith("neural-cleanse") and d["trust_score"] == 67
-    assert d["verdict"] == "suspicious" and "Neural Cleanse alone" in d["summary"]
+    for ai, nc_verdict in ((4.0, "backdoored"), (0.95, "clean")):
+        prior = {"neural-cleanse": {"probe": "neural-cleanse", "verdict": nc_verdict, "score": ai / (ai + 2),
+                                    "anomaly_index": ai, "params": {"threshold": 2.0},
+                                    "per_class": [{"class": i, "l1_norm": 5.0 + 3 * i} for i in range(10)]}}
+        d = run(fzoo["badnets"].subject(), {"seed": 0, "_prior_results": prior}).to_dict()
+        assert d["trust_score"] is None and d["verdict"] == "inconclusive" and f"{ai:.2f}" in d["summary"]
+        v = layered_verdict([prior["neural-cleanse"], d])
+        assert v["contributions"].keys() == {"neural-cleanse"}  # the fingerprint adds nothing without a baseline
+    assert v["band"] == "low"  # a clean anomaly index of 0.95 stays low risk
 
 
 def test_stored_baseline_scores_backdoors_above_clean(fzoo, records, tmp_path):
