@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 DEMO_VERSION = "1"
+CLASSIFIER_SEED = 0  # the demo classifiers (seed 0: a clear backdoor for a first look)
 Say = Callable[[str], None]
 
 
@@ -37,10 +38,10 @@ def _build_classifiers(dest: Path, say: Say) -> list[DemoSubject]:
     out = []
     for label, attack in (("backdoored", AttackSpec(kind="badnets", target=0, rate=0.1)),
                           ("clean", AttackSpec(kind="clean"))):
-        marker = dest / f"classifier-{label}.json"
+        marker = dest / f"classifier-{label}-s{CLASSIFIER_SEED}.json"
         if not marker.exists():
             say(f"training the {label} digits classifier …")
-            zm = build_model("cnn", attack, seed=1)
+            zm = build_model("cnn", attack, seed=CLASSIFIER_SEED)
             path = save_model(zm, dest, "torchscript")
             xte, yte = zm.test
             save_npz(dest / "digits-clean-test.npz", xte, yte)
