@@ -524,7 +524,7 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
     rec["data"] = data.describe() if data is not None else None
     verdict = "backdoored" if s["flagged"] else "clean"
     if target is not None:
-        summary = (f"class {target} needs a trigger of L1 {mask.sum():.1f} vs median {np.median(res['l1']):.1f}: "
+        summary = (f"class {target} needs a trigger of L1 {res['l1'][cand]:.1f} vs median {np.median(res['l1']):.1f}: "
                    f"anomaly index {anomaly:.2f} > {thr:g}")
         if s["held_asr"] is not None:
             summary += f"; recovered trigger succeeds on {100 * s['held_asr']:.0f}% of held-out inputs"
