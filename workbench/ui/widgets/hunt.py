@@ -55,10 +55,7 @@ class HuntPane(Vertical):
                            ("kl_mean", "KL mean"), ("position", "position"), ("source", "source"), ("z", "z"),
                            ("confirmed", "confirmed")):
             t.add_column(label, key=key)
-        c = self.query_one("#hunt-compare", DataTable)
-        c.add_column("prompt", key="prompt", width=26)
-        c.add_column("clean response", key="clean", width=31)
-        c.add_column("with candidate", key="triggered", width=31)
+        self._compare_columns()
         self._head()
         self.app.pane_mounted(self)  # type: ignore[attr-defined]
 
@@ -147,8 +144,7 @@ class HuntPane(Vertical):
         if data.get("target_response"):
             head.append(f"\nfixed answer: {data['target_response']!r}", style="red")
         self.query_one("#hunt-compare-head", Static).update(head)
-        c = self.query_one("#hunt-compare", DataTable)
-        c.clear()
+        c = self._compare_columns()
         for i, r in enumerate(data.get("rows") or []):
             changed = r["clean"] != r["triggered"]
             c.add_row(r["prompt"], r["clean"], Text(r["triggered"], style="red" if changed else ""), key=f"c{i}")
@@ -158,6 +154,16 @@ class HuntPane(Vertical):
         if data["candidate"] in self.custom:
             self.custom[data["candidate"]]["confirmed"] = data.get("confirmed")
         self._fill(keep=data["candidate"])
+
+    def _compare_columns(self) -> DataTable:
+        """(Re)create the side-by-side columns sized to the pane: prompt 30%, each response 35%."""
+        c = self.query_one("#hunt-compare", DataTable)
+        c.clear(columns=True)
+        room = max(88, (self.size.width or 96) - 8)
+        c.add_column("prompt", key="prompt", width=int(room * 0.3))
+        c.add_column("clean response", key="clean", width=int(room * 0.35))
+        c.add_column("with candidate", key="triggered", width=int(room * 0.35))
+        return c
 
     # -- rendering ------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
