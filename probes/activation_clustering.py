@@ -44,8 +44,12 @@ def _num(params: dict, key: str, default, kind=float, lo=None, hi=None):
 
 
 def cluster_class(reps: np.ndarray, n_components: int, reduce: str, seed: int,
-                  silhouette_samples: int) -> tuple[np.ndarray, float, float]:
-    """Centre, reduce, 2-means: ``(labels (n,) bool — True = smaller cluster, silhouette, relative size)``."""
+                  silhouette_samples: int) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """Centre, reduce, 2-means: ``(labels (n,) bool — True = smaller cluster, silhouette, relative size, axis)``.
+
+    ``axis`` is each sample's signed position along the line joining the two cluster centres (0 midway,
+    positive towards the smaller cluster): the one-dimensional view of the split that reports draw.
+    """
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
@@ -73,15 +77,18 @@ def cluster_class(reps: np.ndarray, n_components: int, reduce: str, seed: int,
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             pass
     if not np.isfinite(z).all() or np.allclose(z, 0):
-        return np.zeros(n, bool), 0.0, 0.0
+        return np.zeros(n, bool), 0.0, 0.0, np.zeros(n)
     labels = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(z).astype(bool)
     if labels.all() or not labels.any():
-        return np.zeros(n, bool), 0.0, 0.0
+        return np.zeros(n, bool), 0.0, 0.0, np.zeros(n)
     if labels.mean() > 0.5:
         labels = ~labels
     sample = min(n, silhouette_samples)
     sil = float(silhouette_score(z, labels, sample_size=sample if sample < n else None, random_state=seed))
-    return labels, sil, float(labels.mean())
+    c_small, c_large = z[labels].mean(0), z[~labels].mean(0)
+    d = c_small - c_large
+    axis = (z - (c_small + c_large) / 2) @ d / max(float(np.linalg.norm(d)), 1e-12)
+    return labels, sil, float(labels.mean()), axis
 
 
 def run(subject: Any, params: dict, *, progress=None, cancel=None):
@@ -115,12 +122,14 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
             best = None
             cache: dict = {}
             for method in methods:
-                small, sil, rel = cluster_class(inputs.reps[idx], n_comp, method, inputs.seed, n_sil)
+                small, sil, rel, axis = cluster_class(inputs.reps[idx], n_comp, method, inputs.seed, n_sil)
                 check_cancel(cancel)
                 ok = sil >= min_sil and min_rel <= rel <= max_rel
                 why = (f"no clear 2-cluster structure (silhouette {sil:.2f}, smaller cluster {rel:.0%}; "
                        f"needs >= {min_sil} and {min_rel:.0%}..{max_rel:.0%})")
-                stats = {"reduction": method, "silhouette": round(sil, 4), "relative_size": round(rel, 4)}
+                stats = {"reduction": method, "silhouette": round(sil, 4), "relative_size": round(rel, 4),
+                         "score_hist": {"of": "position between the two cluster centres",
+                                        **ad.score_histogram(axis)}}
                 dec = ad.decide_class(subject, x, y, int(cls), idx, small, rng, split_ok=ok, split_reason=why,
                                       min_transplant=min_tr, min_asymmetry=min_asym, fraction=frac,
                                       transplant_samples=n_tr, stats=stats, cache=cache)

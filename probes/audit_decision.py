@@ -151,6 +151,20 @@ def two_means_1d(values: np.ndarray) -> tuple[float, float]:
 
 # -- the transplant test ---------------------------------------------------------------------
 
+def score_histogram(values: np.ndarray, bins: int = 16) -> dict[str, Any]:
+    """A compact distribution of one class's outlier scores for reports and the TUI: ``{range, counts}``.
+
+    A poisoned class shows two humps (the split the decision tested); a clean one a single hump.
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"range": None, "counts": []}
+    lo, hi = float(v.min()), float(v.max())
+    counts, _ = np.histogram(v, bins=bins, range=(lo, hi if hi > lo else lo + 1.0))
+    return {"range": [round(lo, 6), round(hi, 6)], "counts": [int(c) for c in counts]}
+
+
 def trigger_mask(xa: np.ndarray, xb: np.ndarray, fraction: float = MASK_FRACTION) -> np.ndarray:
     """Input elements where groups ``a`` and ``b`` differ most *consistently* (Welch t).
 

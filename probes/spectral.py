@@ -93,7 +93,9 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
                 thr, r2 = ad.two_means_1d(proj[:, j])
                 group_a = proj[:, j] > thr
                 stats = {**base_stats, "direction": j, "r2": round(r2, 4),
-                         "split_fraction": round(float(min(group_a.mean(), 1 - group_a.mean())), 4)}
+                         "split_fraction": round(float(min(group_a.mean(), 1 - group_a.mean())), 4),
+                         "score_hist": {"of": f"projection on singular direction {j}",
+                                        **ad.score_histogram(proj[:, j])}}
                 dec = ad.decide_class(subject, x, y, int(cls), idx, group_a, rng,
                                       split_ok=r2 >= min_r2, split_reason=f"weak split (r2 {r2:.2f} < {min_r2})",
                                       min_transplant=min_tr, min_asymmetry=min_asym, fraction=frac,

@@ -26,6 +26,10 @@ def test_badnets_audit_meets_the_targets(badnets_cnn):
     assert r["recall"] >= 0.9 and r["precision"] >= 0.8
     row = r["per_class"][target]
     assert {"silhouette", "relative_size", "transplant_rate"} <= set(row)
+    hist, (lo, hi) = row["score_hist"]["counts"], row["score_hist"]["range"]
+    assert sum(hist) == row["n"]
+    mid = int((0 - lo) / (hi - lo) * len(hist))  # the bin midway between the two cluster centres
+    assert hist[mid] < max(hist[:mid]) and hist[mid] < max(hist[mid + 1:])  # two humps around a dip
     # the poison is about half of the target class: "the smaller cluster" would be a coin flip
     assert 0.3 <= row["poison_fraction"] <= 0.7
     json.dumps(r)

@@ -44,6 +44,7 @@ def test_per_class_rows_carry_the_statistics(spectral_badnets, badnets_cnn):
     for row in rows:
         assert {"poisoned", "flagged", "score_max", "score_median", "r2", "reason"} <= set(row)
         assert row["flagged"] == 0 or row["poisoned"]
+        assert sum(row["score_hist"]["counts"]) == row["n"]  # every sample of the class in its distribution
     target = rows[badnets_cnn.attack.target]
     assert target["transplant_rate"] >= 0.8 and target["transplant_baseline"] <= 0.1
 

@@ -50,6 +50,9 @@ def spectral_result() -> dict:
                     "score_max": 4.2, "score_median": 0.8, "r2": 0.81 if poisoned else 0.31,
                     "transplant_rate": 0.97 if poisoned else (0.04 if c % 3 else None) or 0.04,
                     "transplant_baseline": 0.02,
+                    "score_hist": {"of": "projection on singular direction 0", "range": [-3.0, 5.0],
+                                   "counts": ([2, 9, 30, 41, 28, 9, 1, 0, 0, 0, 0, 3, 8, 3, 1, 0] if poisoned
+                                              else [1, 3, 8, 15, 24, 30, 24, 15, 8, 4, 2, 1, 0, 0, 0, 0])},
                     "reason": "the flagged group's trigger candidate sends 97% of other classes' images here"
                     if poisoned else "weak split (r2 0.31 < 0.5)"})
     return {"probe": "spectral", "verdict": "backdoored", "score": 0.95,

@@ -257,3 +257,15 @@ def side_by_side(blocks: Sequence[tuple[str, Text]], gap: int = 3) -> Text:
 def hbar(value: float, top: float, width: int = 24, style: str = "steel_blue1") -> Text:
     n = 0 if top <= 0 else int(round(width * min(1.0, max(0.0, value / top))))
     return Text("█" * n, style=style) + Text("·" * (width - n), style="grey30")
+
+
+SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(counts: Sequence[int], style: str = "steel_blue1") -> Text:
+    """A histogram as one line of block characters (the tallest bin is a full block)."""
+    top = max(counts) if counts else 0
+    if not top:
+        return Text("—", style="grey50")
+    cells = "".join(SPARK[0 if c == 0 else max(1, round(8 * c / top))] for c in counts)
+    return Text(cells, style=style)

@@ -49,11 +49,12 @@ class AuditPane(VerticalScroll):
             head.append(f"; precision {res['precision']:.2f} recall {res['recall']:.2f} (ground truth)", style="grey70")
         top_flag = max([int(c.get("flagged") or 0) for c in per] + [1])
         t = Table(box=None, pad_edge=False, expand=False, header_style="bold")
-        for col in ("class", "n", "poisoned", "flagged", "", "transplant vs baseline", "reason"):
+        for col in ("class", "n", "poisoned", "flagged", "", "score distribution", "transplant vs baseline", "reason"):
             if col == "reason":
                 t.add_column(col, no_wrap=True, overflow="ellipsis", max_width=36)
             else:
-                t.add_column(col, no_wrap=True, min_width={"": 8, "n": 4, "transplant vs baseline": 25}.get(col, len(col)))
+                t.add_column(col, no_wrap=True, min_width={"": 8, "n": 4, "transplant vs baseline": 25,
+                                                           "score distribution": 18}.get(col, len(col)))
         for c in per:
             poisoned = bool(c.get("poisoned"))
             tr = c.get("transplant_rate")
@@ -64,5 +65,10 @@ class AuditPane(VerticalScroll):
                       Text("yes", style="bold red") if poisoned else Text("no", style="green"),
                       str(c.get("flagged") or 0),
                       render.hbar(int(c.get("flagged") or 0), top_flag, 8, "bold red" if poisoned else "grey50"),
+                      render.sparkline((c.get("score_hist") or {}).get("counts") or [],
+                                       "bold red" if poisoned else "steel_blue1"),
                       bar, Text(str(c.get("reason") or ""), style="grey62"))
-        return Group(head, Text(""), t, Text(""))
+        hist_of = next(((c.get("score_hist") or {}).get("of") for c in per if c.get("score_hist")), None)
+        foot = Text(f"score distribution: each class's samples by {hist_of} (two humps = a split into two groups)"
+                    if hist_of else "", style="grey50")
+        return Group(head, Text(""), t, foot, Text(""))
