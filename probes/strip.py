@@ -93,7 +93,8 @@ def _trigger_arrays(trigger: dict, shape) -> tuple[np.ndarray, np.ndarray, int |
         pattern = pattern[None]
     if mask.shape != (h, w) or pattern.shape[1:] != (h, w) or pattern.shape[0] not in (1, c):
         raise ProbeError(f"trigger mask {mask.shape} / pattern {pattern.shape} does not fit input {tuple(shape)}")
-    target = trigger.get("target", trigger.get("suspected_target", trigger.get("candidate_class")))
+    target = next((trigger[k] for k in ("target", "suspected_target", "candidate_class")
+                   if trigger.get(k) is not None), None)  # an unflagged NC result still names its candidate
     return mask, pattern, None if target is None else int(target)
 
 

@@ -128,7 +128,11 @@ def _params_for(name: str, prepared: PreparedScan, earlier: dict[str, dict[str, 
         params["audit"] = prepared.audit
     nc = earlier.get("neural-cleanse")
     if name == "strip" and nc and nc.get("mask") is not None:
-        params["trigger"] = {"mask": nc["mask"], "pattern": nc.get("pattern"), "source": "neural-cleanse"}
+        # suspected_target tells STRIP whether Neural Cleanse flagged this trigger (None: it is the clean
+        # model's smallest trigger, which is no evidence of a backdoor even when it survives superimposition)
+        params["trigger"] = {"mask": nc["mask"], "pattern": nc.get("pattern"), "source": "neural-cleanse",
+                             "suspected_target": nc.get("suspected_target"),
+                             "candidate_class": nc.get("candidate_class")}
     if name == "fingerprint":
         params["_prior_results"] = dict(earlier)
     params.update(prepared.options.params)
