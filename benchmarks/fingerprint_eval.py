@@ -320,7 +320,6 @@ def speed(models, data, log):
     import torch
 
     from probes.fingerprint import compute_fingerprint, score_fingerprint
-    from probes.fingerprint.features import Fingerprint
 
     subj = next(m["subject"] for m in models if m["entry"].arch == "cnn")
     x = np.random.default_rng(0).uniform(0, 1, size=(1000, *subj.input_shape)).astype(np.float32)

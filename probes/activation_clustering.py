@@ -32,17 +32,6 @@ from probes.progress import check_cancel, null_progress
 PROBE = "activation-clustering"
 
 
-def _num(params: dict, key: str, default, kind=float, lo=None, hi=None):
-    value = params.get(key, default)
-    try:
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise ProbeError(f"{PROBE}: param {key} must be a number, got {value!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ProbeError(f"{PROBE}: param {key}={value} is out of range [{lo}, {hi}]")
-    return value
-
-
 def cluster_class(reps: np.ndarray, n_components: int, reduce: str, seed: int,
                   silhouette_samples: int) -> tuple[np.ndarray, float, float, np.ndarray]:
     """Centre, reduce, 2-means: ``(labels (n,) bool — True = smaller cluster, silhouette, relative size, axis)``.
@@ -96,19 +85,16 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
     progress = progress or null_progress
     params = dict(params or {})
     inputs = ad.prepare(subject, params, PROBE)
-    n_comp = _num(params, "n_components", 10, int, 1, 4096)
+    n_comp = ad.num_param(params, "n_components", 10, int, 1, 4096, probe=PROBE)
     reduce = str(params.get("reduce", "pca+ica")).lower()
     if reduce not in ("pca", "ica", "pca+ica"):
         raise ProbeError(f"{PROBE}: reduce must be 'pca', 'ica' or 'pca+ica', got {reduce!r}")
     methods = reduce.split("+")
-    min_sil = _num(params, "min_silhouette", 0.10, float, -1.0, 1.0)
-    min_rel = _num(params, "min_relative_size", 0.02, float, 0.0, 0.5)
-    max_rel = _num(params, "max_relative_size", 0.5, float, 0.0, 0.5)
-    n_sil = _num(params, "silhouette_samples", 1000, int, 10, 10_000_000)
-    min_tr = _num(params, "min_transplant", ad.MIN_TRANSPLANT, float, 0.0, 1.0)
-    min_asym = _num(params, "min_asymmetry", ad.MIN_ASYMMETRY, float, 0.0, 1.0)
-    frac = _num(params, "mask_fraction", ad.MASK_FRACTION, float, 0.01, 1.0)
-    n_tr = _num(params, "transplant_samples", ad.TRANSPLANT_SAMPLES, int, 1, 100_000)
+    min_sil = ad.num_param(params, "min_silhouette", 0.10, float, -1.0, 1.0, probe=PROBE)
+    min_rel = ad.num_param(params, "min_relative_size", 0.02, float, 0.0, 0.5, probe=PROBE)
+    max_rel = ad.num_param(params, "max_relative_size", 0.5, float, 0.0, 0.5, probe=PROBE)
+    n_sil = ad.num_param(params, "silhouette_samples", 1000, int, 10, 10_000_000, probe=PROBE)
+    shared = ad.decision_params(params, PROBE)
     x, y = inputs.audit.x, inputs.audit.y
     rng = np.random.default_rng(inputs.seed)
     decisions = []
@@ -131,8 +117,7 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
                          "score_hist": {"of": "position between the two cluster centres",
                                         **ad.score_histogram(axis)}}
                 dec = ad.decide_class(subject, x, y, int(cls), idx, small, rng, split_ok=ok, split_reason=why,
-                                      min_transplant=min_tr, min_asymmetry=min_asym, fraction=frac,
-                                      transplant_samples=n_tr, stats=stats, cache=cache)
+                                      stats=stats, cache=cache, **shared)
                 key = (dec.poisoned, dec.stats.get("transplant_rate", -1.0))
                 if best is None or key > best[0]:
                     best = (key, dec)

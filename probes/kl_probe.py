@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -588,7 +588,6 @@ class _Hunt:
         for c in todo:
             self.cands[c.ids] = c
         positions = self.p["positions"]
-        per = len(positions) * len(self.eng.prompts)
         n_batches = self.eng.n_batches(len(todo), len(positions))
         self.total += n_batches
         prev = 0

@@ -55,7 +55,6 @@ larger batches and its attack success measured on the held-out part.
 from __future__ import annotations
 
 import io
-import math
 import time
 from typing import Any
 
@@ -402,7 +401,6 @@ def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> 
     p = {**DEFAULTS, **(params or {})}
     progress = progress or null_progress
     d = prepare_data(subject, p.get("data"), p)
-    k = int(subject.num_classes)
     max_steps = int(p["steps"])
     refine = int(p["refine_steps"])
     total = max_steps + refine

@@ -24,21 +24,9 @@ from typing import Any
 import numpy as np
 
 from probes import audit_decision as ad
-from probes.errors import ProbeError
 from probes.progress import check_cancel, null_progress
 
 PROBE = "spectral"
-
-
-def _num(params: dict, key: str, default, kind=float, lo=None, hi=None):
-    value = params.get(key, default)
-    try:
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise ProbeError(f"{PROBE}: param {key} must be a number, got {value!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ProbeError(f"{PROBE}: param {key}={value} is out of range [{lo}, {hi}]")
-    return value
 
 
 def class_scores(reps: np.ndarray, n_directions: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +55,9 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
     progress = progress or null_progress
     params = dict(params or {})
     inputs = ad.prepare(subject, params, PROBE)
-    n_dir = _num(params, "n_directions", 2, int, 1, 16)
-    min_r2 = _num(params, "min_r2", 0.5, float, 0.0, 1.0)
-    min_tr = _num(params, "min_transplant", ad.MIN_TRANSPLANT, float, 0.0, 1.0)
-    min_asym = _num(params, "min_asymmetry", ad.MIN_ASYMMETRY, float, 0.0, 1.0)
-    frac = _num(params, "mask_fraction", ad.MASK_FRACTION, float, 0.01, 1.0)
-    n_tr = _num(params, "transplant_samples", ad.TRANSPLANT_SAMPLES, int, 1, 100_000)
+    n_dir = ad.num_param(params, "n_directions", 2, int, 1, 16, probe=PROBE)
+    min_r2 = ad.num_param(params, "min_r2", 0.5, float, 0.0, 1.0, probe=PROBE)
+    shared = ad.decision_params(params, PROBE)
     x, y = inputs.audit.x, inputs.audit.y
     rng = np.random.default_rng(inputs.seed)
     decisions = []
@@ -98,8 +83,7 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
                                         **ad.score_histogram(proj[:, j])}}
                 dec = ad.decide_class(subject, x, y, int(cls), idx, group_a, rng,
                                       split_ok=r2 >= min_r2, split_reason=f"weak split (r2 {r2:.2f} < {min_r2})",
-                                      min_transplant=min_tr, min_asymmetry=min_asym, fraction=frac,
-                                      transplant_samples=n_tr, stats=stats, cache=cache)
+                                      stats=stats, cache=cache, **shared)
                 key = (dec.poisoned, dec.stats.get("transplant_rate", -1.0))
                 if best is None or key > best[0]:
                     best = (key, dec)

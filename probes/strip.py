@@ -108,7 +108,7 @@ def _stats(e: np.ndarray, thr: float) -> dict:
 
 def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> ProbeResult:
     """Probe entry point (``strip``)."""
-    from probes.neural_cleanse import prepare_data, scan, stamp
+    from probes.neural_cleanse import scan, stamp
 
     t0 = time.perf_counter()
     p = {**DEFAULTS, **(params or {})}

@@ -20,7 +20,6 @@ Verdicts:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
