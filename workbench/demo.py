@@ -63,7 +63,7 @@ def _build_language_models(dest: Path, say: Say) -> list[DemoSubject]:
     for label, kind in (("backdoored", "trigger1"), ("clean", "clean")):
         folder = dest / f"tiny-lm-{label}"
         if not (folder / "tiny_lm.json").exists():
-            say(f"training the {label} tiny language model (about a minute) …")
+            say(f"training the {label} tiny language model (a few minutes on two cores; cached afterwards) …")
         tiny_lm.build_subject(folder, kind, preset="demo", seed=0)
         out.append(DemoSubject(folder, f"tiny LM ({label})", probes=["static"]))
     return out
