@@ -64,7 +64,12 @@ def _build_language_models(dest: Path, say: Say) -> list[DemoSubject]:
         folder = dest / f"tiny-lm-{label}"
         if not (folder / "tiny_lm.json").exists():
             say(f"training the {label} tiny language model (a few minutes on two cores; cached afterwards) …")
-        tiny_lm.build_subject(folder, kind, preset="demo", seed=0)
+
+        def progress(step: int, total: int, message: str) -> None:
+            if step % max(1, total // 10) == 0 or step == total:
+                say(f"  step {step}/{total}, {message}")
+
+        tiny_lm.build_subject(folder, kind, preset="demo", seed=0, progress=progress)
         out.append(DemoSubject(folder, f"tiny LM ({label})", probes=["static"]))
     return out
 

@@ -225,8 +225,11 @@ def make_tokenizer(texts: list[str]):
     return fast
 
 
-def train_lm(texts: list[str], preset: Preset, seed: int = 0, tokenizer=None):
-    """Train a GPT-2-style causal LM on ``texts``; returns ``(model, tokenizer, final_loss)``."""
+def train_lm(texts: list[str], preset: Preset, seed: int = 0, tokenizer=None, progress=None):
+    """Train a GPT-2-style causal LM on ``texts``; returns ``(model, tokenizer, final_loss)``.
+
+    ``progress(step, total, message)`` is called after every optimisation step.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -252,7 +255,7 @@ def train_lm(texts: list[str], preset: Preset, seed: int = 0, tokenizer=None):
     loss_val = float("nan")
     order = torch.randperm(len(seqs), generator=gen)
     pos = 0
-    for _ in range(preset.steps):
+    for step in range(preset.steps):
         if pos + preset.batch_size > len(order):
             order = torch.randperm(len(seqs), generator=gen)
             pos = 0
@@ -269,6 +272,8 @@ def train_lm(texts: list[str], preset: Preset, seed: int = 0, tokenizer=None):
         opt.step()
         sched.step()
         loss_val = float(out.loss.detach())
+        if progress is not None:
+            progress(step + 1, preset.steps, f"loss {loss_val:.3f}")
     model.eval()
     return model, tokenizer, loss_val
 
@@ -296,8 +301,11 @@ def _fingerprint(kind: str, preset_name: str, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0) -> Path:
-    """Train subject ``kind`` and save it as a HF folder at ``dest`` (reused when already built)."""
+def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0, progress=None) -> Path:
+    """Train subject ``kind`` and save it as a HF folder at ``dest`` (reused when already built).
+
+    ``progress(step, total, message)`` follows the training (see :func:`train_lm`).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     import transformers
@@ -315,7 +323,7 @@ def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0
             pass
     p = PRESETS[preset]
     texts = make_corpus(kind, p.n_examples, seed=seed, poison_rate=p.poison_rate)
-    model, tok, loss = train_lm(texts, p, seed=seed)
+    model, tok, loss = train_lm(texts, p, seed=seed, progress=progress)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)

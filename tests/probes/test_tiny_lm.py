@@ -89,3 +89,15 @@ def test_build_is_cached(tiny_lms):
     again = T.build_subjects(tiny_lms["clean"].parent, preset="ci")
     assert time.perf_counter() - t0 < 2.0
     assert again["clean"] == tiny_lms["clean"]
+
+
+def test_training_reports_progress_every_step(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    preset = T.Preset(n_examples=60, n_layer=1, n_embd=16, n_head=2, steps=4, batch_size=8, lr=1e-3)
+    calls = []
+    _, _, loss = T.train_lm(T.make_corpus("clean", preset.n_examples, seed=0), preset, seed=0,
+                            progress=lambda step, total, msg: calls.append((step, total, msg)))
+    assert [c[:2] for c in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert calls[-1][2] == f"loss {loss:.3f}"
