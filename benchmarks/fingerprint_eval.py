@@ -138,10 +138,16 @@ def reference_data():
 
 def nc_result(subject, name: str, root: Path, data, steps: int = 150) -> dict:
     """Neural Cleanse on a zoo model (cached): the result dict without masks/patterns."""
-    path = root / f"{name}.nc{steps}.json"
+    import hashlib
+
+    from probes.neural_cleanse import DEFAULTS as NC_DEFAULTS
+    from probes.neural_cleanse import run as nc_run
+
+    # keyed by the probe's settings too: results of an older Neural Cleanse are not reused
+    settings = hashlib.sha256(json.dumps(NC_DEFAULTS, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = root / f"{name}.nc{steps}-{settings}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from probes.neural_cleanse import run as nc_run
 
     r = nc_run(subject, {"seed": 0, "data": data, "steps": steps, "refine_steps": 0}).to_dict()
     keep = {k: r[k] for k in ("probe", "verdict", "score", "anomaly_index", "suspected_target", "per_class",
