@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from probes import audit_decision as ad
+from probes.params import number
 from probes.errors import ProbeError
 from probes.progress import check_cancel, null_progress
 
@@ -85,15 +86,15 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
     progress = progress or null_progress
     params = dict(params or {})
     inputs = ad.prepare(subject, params, PROBE)
-    n_comp = ad.num_param(params, "n_components", 10, int, 1, 4096, probe=PROBE)
+    n_comp = number(params, "n_components", 10, int, 1, 4096, probe=PROBE)
     reduce = str(params.get("reduce", "pca+ica")).lower()
     if reduce not in ("pca", "ica", "pca+ica"):
         raise ProbeError(f"{PROBE}: reduce must be 'pca', 'ica' or 'pca+ica', got {reduce!r}")
     methods = reduce.split("+")
-    min_sil = ad.num_param(params, "min_silhouette", 0.10, float, -1.0, 1.0, probe=PROBE)
-    min_rel = ad.num_param(params, "min_relative_size", 0.02, float, 0.0, 0.5, probe=PROBE)
-    max_rel = ad.num_param(params, "max_relative_size", 0.5, float, 0.0, 0.5, probe=PROBE)
-    n_sil = ad.num_param(params, "silhouette_samples", 1000, int, 10, 10_000_000, probe=PROBE)
+    min_sil = number(params, "min_silhouette", 0.10, float, -1.0, 1.0, probe=PROBE)
+    min_rel = number(params, "min_relative_size", 0.02, float, 0.0, 0.5, probe=PROBE)
+    max_rel = number(params, "max_relative_size", 0.5, float, 0.0, 0.5, probe=PROBE)
+    n_sil = number(params, "silhouette_samples", 1000, int, 10, 10_000_000, probe=PROBE)
     shared = ad.decision_params(params, PROBE)
     x, y = inputs.audit.x, inputs.audit.y
     rng = np.random.default_rng(inputs.seed)

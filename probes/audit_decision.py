@@ -36,6 +36,7 @@ import numpy as np
 
 from probes.data import LabelledData
 from probes.errors import ProbeError
+from probes.params import number
 
 # Defaults, documented in docs/data-audits.md.
 MIN_TRANSPLANT = 0.8  # share of other-class images sent to the class by the group's trigger candidate
@@ -129,24 +130,12 @@ def prepare(subject: Any, params: dict, probe: str) -> AuditInputs:
 
 # -- 1-D split ---------------------------------------------------------------------------------
 
-def num_param(params: dict, key: str, default, kind=float, lo=None, hi=None, *, probe: str = "audit"):
-    """A numeric probe parameter, checked: a clear one-line error for a wrong type or range."""
-    value = params.get(key, default)
-    try:
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise ProbeError(f"{probe}: param {key} must be a number, got {value!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ProbeError(f"{probe}: param {key}={value} is out of range [{lo}, {hi}]")
-    return value
-
-
 def decision_params(params: dict, probe: str) -> dict[str, Any]:
     """The per-class decision's parameters shared by both audits, as keyword arguments of :func:`decide_class`."""
-    return {"min_transplant": num_param(params, "min_transplant", MIN_TRANSPLANT, float, 0.0, 1.0, probe=probe),
-            "min_asymmetry": num_param(params, "min_asymmetry", MIN_ASYMMETRY, float, 0.0, 1.0, probe=probe),
-            "fraction": num_param(params, "mask_fraction", MASK_FRACTION, float, 0.01, 1.0, probe=probe),
-            "transplant_samples": num_param(params, "transplant_samples", TRANSPLANT_SAMPLES, int, 1, 100_000,
+    return {"min_transplant": number(params, "min_transplant", MIN_TRANSPLANT, float, 0.0, 1.0, probe=probe),
+            "min_asymmetry": number(params, "min_asymmetry", MIN_ASYMMETRY, float, 0.0, 1.0, probe=probe),
+            "fraction": number(params, "mask_fraction", MASK_FRACTION, float, 0.01, 1.0, probe=probe),
+            "transplant_samples": number(params, "transplant_samples", TRANSPLANT_SAMPLES, int, 1, 100_000,
                                             probe=probe)}
 
 

@@ -62,6 +62,7 @@ import numpy as np
 
 from probes.data import LabelledData
 from probes.errors import ProbeError
+from probes.params import number
 from probes.progress import check_cancel, null_progress
 from probes.result import ProbeResult
 
@@ -91,6 +92,27 @@ DEFAULTS: dict[str, Any] = {
     "max_batch_images": 4096,     # images per forward pass; more classes are chunked
     "synthetic_n": 512,
 }
+
+# (kind, lo, hi) of every numeric parameter; checked before any work starts
+_RANGES: dict[str, tuple[type, float | None, float | None]] = {
+    "seed": (int, 0, None), "steps": (int, 1, 1_000_000), "batch_size": (int, 1, 1_000_000),
+    "lr": (float, 1e-12, 100.0), "init_cost": (float, 0.0, 1e6), "init_mask": (float, 1e-6, 1.0),
+    "cost_multiplier": (float, 1.0 + 1e-9, 100.0), "attack_success_target": (float, 1e-6, 1.0),
+    "asr_window": (int, 1, 10_000), "patience": (int, 1, 1_000_000), "early_stop_patience": (int, 1, 1_000_000),
+    "early_stop_threshold": (float, 1e-6, 1.0), "threshold": (float, 1e-6, 1e6), "recheck_margin": (float, 0.0, 1e6),
+    "recheck_runs": (int, 0, 100), "holdout_fraction": (float, 0.01, 0.99), "max_samples": (int, 10, 100_000_000),
+    "refine_steps": (int, 0, 1_000_000), "refine_attack_success_target": (float, 1e-6, 1.0),
+    "refine_batch_size": (int, 1, 1_000_000), "max_batch_images": (int, 1, 100_000_000),
+    "synthetic_n": (int, 10, 10_000_000),
+}
+
+
+def check_params(params: dict | None) -> dict[str, Any]:
+    """The probe's parameters with defaults filled in and every numeric one checked (ProbeError otherwise)."""
+    p = {**DEFAULTS, **(params or {})}
+    for key, (kind, lo, hi) in _RANGES.items():
+        p[key] = number(p, key, DEFAULTS[key], kind, lo, hi, probe="neural-cleanse")
+    return p
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -398,7 +420,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> dict:
     """The full analysis without the ProbeResult wrapping (also used by STRIP's quick run)."""
-    p = {**DEFAULTS, **(params or {})}
+    p = check_params(params)
     progress = progress or null_progress
     d = prepare_data(subject, p.get("data"), p)
     max_steps = int(p["steps"])

@@ -22,10 +22,17 @@ class ProbeSpec:
     data: str | None = None  # "data" (clean labelled inputs) or "audit" (suspect training set)
     default: bool = True  # part of the default layered scan
     help: str = ""
+    check: str | None = None  # "module:function" that validates the examiner's parameters before any work
 
     def load(self) -> Callable:
         module, func = self.target.split(":")
         return getattr(importlib.import_module(module), func)
+
+    def check_params(self, params: dict) -> None:
+        """Raise ProbeError for a parameter this probe would refuse (no-op for probes without a checker)."""
+        if self.check:
+            module, func = self.check.split(":")
+            getattr(importlib.import_module(module), func)(params)
 
 
 IMG = ("image-classifier",)
@@ -36,7 +43,8 @@ PROBES: dict[str, ProbeSpec] = {p.name: p for p in [
     ProbeSpec("dynamic", "probes.dynamic_load:run", "path", (), default=False,
               help="opt-in: load the file in a sealed child process and watch what it does"),
     ProbeSpec("neural-cleanse", "probes.neural_cleanse:run", "model", IMG, data="data",
-              help="reverse-engineer a minimal trigger per class; MAD anomaly index > 2 flags a backdoor"),
+              help="reverse-engineer a minimal trigger per class; MAD anomaly index > 2 flags a backdoor",
+              check="probes.neural_cleanse:check_params"),
     ProbeSpec("strip", "probes.strip:run", "model", IMG, data="data",
               help="entropy of predictions under superimposition; low entropy marks triggered inputs"),
     ProbeSpec("spectral", "probes.spectral:run", "model", IMG, data="audit",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from probes import audit_decision as ad
+from probes.params import number
 from probes.progress import check_cancel, null_progress
 
 PROBE = "spectral"
@@ -55,8 +56,8 @@ def run(subject: Any, params: dict, *, progress=None, cancel=None):
     progress = progress or null_progress
     params = dict(params or {})
     inputs = ad.prepare(subject, params, PROBE)
-    n_dir = ad.num_param(params, "n_directions", 2, int, 1, 16, probe=PROBE)
-    min_r2 = ad.num_param(params, "min_r2", 0.5, float, 0.0, 1.0, probe=PROBE)
+    n_dir = number(params, "n_directions", 2, int, 1, 16, probe=PROBE)
+    min_r2 = number(params, "min_r2", 0.5, float, 0.0, 1.0, probe=PROBE)
     shared = ad.decision_params(params, PROBE)
     x, y = inputs.audit.x, inputs.audit.y
     rng = np.random.default_rng(inputs.seed)

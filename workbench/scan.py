@@ -100,6 +100,9 @@ def prepare(path: str | Path, options: ScanOptions) -> PreparedScan:
         raise ProbeError(f"--arch must be FILE.py:ClassName, got {options.arch!r}")
     if options.arch and not Path(options.arch.rsplit(":", 1)[0]).is_file():
         raise ProbeError(f"architecture file not found: {options.arch.rsplit(':', 1)[0]}")
+    for spec in registry.PROBES.values():  # bad --param values fail here, before anything is written
+        if options.probes is None and spec.default or options.probes and spec.name in options.probes:
+            spec.check_params(options.params)
     for key, spec_data in (("data", data), ("audit", audit)):
         wanted = [n for n in (options.probes or []) if registry.get(n).data == key]
         if wanted and spec_data is None and key == "audit":

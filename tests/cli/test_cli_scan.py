@@ -91,6 +91,10 @@ def _bad(tmp_path, name, arrays):
     (lambda d, t: [d["backdoored"], "--fail-on", "extreme"], "--fail-on"),
     (lambda d, t: [d["backdoored"], "--arch", "nocolon"], "--arch"),
     (lambda d, t: [d["backdoored"], "--case", "99"], "no case with id 99"),
+    (lambda d, t: [d["backdoored"], "--case", "1", "--param", "asr_window=0"], "asr_window=0 is out of range"),
+    (lambda d, t: [d["backdoored"], "--case", "1", "--probes", "neural-cleanse", "--data", d["data"],
+                   "--param", "recheck_margin=NaN"], "recheck_margin must be finite"),
+    (lambda d, t: [d["backdoored"], "--case", "1", "--param", "steps=\"many\""], "steps must be an integer"),
 ])
 def test_bad_scan_input_exits_2_and_writes_nothing(digits_subjects, tmp_path, make_args, needle):
     db = tmp_path / "cases.db"
@@ -112,6 +116,8 @@ def test_hostile_or_truncated_files_get_a_one_line_error(tmp_path, content):
     if r.code == 0:  # the static scan still reports (fail closed: never "clean")
         out = json.loads(r.out)
         assert out["results"][0]["verdict"] in ("inconclusive", "malicious", "suspicious")
+        if out["results"][0]["verdict"] == "inconclusive":  # what a static read cannot settle, a watched load may
+            assert [o["probe"] for o in out["offers"]] == ["dynamic"]
     else:
         assert r.err.count("\n") == 1
     assert "Traceback" not in r.err

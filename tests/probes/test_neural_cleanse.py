@@ -130,3 +130,16 @@ def test_runs_on_a_torchscript_subject_from_the_loader(tmp_path, badnets_mlp, cl
     subj = load_subject(save_model(badnets_mlp, tmp_path, "torchscript"), device="cpu")
     d = nc.run(subj, {"data": clean_data, **FAST}).to_dict()
     assert d["candidate_class"] == 7 and len(d["per_class"]) == 10
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("asr_window", 0, "out of range"), ("recheck_runs", -1, "out of range"), ("recheck_margin", float("nan"), "finite"),
+    ("attack_success_target", 1.5, "out of range"), ("steps", "many", "integer"), ("lr", True, "number"),
+    ("holdout_fraction", 1.0, "out of range"),
+])
+def test_bad_parameters_are_refused_before_any_work(key, value, needle):
+    from probes.neural_cleanse import DEFAULTS, check_params
+
+    with pytest.raises(ProbeError, match=needle):
+        check_params({key: value})
+    assert check_params({})["asr_window"] == DEFAULTS["asr_window"]  # defaults pass untouched
