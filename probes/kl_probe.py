@@ -385,9 +385,11 @@ class KLEngine:
                         done |= nxt == eos
                     if bool(done.all()):
                         break
-                    step_ids = nxt[:, None]
-                    step_pos = step_pos[:, -1:] + 1
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    ids = torch.cat([ids, nxt[:, None]], dim=1)
+                    pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
+                    # with a KV cache only the new token goes in; a model that returns none sees it all again
+                    step_ids, step_pos = (ids[:, -1:], pos[:, -1:]) if past is not None else (ids, pos)
             g = torch.stack(gen, dim=1).cpu().tolist()
             for row in g:
                 results.append([t for t in row if t >= 0 and t != eos])

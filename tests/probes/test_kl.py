@@ -106,6 +106,33 @@ def test_batched_kl_equals_one_at_a_time(subjects):
     assert shared.share_prefix and not shared.fallback_reason
 
 
+def test_generation_with_and_without_a_returned_kv_cache_agree(subjects):
+    """The cached path feeds one token a step; a model that returns no cache must still see its whole context."""
+    import torch
+
+    from probes.kl_probe import KLEngine
+
+    s = subjects["trigger1"]
+    eng = KLEngine.build(s.model, s.tokenizer, "cpu", T.BUILTIN_PROMPTS[:4], batch_size=8)
+    seqs = [eng.insert(p, (s.tokenizer.convert_tokens_to_ids(T.TRIGGER_1),), "marker") for p in eng.prompts]
+    cached = eng.generate(seqs, max_new_tokens=8)
+
+    class NoCache(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache=False, **_):
+            from transformers.modeling_outputs import CausalLMOutput
+
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            return CausalLMOutput(logits=out.logits)  # no cache in the output
+
+    eng.model = NoCache(s.model)
+    eng._keep, eng._cache_kw = False, "past_key_values"
+    assert eng.generate(seqs, max_new_tokens=8) == cached and any(cached)
+
+
 def test_streaming_partials_grow_and_progress_advances(subjects):
     from probes.kl_probe import iter_kl, run
 
