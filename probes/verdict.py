@@ -99,7 +99,7 @@ def _evidence(r: dict[str, Any]) -> str:
         if t is None or not n_det:
             note = "no baseline" if not r.get("baseline_size") else f"baseline of {r['baseline_size']} too small"
             return f"fingerprint: {note}, no trust score"
-        if r.get("trust_basis"):
+        if r.get("trust_basis"):  # results stored by versions that scored Neural Cleanse here without a baseline
             return f"fingerprint: no ensemble ({r['trust_basis']})"
         above = int(r.get("n_above_95") or 0)
         return (f"fingerprint {above} of {n_det} detectors above the 95th percentile "

@@ -445,8 +445,7 @@ def _no_baseline(details, prior, n, excluded, source) -> dict[str, Any]:
     why = ("no baseline given (--baseline DIR or a stored baseline)" if not source
            else f"baseline too small ({n} usable model(s)) for any detector")
     out: dict[str, Any] = {"detectors": {}, "excluded": excluded, "features_used": 0, "n_above_95": 0,
-                           "n_detectors": 0, "baseline_note": why, "trust_score": None, "band": None,
-                           "trust_basis": None}
+                           "n_detectors": 0, "baseline_note": why, "trust_score": None, "band": None}
     verdict = "inconclusive"
     out["_summary"] = f"{why}; fingerprint recorded, no trust score without a clean baseline"
     if nc and nc.get("anomaly_index") is not None:
