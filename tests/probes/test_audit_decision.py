@@ -76,3 +76,13 @@ class _Subject:
 def test_prepare_rejects_bad_audits(audit, match):
     with pytest.raises(ProbeError, match=match):
         ad.prepare(_Subject(), {"audit": audit}, "spectral")
+
+
+def test_score_histogram_survives_degenerate_scores():
+    from probes.audit_decision import score_histogram
+
+    assert score_histogram(np.array([np.nan, np.inf])) == {"range": None, "counts": []}
+    flat = score_histogram(np.full(7, 3.0))  # every sample alike: one bin holds them all
+    assert flat["range"] == [3.0, 3.0] and sum(flat["counts"]) == 7 and max(flat["counts"]) == 7
+    two = score_histogram(np.r_[np.zeros(30), np.ones(10) * 5], bins=10)
+    assert two["counts"][0] == 30 and two["counts"][-1] == 10 and sum(two["counts"][1:-1]) == 0
