@@ -81,21 +81,29 @@ def cluster_class(reps: np.ndarray, n_components: int, reduce: str, seed: int,
     return labels, sil, float(labels.mean()), axis
 
 
+def check_params(params: dict) -> dict[str, Any]:
+    """The probe's parameters with defaults, checked (ProbeError for a wrong type, range or reduction)."""
+    reduce = str(params.get("reduce", "pca+ica")).lower()
+    if reduce not in ("pca", "ica", "pca+ica"):
+        raise ProbeError(f"{PROBE}: reduce must be 'pca', 'ica' or 'pca+ica', got {reduce!r}")
+    return {"n_components": number(params, "n_components", 10, int, 1, 4096, probe=PROBE), "reduce": reduce,
+            "min_silhouette": number(params, "min_silhouette", 0.10, float, -1.0, 1.0, probe=PROBE),
+            "min_relative_size": number(params, "min_relative_size", 0.02, float, 0.0, 0.5, probe=PROBE),
+            "max_relative_size": number(params, "max_relative_size", 0.5, float, 0.0, 0.5, probe=PROBE),
+            "silhouette_samples": number(params, "silhouette_samples", 1000, int, 10, 10_000_000, probe=PROBE),
+            "decision": ad.decision_params(params, PROBE)}
+
+
 def run(subject: Any, params: dict, *, progress=None, cancel=None):
     t0 = time.perf_counter()
     progress = progress or null_progress
     params = dict(params or {})
+    c = check_params(params)
+    n_comp, reduce, min_sil, min_rel, max_rel, n_sil, shared = (
+        c["n_components"], c["reduce"], c["min_silhouette"], c["min_relative_size"], c["max_relative_size"],
+        c["silhouette_samples"], c["decision"])
     inputs = ad.prepare(subject, params, PROBE)
-    n_comp = number(params, "n_components", 10, int, 1, 4096, probe=PROBE)
-    reduce = str(params.get("reduce", "pca+ica")).lower()
-    if reduce not in ("pca", "ica", "pca+ica"):
-        raise ProbeError(f"{PROBE}: reduce must be 'pca', 'ica' or 'pca+ica', got {reduce!r}")
     methods = reduce.split("+")
-    min_sil = number(params, "min_silhouette", 0.10, float, -1.0, 1.0, probe=PROBE)
-    min_rel = number(params, "min_relative_size", 0.02, float, 0.0, 0.5, probe=PROBE)
-    max_rel = number(params, "max_relative_size", 0.5, float, 0.0, 0.5, probe=PROBE)
-    n_sil = number(params, "silhouette_samples", 1000, int, 10, 10_000_000, probe=PROBE)
-    shared = ad.decision_params(params, PROBE)
     x, y = inputs.audit.x, inputs.audit.y
     rng = np.random.default_rng(inputs.seed)
     decisions = []

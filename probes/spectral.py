@@ -51,14 +51,18 @@ def class_scores(reps: np.ndarray, n_directions: int = 1) -> tuple[np.ndarray, n
     return proj, sv
 
 
+def check_params(params: dict) -> tuple[int, float, dict[str, Any]]:
+    """``(n_directions, min_r2, decision params)``, checked (ProbeError for a wrong type or range)."""
+    return (number(params, "n_directions", 2, int, 1, 16, probe=PROBE),
+            number(params, "min_r2", 0.5, float, 0.0, 1.0, probe=PROBE), ad.decision_params(params, PROBE))
+
+
 def run(subject: Any, params: dict, *, progress=None, cancel=None):
     t0 = time.perf_counter()
     progress = progress or null_progress
     params = dict(params or {})
+    n_dir, min_r2, shared = check_params(params)
     inputs = ad.prepare(subject, params, PROBE)
-    n_dir = number(params, "n_directions", 2, int, 1, 16, probe=PROBE)
-    min_r2 = number(params, "min_r2", 0.5, float, 0.0, 1.0, probe=PROBE)
-    shared = ad.decision_params(params, PROBE)
     x, y = inputs.audit.x, inputs.audit.y
     rng = np.random.default_rng(inputs.seed)
     decisions = []

@@ -95,6 +95,10 @@ def _bad(tmp_path, name, arrays):
     (lambda d, t: [d["backdoored"], "--case", "1", "--probes", "neural-cleanse", "--data", d["data"],
                    "--param", "recheck_margin=NaN"], "recheck_margin must be finite"),
     (lambda d, t: [d["backdoored"], "--case", "1", "--param", "steps=\"many\""], "steps must be an integer"),
+    (lambda d, t: [d["backdoored"], "--case", "1", "--probes", "spectral", "--audit", d["audit"],
+                   "--param", "n_directions=0"], "n_directions=0 is out of range"),
+    (lambda d, t: [d["backdoored"], "--case", "1", "--probes", "activation-clustering", "--audit", d["audit"],
+                   "--param", "reduce=tsne"], "reduce must be"),
 ])
 def test_bad_scan_input_exits_2_and_writes_nothing(digits_subjects, tmp_path, make_args, needle):
     db = tmp_path / "cases.db"
