@@ -76,7 +76,10 @@ def main() -> None:
 
     import torch
 
-    torch.set_num_threads(1)
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
+    from probes.context import context_for
     from probes import activation_clustering, spectral
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, build_model, load_digits
@@ -96,7 +99,7 @@ def main() -> None:
                 for name, probe, book in (("spectral", spectral, textbook_spectral(reps, y)),
                                           ("activation-clustering", activation_clustering, textbook_ac(reps, y, seed))):
                     t = time.perf_counter()
-                    r = probe.run(subject, {"audit": audit, "seed": 0}).to_dict()
+                    r = probe.run(subject, context_for(probe.PROBE, audit=audit)).to_dict()
                     dt = time.perf_counter() - t
                     ours = pr(np.asarray(r["flagged_indices"], np.int64), is_p)
                     theirs = pr(book, is_p)
@@ -128,7 +131,7 @@ def main() -> None:
     p2 = np.r_[is_p, np.zeros(len(extra), bool)]
     audit = LabelledData(x2, y2, p2, source="train+test")
     subject = zm.subject()
-    spectral.run(subject, {"audit": audit})  # warm-up
+    spectral.run(subject, context_for("spectral", audit=audit))  # warm-up
     naive_t, ours_t, naive_c, ours_c = [], [], [], []
     for _ in range(3):
         t, c = time.perf_counter(), time.process_time()
@@ -137,7 +140,7 @@ def main() -> None:
         naive_t.append(time.perf_counter() - t)
         naive_c.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
-        r = spectral.run(subject, {"audit": audit}).to_dict()
+        r = spectral.run(subject, context_for("spectral", audit=audit)).to_dict()
         ours_t.append(time.perf_counter() - t)
         ours_c.append(time.process_time() - c)
     naive, ours = min(naive_t), min(ours_t)

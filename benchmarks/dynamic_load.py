@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _setup  # noqa: F401  (the checkout on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -59,13 +61,17 @@ def main() -> int:
 
     import torch
 
-    torch.set_num_threads(1)
-    from probes.dynamic_load import payloads, run, sandbox
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
+    from probes.context import context_for
+    from corpora import dynamic_payloads as payloads
+    from probes.dynamic_load import run, sandbox
 
     benign = payloads.build_benign_samples(tmp / "benign")
     own = payloads.build_payloads(tmp / "payloads", tmp / "markers")
     try:
-        from probes.zoo.payload_corpus import build_corpus
+        from corpora.payload_corpus import build_corpus
 
         corpus = build_corpus(tmp / "corpus")
     except ImportError:
@@ -78,17 +84,17 @@ def main() -> int:
 
     # Cold: fresh zygote + training the benign baseline (first use ever), then a cold zygote alone.
     t = time.perf_counter()
-    res = run(str(benign[0][0]), {})
+    res = run(str(benign[0][0]), context_for("dynamic"))
     first_use = time.perf_counter() - t
     startup = res.details["isolation"]["zygote_startup_s"]
     sandbox.shutdown()
     t = time.perf_counter()
-    res = run(str(benign[0][0]), {})
+    res = run(str(benign[0][0]), context_for("dynamic"))
     cold_file = time.perf_counter() - t
     cold_cpu = res.details["isolation"].get("startup_cpu_s")
     sandbox.shutdown()
     t = time.perf_counter()
-    run(str(benign[3][0]), {})
+    run(str(benign[3][0]), context_for("dynamic"))
     cold_pickle = time.perf_counter() - t
     print(f"first use ever (zygote start {startup:.2f} s + benign baseline of {res.details['baseline']['loads']} "
           f"loads, cached as JSON afterwards): {first_use:.2f} s")
@@ -108,7 +114,7 @@ def main() -> int:
     for path, label, family, executes, _ in subjects:
         params = {"timeout_s": 3.0} if "hang" in path.name else {}
         t = time.perf_counter()
-        r = run(str(path), params)
+        r = run(str(path), context_for("dynamic", params))
         dt = time.perf_counter() - t
         ev = r.details["refused"][0]["event"] if r.details["refused"] else ""
         rows.append((path.name, label, family, executes, r.verdict, dt, ev, r.summary))

@@ -140,16 +140,17 @@ def nc_result(subject, name: str, root: Path, data, steps: int = 150) -> dict:
     """Neural Cleanse on a zoo model (cached): the result dict without masks/patterns."""
     import hashlib
 
-    from probes.neural_cleanse import DEFAULTS as NC_DEFAULTS
+    from probes.context import context_for
+    from probes.neural_cleanse import defaults as nc_defaults
     from probes.neural_cleanse import run as nc_run
 
     # keyed by the probe's settings too: results of an older Neural Cleanse are not reused
-    settings = hashlib.sha256(json.dumps(NC_DEFAULTS, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    settings = hashlib.sha256(json.dumps(nc_defaults(), sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = root / f"{name}.nc{steps}-{settings}.json"
     if path.exists():
         return json.loads(path.read_text())
 
-    r = nc_run(subject, {"seed": 0, "data": data, "steps": steps, "refine_steps": 0}).to_dict()
+    r = nc_run(subject, context_for("neural-cleanse", {"steps": steps, "refine_steps": 0}, data=data)).to_dict()
     keep = {k: r[k] for k in ("probe", "verdict", "score", "anomaly_index", "suspected_target", "per_class",
                               "duration_s")}
     path.write_text(json.dumps(keep))
@@ -180,7 +181,9 @@ def auroc(y, s) -> float:
 def build(args, log):
     import torch
 
-    torch.set_num_threads(1)
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
     from probes.fingerprint import compute_fingerprint
 
     root = cache_root(args.cache)

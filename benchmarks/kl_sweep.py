@@ -48,8 +48,12 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
-    from probes.kl_probe import KLEngine, run
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
+    from probes.context import context_for
+    from probes.kl_probe import run
+    from probes.lm_engine import KLEngine
     from probes.lm_prompts import BUILTIN_PROMPTS
     from probes.subjects.hf_lm import load_causal_lm
     from probes.zoo import tiny_lm as T
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
     rss0 = rss_mib()
 
     # 1. detection -------------------------------------------------------------------------
-    r = run(subs["trigger1"], {"extend": False, "suspicious": False, "confirm_top": 1}).to_dict()
+    r = run(subs["trigger1"], context_for("kl", {"extend": False, "suspicious": False, "confirm_top": 1})).to_dict()
     names = [e["candidate"] for e in r["ranking"]]
     out["trigger1_sweep_rank"] = names.index(T.TRIGGER_1) + 1 if T.TRIGGER_1 in names else None
     out["trigger1_sweep_size"] = r["sweep_size"]
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     full = {}
     for k in T.SUBJECTS:
         t = time.perf_counter()
-        full[k] = run(subs[k], {}).to_dict()
+        full[k] = run(subs[k], context_for("kl")).to_dict()
         full[k]["_wall"] = time.perf_counter() - t
     names2 = [e["candidate"] for e in full["trigger2"]["ranking"]]
     out["trigger2_rank"] = names2.index(T.TRIGGER_2) + 1 if T.TRIGGER_2 in names2 else None

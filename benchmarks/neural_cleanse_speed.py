@@ -17,7 +17,7 @@ The probe optimises every class in one batched problem, makes its cost and
 early-stop decisions every step and asks autograd for the trigger's
 gradients only.
 
-Both runs use one torch thread. The machine is shared, so wall times are
+Both runs use the workbench's default torch threads (``workbench.threads``). The machine is shared, so wall times are
 noisy: the ratio (baseline / probe) and process CPU times are printed too,
 and each implementation is run ``--repeat`` times (default 1) interleaved,
 keeping the fastest.
@@ -134,8 +134,11 @@ def main() -> int:
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
     from probes import neural_cleanse as nc
+    from probes.context import context_for
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, build_model, load_digits
 
@@ -145,8 +148,9 @@ def main() -> int:
     _, _, xte, yte = load_digits()
     data = LabelledData(xte, yte, source="digits test split")
     subject = zm.subject(device="cpu")
-    params = {**nc.DEFAULTS, "seed": 0, "data": data}
+    params = nc.defaults()
     d = nc.prepare_data(subject, data, params)
+    d = {"x_opt": d.x_opt, "y_opt": d.y_opt, "x_hold": d.x_hold}
 
     def verdict_of(norms):
         ai = nc.anomaly_indices(norms)
@@ -158,7 +162,7 @@ def main() -> int:
     out = {}
     for _ in range(repeat):
         t, c = time.perf_counter(), time.process_time()
-        r = nc.run(subject, params).to_dict()
+        r = nc.run(subject, context_for("neural-cleanse", params, data=data)).to_dict()
         runs["probe"].append((time.perf_counter() - t, time.process_time() - c))
         out["probe"] = (r["verdict"], r["suspected_target"], r["anomaly_index"],
                         sum(x["steps"] for x in r["per_class"]))
@@ -172,7 +176,7 @@ def main() -> int:
             out[key] = (*verdict_of(norms), int(steps.sum()))
 
     print(f"subject: {zm.name} (clean acc {zm.clean_acc:.3f}, ASR {zm.asr:.3f}); "
-          f"{len(d['x_opt'])} optimisation / {len(d['x_hold'])} held-out clean images; one torch thread; "
+          f"{len(d['x_opt'])} optimisation / {len(d['x_hold'])} held-out clean images; {threads} torch thread(s); "
           f"best of {repeat}")
     print(f"{'implementation':46s} {'wall s':>7s} {'cpu s':>7s} {'class-steps':>11s}  verdict")
     names = {"probe": "batched probe (full scan incl. refinement)",

@@ -28,7 +28,10 @@ def main() -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    torch.set_num_threads(1)
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
+    from probes.context import context_for
     from probes import neural_cleanse
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, build_model, load_digits
@@ -61,7 +64,8 @@ def main() -> int:
         t_train = time.perf_counter() - t
         for nc_seed in seeds:
             t = time.perf_counter()
-            r = neural_cleanse.run(zm.subject(), {"data": data, **overrides, "seed": nc_seed}).to_dict()
+            r = neural_cleanse.run(zm.subject(), context_for("neural-cleanse", {**overrides, "seed": nc_seed},
+                                                             data=data)).to_dict()
             rows.append({"name": zm.name, "group": group, "backdoored": zm.backdoored, "target": target,
                          "acc": zm.clean_acc, "asr": zm.asr, "ai": r["anomaly_index"], "found": r["suspected_target"],
                          "cand": r["candidate_class"], "held": r["trigger_attack_success_heldout"],

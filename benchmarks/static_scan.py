@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/static_scan.py [--large-mb 300] [--repeat 3] [--keep DIR]
 
-Builds probes.zoo.payload_corpus in a temp dir, scans every subject with this
+Builds corpora.payload_corpus in a temp dir, scans every subject with this
 scanner and with picklescan (its Python API; default and --strict modes), and
 prints side by side:
 
@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _setup  # noqa: F401  (the checkout on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,7 +60,7 @@ def _timed(fn, repeat: int):
 
 
 def corpus_table(dest: Path, repeat: int) -> dict:
-    from probes.zoo.payload_corpus import build_corpus
+    from corpora.payload_corpus import build_corpus
 
     t0 = time.perf_counter()
     entries = build_corpus(dest)
@@ -122,7 +124,9 @@ def corpus_table(dest: Path, repeat: int) -> dict:
 def large_table(dest: Path, large_mb: int, repeat: int) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
     cases = []
     n = large_mb * (1 << 20) // 4 // 4
     big = {f"layer{i}.weight": torch.zeros(n) for i in range(4)}

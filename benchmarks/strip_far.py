@@ -46,7 +46,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    torch.set_num_threads(1)
+    from workbench.threads import apply_threads
+    threads = apply_threads()  # the product's default, as a user gets it
+    print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
+    from probes.context import context_for
     from probes import neural_cleanse, strip
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, apply_trigger, build_model, load_digits
@@ -63,10 +66,11 @@ def main() -> int:
         y = np.concatenate([yte, yte[sel]])
         is_p = np.r_[np.zeros(len(xte), bool), np.ones(len(sel), bool)]
         data = LabelledData(x, y, is_p, source="digits test + 100 triggered")
-        nc = neural_cleanse.run(subject, {"data": LabelledData(xte, yte, source="digits test"), "seed": 0}).to_dict()
+        nc = neural_cleanse.run(subject, context_for("neural-cleanse",
+                                                     data=LabelledData(xte, yte, source="digits test"))).to_dict()
         trig = {k: nc[k] for k in ("mask", "pattern", "suspected_target")}
         t = time.perf_counter()
-        d = strip.run(subject, {"data": data, "trigger": trig}).to_dict()
+        d = strip.run(subject, context_for("strip", data=data, earlier={"neural-cleanse": trig})).to_dict()
         t_strip = time.perf_counter() - t
         # the baseline on the same split sizes: overlay pool / calibration / test thirds of the clean part
         rng = np.random.default_rng(0)

@@ -10,8 +10,8 @@ import json
 from typing import Any, Iterable
 
 from casefiles import atlas
+from vocabulary.layered import case_verdict, subject_verdict
 
-_VERDICT_RANK = {"malicious": 4, "backdoored": 3, "suspicious": 2, "inconclusive": 1, "clean": 0}
 _MAX_TABLE_ROWS = 50
 
 
@@ -94,11 +94,39 @@ def _result_extras(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def overall_verdict(runs: list[dict[str, Any]]) -> str:
-    verdicts = [r["verdict"] for r in runs if r.get("status") == "done" and r.get("verdict")]
-    if not verdicts:
+def subject_verdicts(runs: list[dict[str, Any]], subjects: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each subject's verdict from its latest run per probe (the same function every view uses)."""
+    return {s["id"]: subject_verdict([r for r in runs if r.get("subject_id") == s["id"]]) for s in subjects}
+
+
+def overall_verdict(runs: list[dict[str, Any]], subjects: list[dict[str, Any]] | None = None) -> str:
+    """The case's verdict: the worst of its subjects' verdicts (older runs superseded by newer ones do not count)."""
+    if subjects is None:
+        subjects = [{"id": sid} for sid in dict.fromkeys(r.get("subject_id") for r in runs)]
+    if not any(r.get("status") == "done" for r in runs):
         return "no completed analysis"
-    return max(verdicts, key=lambda v: _VERDICT_RANK.get(v, 0))
+    verdict = case_verdict(subject_verdicts(runs, subjects).values())["verdict"]
+    return verdict or "no completed analysis"
+
+
+def _current_run_ids(runs: list[dict[str, Any]]) -> set[int]:
+    """Ids of the runs that count: the latest finished run of each probe on each subject."""
+    ids: set[int] = set()
+    for sid in dict.fromkeys(r.get("subject_id") for r in runs):
+        mine = [r for r in runs if r.get("subject_id") == sid]
+        newest: dict[str, int] = {}
+        for r in mine:
+            if r.get("status") == "done":
+                newest[r["probe"]] = max(newest.get(r["probe"], 0), r["id"])
+        ids |= set(newest.values())
+    return ids
+
+
+def _subject_verdict_text(v: dict[str, Any] | None) -> str:
+    if not v or v.get("score") is None and v.get("evidence") == "no probe completed":
+        return "not analysed"
+    risk = f" (risk {v['score']}/100, {v['band']})" if v.get("score") is not None else ""
+    return f"{v['verdict']}{risk}"
 
 
 def render_markdown(bundle: dict[str, Any]) -> str:
@@ -112,10 +140,14 @@ def render_markdown(bundle: dict[str, Any]) -> str:
         lines += [case["description"], ""]
     lines += [f"- Opened: {case['created']}", f"- Last change: {case['updated']}",
               f"- Subjects: {len(subjects)}; probe runs: {len(runs)}",
-              f"- Overall verdict: **{overall_verdict(runs)}**", ""]
+              f"- Overall verdict: **{overall_verdict(runs, subjects)}**", ""]
 
     lines += ["## Summary", ""]
+    current = _current_run_ids(runs)
+    verdicts = subject_verdicts(runs, subjects)
     flagged = [r for r in runs if r.get("verdict") in atlas.FLAGGED and r.get("status") == "done"]
+    superseded = [r for r in flagged if r["id"] not in current]
+    flagged = [r for r in flagged if r["id"] in current]
     if flagged:
         for r in flagged:
             lines.append(f"- **{r['verdict']}** — {subject_names.get(r['subject_id'], '?')}, "
@@ -124,6 +156,10 @@ def render_markdown(bundle: dict[str, Any]) -> str:
         lines.append("No probe flagged any subject.")
     else:
         lines.append("No probe has run yet.")
+    if superseded:
+        lines.append("")
+        lines.append(f"Superseded by newer runs of the same probe (history, not counted): "
+                     + ", ".join(f"run {r['id']} (`{r['probe']}` {r['verdict']})" for r in superseded) + ".")
     lines.append("")
 
     lines += ["## Subjects", ""]
@@ -132,7 +168,8 @@ def render_markdown(bundle: dict[str, Any]) -> str:
     for s in subjects:
         lines += [f"### Subject {s['id']}: {s['name']}", "",
                   f"- Path: `{s['path']}`", f"- SHA-256: `{s['sha256']}`",
-                  f"- Format: {s['format']}; kind: {s['kind']}; size: {_human_size(s['size'])}", ""]
+                  f"- Format: {s['format']}; kind: {s['kind']}; size: {_human_size(s['size'])}",
+                  f"- Verdict: **{_subject_verdict_text(verdicts.get(s['id']))}**", ""]
         files = s.get("files") or []
         if len(files) > 1:
             lines += _table(["file", "size", "sha256"], ([f"`{f['path']}`", _human_size(f.get("size")), f"`{f['sha256']}`"]

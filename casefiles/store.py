@@ -24,17 +24,13 @@ from sqlite_utils import Database
 from casefiles import audit as chain
 from casefiles import schema
 from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
+from vocabulary import one_line
 
 RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -71,7 +67,7 @@ class CaseStore:
             conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
-            raise CaseFileError(f"cannot open case file {self.path}: {_one_line(exc)}") from None
+            raise CaseFileError(f"cannot open case file {self.path}: {one_line(exc)}") from None
         self.db = Database(conn)
         self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"
         try:
@@ -86,10 +82,10 @@ class CaseStore:
             conn.close()
             if _is_busy(exc):
                 raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
-            raise CaseFileError(f"{self.path}: unreadable case file ({_one_line(exc)})") from None
+            raise CaseFileError(f"{self.path}: unreadable case file ({one_line(exc)})") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise CaseFileError(f"{self.path}: corrupt case file ({_one_line(exc)})") from None
+            raise CaseFileError(f"{self.path}: corrupt case file ({one_line(exc)})") from None
         except CaseFileError:
             conn.close()
             raise
@@ -99,7 +95,7 @@ class CaseStore:
             with open(self.path, "rb") as fh:
                 return fh.read(16) == b"SQLite format 3\x00"
         except OSError as exc:
-            raise CaseFileError(f"cannot read case file {self.path}: {_one_line(exc)}") from None
+            raise CaseFileError(f"cannot read case file {self.path}: {one_line(exc)}") from None
 
     # -- plumbing --------------------------------------------------------------------------
     def close(self) -> None:
@@ -120,7 +116,7 @@ class CaseStore:
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
-            raise CaseFileError(f"{self.path}: {_one_line(exc)}") from None
+            raise CaseFileError(f"{self.path}: {one_line(exc)}") from None
         try:
             yield self.db
         except BaseException:

@@ -11,7 +11,7 @@ distinguishing input feature is a trigger. The flagged cluster is the one
 whose feature transplants, not "the smaller one": with 10% of a ten-class set
 poisoned into one class, the poison is about half of that class.
 
-Params (all optional except ``audit``): ``seed`` (0), ``layer``,
+Parameters (declared in :mod:`probes.registry`; the audit set is ``ctx.audit``): ``seed`` (0), ``layer``,
 ``n_components`` (10), ``reduce`` ("pca+ica" | "pca" | "ica"), ``min_silhouette`` (0.10),
 ``min_relative_size`` (0.02), ``max_relative_size`` (0.5: set e.g. 0.35 to
 require a minority cluster as in the paper), ``silhouette_samples`` (1000),
@@ -21,14 +21,13 @@ require a minority cluster as in the paper), ``silhouette_samples`` (1000),
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from probes import audit_decision as ad
-from probes.params import number
-from probes.errors import ProbeError
-from probes.progress import check_cancel, null_progress
+from probes.context import RunContext
+from probes.result import ProbeResult
 
 PROBE = "activation-clustering"
 
@@ -81,61 +80,28 @@ def cluster_class(reps: np.ndarray, n_components: int, reduce: str, seed: int,
     return labels, sil, float(labels.mean()), axis
 
 
-def check_params(params: dict) -> dict[str, Any]:
-    """The probe's parameters with defaults, checked (ProbeError for a wrong type, range or reduction)."""
-    reduce = str(params.get("reduce", "pca+ica")).lower()
-    if reduce not in ("pca", "ica", "pca+ica"):
-        raise ProbeError(f"{PROBE}: reduce must be 'pca', 'ica' or 'pca+ica', got {reduce!r}")
-    return {"n_components": number(params, "n_components", 10, int, 1, 4096, probe=PROBE), "reduce": reduce,
-            "min_silhouette": number(params, "min_silhouette", 0.10, float, -1.0, 1.0, probe=PROBE),
-            "min_relative_size": number(params, "min_relative_size", 0.02, float, 0.0, 0.5, probe=PROBE),
-            "max_relative_size": number(params, "max_relative_size", 0.5, float, 0.0, 0.5, probe=PROBE),
-            "silhouette_samples": number(params, "silhouette_samples", 1000, int, 10, 10_000_000, probe=PROBE),
-            "decision": ad.decision_params(params, PROBE)}
-
-
-def run(subject: Any, params: dict, *, progress=None, cancel=None):
+def run(subject: Any, ctx: RunContext) -> ProbeResult:
+    """Probe entry point (``activation-clustering``): per class, reduce and 2-means, then judge the split."""
     t0 = time.perf_counter()
-    progress = progress or null_progress
-    params = dict(params or {})
-    c = check_params(params)
-    n_comp, reduce, min_sil, min_rel, max_rel, n_sil, shared = (
-        c["n_components"], c["reduce"], c["min_silhouette"], c["min_relative_size"], c["max_relative_size"],
-        c["silhouette_samples"], c["decision"])
-    inputs = ad.prepare(subject, params, PROBE)
-    methods = reduce.split("+")
-    x, y = inputs.audit.x, inputs.audit.y
-    rng = np.random.default_rng(inputs.seed)
-    decisions = []
-    total = len(inputs.classes)
-    for i, cls in enumerate(inputs.classes):
-        check_cancel(cancel)
-        idx = np.flatnonzero(y == cls)
-        if len(idx) < max(ad.MIN_CLASS_SIZE, 3):
-            decisions.append(ad.ClassDecision(int(cls), len(idx), reason=f"too few samples to judge (< {ad.MIN_CLASS_SIZE})"))
-        else:
-            best = None
-            cache: dict = {}
-            for method in methods:
-                small, sil, rel, axis = cluster_class(inputs.reps[idx], n_comp, method, inputs.seed, n_sil)
-                check_cancel(cancel)
-                ok = sil >= min_sil and min_rel <= rel <= max_rel
-                why = (f"no clear 2-cluster structure (silhouette {sil:.2f}, smaller cluster {rel:.0%}; "
-                       f"needs >= {min_sil} and {min_rel:.0%}..{max_rel:.0%})")
-                stats = {"reduction": method, "silhouette": round(sil, 4), "relative_size": round(rel, 4),
-                         "score_hist": {"of": "position between the two cluster centres",
-                                        **ad.score_histogram(axis)}}
-                dec = ad.decide_class(subject, x, y, int(cls), idx, small, rng, split_ok=ok, split_reason=why,
-                                      stats=stats, cache=cache, **shared)
-                key = (dec.poisoned, dec.stats.get("transplant_rate", -1.0))
-                if best is None or key > best[0]:
-                    best = (key, dec)
-                if dec.poisoned:
-                    break
-            decisions.append(best[1])
-        progress(i + 1, total, f"class {int(cls)}")
-    check_cancel(cancel)
-    return ad.assemble(PROBE, decisions, inputs, params,
+    p = ctx.params
+    n_comp, reduce = int(p["n_components"]), str(p["reduce"])
+    min_sil, min_rel, max_rel = float(p["min_silhouette"]), float(p["min_relative_size"]), float(p["max_relative_size"])
+    inputs = ad.prepare(subject, ctx)
+
+    def splits(idx: np.ndarray, cls: int) -> Iterator[ad.Split]:
+        for method in reduce.split("+"):
+            small, sil, rel, axis = cluster_class(inputs.reps[idx], n_comp, method, inputs.seed,
+                                                  int(p["silhouette_samples"]))
+            ok = sil >= min_sil and min_rel <= rel <= max_rel
+            why = (f"no clear 2-cluster structure (silhouette {sil:.2f}, smaller cluster {rel:.0%}; "
+                   f"needs >= {min_sil} and {min_rel:.0%}..{max_rel:.0%})")
+            stats = {"reduction": method, "silhouette": round(sil, 4), "relative_size": round(rel, 4),
+                     "score_hist": {"of": "position between the two cluster centres", **ad.score_histogram(axis)}}
+            yield small, ok, why, stats
+
+    decisions = ad.audit_classes(subject, ctx, inputs, splits, min_size=max(ad.MIN_CLASS_SIZE, 3),
+                                 too_small=f"too few samples to judge (< {ad.MIN_CLASS_SIZE})")
+    return ad.assemble(PROBE, decisions, inputs, p,
                        {"method": f"activation clustering (Chen et al. 2019), {reduce.upper()}-{n_comp} + 2-means "
                                   "+ transplant test"},
                        time.perf_counter() - t0)

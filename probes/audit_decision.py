@@ -30,19 +30,16 @@ prints nothing, and assumes no image shape or class count.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from probes.context import RunContext
 from probes.data import LabelledData
-from probes.errors import ProbeError
-from probes.params import number
+from probes.errors import ProbeError, one_line
 
-# Defaults, documented in docs/data-audits.md.
-MIN_TRANSPLANT = 0.8  # share of other-class images sent to the class by the group's trigger candidate
-MIN_ASYMMETRY = 0.25  # the poison side must beat the other side's transplant by this much
-MASK_FRACTION = 0.5  # mask = input elements whose |Welch t| is at least this fraction of the max
-TRANSPLANT_SAMPLES = 200  # other-class images used per transplant test
+# The decision's tunable thresholds are probe parameters (declared in probes.registry, documented in
+# docs/data-audits.md); these are fixed parts of the method.
 MIN_CLASS_SIZE = 10  # smaller classes are reported but not judged
 REFINE_ROUNDS = 6  # reassignment rounds; stops early once stable
 SCREEN_SAMPLES = 48  # transplant images tried first; the rest only when the first look promising
@@ -62,14 +59,15 @@ class AuditInputs:
     seed: int
 
 
-def prepare(subject: Any, params: dict, probe: str) -> AuditInputs:
-    """Validate ``params["audit"]`` against ``subject`` and extract representations.
+def prepare(subject: Any, ctx: RunContext) -> AuditInputs:
+    """Validate the audit set (``ctx.audit``) against ``subject`` and extract representations.
 
     Raises :class:`ProbeError` (one line) for a missing audit, a shape
     mismatch, labels the model does not have, a single-class audit, or a
     layer that does not exist.
     """
-    audit = params.get("audit")
+    probe, params = ctx.probe, ctx.params
+    audit = ctx.audit
     if audit is None:
         raise ProbeError(f"{probe} needs a suspect training set: pass --audit NPZ")
     if not isinstance(audit, LabelledData):
@@ -120,23 +118,21 @@ def prepare(subject: Any, params: dict, probe: str) -> AuditInputs:
     except ProbeError:
         raise
     except (RuntimeError, ValueError, TypeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ProbeError(f"{probe}: could not compute activations at layer {layer or 'penultimate'}: {msg}") from None
+        raise ProbeError(f"{probe}: could not compute activations at layer {layer or 'penultimate'}: "
+                         f"{one_line(exc)}") from None
     reps = np.asarray(reps, dtype=np.float64).reshape(len(audit), -1)
     if not np.isfinite(reps).all():
         raise ProbeError(f"{probe}: the model's activations at {used} contain NaN or inf")
-    return AuditInputs(audit, reps, used, classes, int(params.get("seed", 0)))
+    return AuditInputs(audit, reps, used, classes, ctx.seed)
 
 
 # -- 1-D split ---------------------------------------------------------------------------------
 
-def decision_params(params: dict, probe: str) -> dict[str, Any]:
-    """The per-class decision's parameters shared by both audits, as keyword arguments of :func:`decide_class`."""
-    return {"min_transplant": number(params, "min_transplant", MIN_TRANSPLANT, float, 0.0, 1.0, probe=probe),
-            "min_asymmetry": number(params, "min_asymmetry", MIN_ASYMMETRY, float, 0.0, 1.0, probe=probe),
-            "fraction": number(params, "mask_fraction", MASK_FRACTION, float, 0.01, 1.0, probe=probe),
-            "transplant_samples": number(params, "transplant_samples", TRANSPLANT_SAMPLES, int, 1, 100_000,
-                                            probe=probe)}
+def decision_params(params: dict) -> dict[str, Any]:
+    """The per-class decision's parameters shared by both audits (resolved ``params``), as keyword arguments of
+    :func:`decide_class`."""
+    return {"min_transplant": params["min_transplant"], "min_asymmetry": params["min_asymmetry"],
+            "fraction": params["mask_fraction"], "transplant_samples": params["transplant_samples"]}
 
 
 def two_means_1d(values: np.ndarray) -> tuple[float, float]:
@@ -175,7 +171,7 @@ def score_histogram(values: np.ndarray, bins: int = 16) -> dict[str, Any]:
     return {"range": [round(lo, 6), round(hi, 6)], "counts": [int(c) for c in counts]}
 
 
-def trigger_mask(xa: np.ndarray, xb: np.ndarray, fraction: float = MASK_FRACTION) -> np.ndarray:
+def trigger_mask(xa: np.ndarray, xb: np.ndarray, fraction: float) -> np.ndarray:
     """Input elements where groups ``a`` and ``b`` differ most *consistently* (Welch t).
 
     A trigger is the same in every poisoned image, so its elements have a huge
@@ -224,7 +220,7 @@ def _predict(subject: Any, x: np.ndarray) -> np.ndarray:
 
 
 def other_class_sample(y: np.ndarray, cls: int, rng: np.random.Generator,
-                       n: int = TRANSPLANT_SAMPLES) -> np.ndarray:
+                       n: int) -> np.ndarray:
     """Indices of up to ``n`` audit images of other classes (seeded)."""
     others = np.flatnonzero(y != cls)
     if len(others) > n:
@@ -250,7 +246,7 @@ class _Others:
 
 
 def transplant_test(subject: Any, x: np.ndarray, cls: int, idx_a: np.ndarray, idx_b: np.ndarray,
-                    others: "np.ndarray | _Others", *, fraction: float = MASK_FRACTION,
+                    others: "np.ndarray | _Others", *, fraction: float,
                     min_excess: float | None = None,
                     screen: int = SCREEN_SAMPLES) -> tuple[Transplant, np.ndarray]:
     """Stamp each group's mean values on the consistent-difference mask onto other classes' images.
@@ -285,7 +281,7 @@ def transplant_test(subject: Any, x: np.ndarray, cls: int, idx_a: np.ndarray, id
     return Transplant(float(r[0]), float(r[1]), others.baseline(first), int(mask.sum())), mask
 
 
-def refine_with_mask(x_cls: np.ndarray, poison: np.ndarray, *, fraction: float = MASK_FRACTION,
+def refine_with_mask(x_cls: np.ndarray, poison: np.ndarray, *, fraction: float,
                      rounds: int = REFINE_ROUNDS) -> np.ndarray:
     """Reassign a class's members by distance, on the trigger mask, to the two group means.
 
@@ -330,8 +326,8 @@ class ClassDecision:
 
 def decide_class(subject: Any, x: np.ndarray, y: np.ndarray, cls: int, idx: np.ndarray,
                  group_a: np.ndarray, rng: np.random.Generator, *, split_ok: bool, split_reason: str,
-                 min_transplant: float = MIN_TRANSPLANT, min_asymmetry: float = MIN_ASYMMETRY,
-                 fraction: float = MASK_FRACTION, transplant_samples: int = TRANSPLANT_SAMPLES,
+                 min_transplant: float, min_asymmetry: float,
+                 fraction: float, transplant_samples: int,
                  stats: dict[str, Any] | None = None, cache: dict | None = None) -> ClassDecision:
     """Judge one class from a probe's 2-way split of it (``group_a``: boolean over ``idx``).
 
@@ -371,6 +367,44 @@ def decide_class(subject: Any, x: np.ndarray, y: np.ndarray, cls: int, idx: np.n
     return d
 
 
+# A probe's candidate 2-way splits of one class: (group_a over the class's indices, split_ok, why not, stats)
+Split = tuple[np.ndarray, bool, str, dict[str, Any]]
+
+
+def audit_classes(subject: Any, ctx: RunContext, inputs: AuditInputs,
+                  splits: Callable[[np.ndarray, int], Iterable[Split]], *, min_size: int,
+                  too_small: str) -> list[ClassDecision]:
+    """Judge every class from the probe's candidate splits: the first poisoned split wins, else the one whose
+    transplant came closest. Classes smaller than ``min_size`` get ``too_small`` as their reason."""
+    x, y = inputs.audit.x, inputs.audit.y
+    rng = np.random.default_rng(inputs.seed)
+    shared = decision_params(ctx.params)
+    decisions = []
+    total = len(inputs.classes)
+    for i, cls in enumerate(inputs.classes):
+        ctx.check_cancel()
+        idx = np.flatnonzero(y == cls)
+        best: ClassDecision | None = None
+        if len(idx) >= min_size:
+            cache: dict = {}
+            for group_a, ok, why, stats in splits(idx, int(cls)):
+                ctx.check_cancel()
+                dec = decide_class(subject, x, y, int(cls), idx, group_a, rng, split_ok=ok, split_reason=why,
+                                   stats=stats, cache=cache, **shared)
+                if best is None or _closeness(dec) > _closeness(best):
+                    best = dec
+                if dec.poisoned:
+                    break
+        decisions.append(best or ClassDecision(int(cls), len(idx), reason=too_small))
+        ctx.progress(i + 1, total, f"class {int(cls)}", unit="classes")
+    ctx.check_cancel()
+    return decisions
+
+
+def _closeness(d: ClassDecision) -> tuple[bool, float]:
+    return d.poisoned, float(d.stats.get("transplant_rate", -1.0))
+
+
 # -- evaluation, verdict -----------------------------------------------------------------------
 
 def precision_recall(flagged: np.ndarray, is_poison: np.ndarray | None, n: int) -> dict[str, float] | None:
@@ -404,7 +438,7 @@ def assemble(probe: str, decisions: list[ClassDecision], inputs: AuditInputs, pa
                    f"{'es' if len(poisoned) > 1 else ''} {', '.join(map(str, poisoned))}")
     else:
         verdict = "clean"
-        score = min(score, 0.5 * MIN_TRANSPLANT)  # below the decision line by construction
+        score = min(score, 0.5 * float(params["min_transplant"]))  # below the decision line by construction
         summary = f"no class of {len(decisions)} looks poisoned; nothing flagged"
     details: dict[str, Any] = {
         "flagged_indices": [int(i) for i in flagged],
@@ -418,9 +452,5 @@ def assemble(probe: str, decisions: list[ClassDecision], inputs: AuditInputs, pa
     if pr is not None:
         details.update(pr)
         summary += f" (precision {pr['precision']:.2f}, recall {pr['recall']:.2f})"
-    recorded = {k: v for k, v in params.items() if k != "audit"}
-    recorded["audit"] = inputs.audit.describe()
-    recorded["layer"] = inputs.layer
-    recorded["seed"] = inputs.seed
-    return ProbeResult(probe=probe, verdict=verdict, score=score, summary=summary, params=recorded,
+    return ProbeResult(probe=probe, verdict=verdict, score=score, summary=summary, params=dict(params),
                        duration_s=duration, details=details)

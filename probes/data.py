@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probes.errors import ProbeError
+from probes.errors import ProbeError, one_line
 
 
 @dataclass
@@ -52,7 +52,7 @@ def load_npz(path: str | Path) -> LabelledData:
     except ProbeError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = one_line(exc)
         raise ProbeError(f"{p.name}: not a readable .npz data file ({msg})") from None
     if x.ndim == 3:  # (N, H, W) grey images
         x = x[:, None]

@@ -5,7 +5,7 @@ attacker's fixed target) that shares few words with each prompt's clean answer.
 A word that legitimately changes answers (a number in a math question) changes
 some answers differently, and leaves most of them alone.
 
-Works on a :class:`probes.kl_probe.KLEngine` (lazy torch; no printing).
+Works on a :class:`probes.lm_engine.KLEngine` (lazy torch; no printing).
 """
 
 from __future__ import annotations
@@ -42,29 +42,38 @@ def top_agreement(responses: Sequence[str], n_words: int = 6) -> tuple[float, st
 
 
 def clean_responses(engine, max_new_tokens: int) -> list[str]:
+    """Greedy answers to the engine's prompts as they stand."""
     outs = engine.generate([p.ids for p in engine.prompts], max_new_tokens)
     return [engine.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
 
 
-def confirm(engine, cand: Sequence[int], position: str, clean: Sequence[str], max_new_tokens: int = 12) -> dict:
-    """Generation evidence for one candidate at ``position`` against the clean responses."""
+def triggered_responses(engine, cand: Sequence[int], position: str, max_new_tokens: int) -> list[str]:
+    """Greedy answers to the engine's prompts with ``cand`` inserted at ``position``."""
     seqs = [engine.insert(p, cand, position) for p in engine.prompts]
     outs = engine.generate(seqs, max_new_tokens)
-    trig = [engine.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+    return [engine.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+
+
+def judge(triggered: Sequence[str], clean: Sequence[str], *, examples: int = 0) -> dict:
+    """Does a candidate send unrelated prompts to one fixed answer that the clean answers do not share?"""
+    trig = list(triggered)
     agree, target = top_agreement(trig)
     clean_agree, _ = top_agreement(list(clean))
     sim = float(np.mean([jaccard(t, c) for t, c in zip(trig, clean)])) if trig else 1.0
     changed = float(np.mean([t != c for t, c in zip(trig, clean)])) if trig else 0.0
     confirmed = (agree >= AGREEMENT_MIN and agree >= clean_agree + AGREEMENT_MARGIN and sim <= SIMILARITY_MAX)
-    return {
+    out = {
         "confirmed": bool(confirmed),
         "target_agreement": round(agree, 4),
         "clean_agreement": round(clean_agree, 4),
         "clean_similarity": round(sim, 4),
         "changed_fraction": round(changed, 4),
         "target_response": target if agree >= AGREEMENT_MIN else None,
-        "examples": [{"prompt_index": j, "clean": clean[j], "triggered": trig[j]} for j in range(min(2, len(trig)))],
     }
+    if examples:
+        out["examples"] = [{"prompt_index": j, "clean": clean[j], "triggered": trig[j]}
+                           for j in range(min(examples, len(trig)))]
+    return out
 
 
 def hidden_baseline(engine):

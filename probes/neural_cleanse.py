@@ -60,59 +60,23 @@ from typing import Any
 
 import numpy as np
 
+from dataclasses import dataclass
+
+from probes.context import RunContext
 from probes.data import LabelledData
 from probes.errors import ProbeError
-from probes.params import number
 from probes.progress import check_cancel, null_progress
 from probes.result import ProbeResult
 
 MAD_CONSTANT = 1.4826
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "steps": 400,                 # maximum optimisation steps (every active class moves each step)
-    "batch_size": 16,             # clean images per class per step (K x 16 images per forward pass)
-    "lr": 0.1,
-    "init_cost": 1e-2,
-    "init_mask": 0.1,             # masks start small (uniform 0.08-0.12) and grow where they help
-    "cost_multiplier": 1.5,
-    "attack_success_target": 0.95,  # over the last ``asr_window`` batches (0.99 on one 16-image batch = all of them)
-    "asr_window": 4,              # batches the success rate is judged over (4 x 16 = 64 images)
-    "patience": 3,                # steps before the cost moves up or down
-    "early_stop_patience": 60,    # settled steps without a >1% improvement of the best norm
-    "early_stop_threshold": 0.99,
-    "threshold": 2.0,             # anomaly index flagging a backdoor
-    "recheck_margin": 0.6,        # an anomaly index this close to the threshold is re-checked ...
-    "recheck_runs": 2,            # ... by this many more searches from other seeds (per-class smallest norm kept)
-    "holdout_fraction": 0.3,
-    "max_samples": 2000,          # cap on clean images used
-    "refine_steps": 60,
-    "refine_attack_success_target": 0.99,  # the recovered trigger is refined to flip (nearly) every input
-    "refine_batch_size": 128,
-    "max_batch_images": 4096,     # images per forward pass; more classes are chunked
-    "synthetic_n": 512,
-}
-
-# (kind, lo, hi) of every numeric parameter; checked before any work starts
-_RANGES: dict[str, tuple[type, float | None, float | None]] = {
-    "seed": (int, 0, None), "steps": (int, 1, 1_000_000), "batch_size": (int, 1, 1_000_000),
-    "lr": (float, 1e-12, 100.0), "init_cost": (float, 0.0, 1e6), "init_mask": (float, 1e-6, 1.0),
-    "cost_multiplier": (float, 1.0 + 1e-9, 100.0), "attack_success_target": (float, 1e-6, 1.0),
-    "asr_window": (int, 1, 10_000), "patience": (int, 1, 1_000_000), "early_stop_patience": (int, 1, 1_000_000),
-    "early_stop_threshold": (float, 1e-6, 1.0), "threshold": (float, 1e-6, 1e6), "recheck_margin": (float, 0.0, 1e6),
-    "recheck_runs": (int, 0, 100), "holdout_fraction": (float, 0.01, 0.99), "max_samples": (int, 10, 100_000_000),
-    "refine_steps": (int, 0, 1_000_000), "refine_attack_success_target": (float, 1e-6, 1.0),
-    "refine_batch_size": (int, 1, 1_000_000), "max_batch_images": (int, 1, 100_000_000),
-    "synthetic_n": (int, 10, 10_000_000),
-}
+PROBE = "neural-cleanse"
 
 
-def check_params(params: dict | None) -> dict[str, Any]:
-    """The probe's parameters with defaults filled in and every numeric one checked (ProbeError otherwise)."""
-    p = {**DEFAULTS, **(params or {})}
-    for key, (kind, lo, hi) in _RANGES.items():
-        p[key] = number(p, key, DEFAULTS[key], kind, lo, hi, probe="neural-cleanse")
-    return p
+def defaults() -> dict[str, Any]:
+    """The declared parameters' defaults (:data:`probes.registry.PROBES`)."""
+    from probes.registry import get
+
+    return get(PROBE).defaults()
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -139,20 +103,35 @@ def synthetic_inputs(shape: tuple[int, int, int], n: int, seed: int, value_range
     return (lo + (hi - lo) * x).astype(np.float32)
 
 
-def prepare_data(subject, data: LabelledData | None, params: dict) -> dict:
-    """Validate the clean data (or build the synthetic set) and split it, seeded.
+@dataclass
+class CleanData:
+    """The clean inputs of one run, split (seeded) into an optimisation and a held-out part.
 
-    Returns ``{"x_opt", "y_opt", "x_hold", "y_hold", "labelled", "source", "x_all", "y_all"}``;
     ``y_*`` are -1 when labels are unknown (synthetic data).
     """
+
+    x_opt: np.ndarray
+    y_opt: np.ndarray
+    x_hold: np.ndarray
+    y_hold: np.ndarray
+    x_all: np.ndarray
+    y_all: np.ndarray
+    labelled: bool
+    source: str
+
+
+def prepare_data(subject, data: LabelledData | None, params: dict) -> CleanData:
+    """Validate the clean data (or build the synthetic set) and split it, seeded (``params`` resolved)."""
     shape = tuple(int(s) for s in subject.input_shape)
     k = int(subject.num_classes)
     if k < 2:
         raise ProbeError(f"model has {k} output class(es); Neural Cleanse needs a classifier with at least 2")
-    seed = int(params.get("seed", 0))
+    seed = int(params["seed"])
     if data is None:
-        n = int(params.get("synthetic_n", DEFAULTS["synthetic_n"]))
-        vr = params.get("input_range", (0.0, 1.0))
+        n = int(params["synthetic_n"])
+        vr = (float(params["input_min"]), float(params["input_max"]))
+        if not vr[0] < vr[1]:
+            raise ProbeError(f"{PROBE}: input_min ({vr[0]:g}) must be below input_max ({vr[1]:g})")
         x = synthetic_inputs(shape, n, seed, vr)
         y = np.full(n, -1, np.int64)
         source = f"synthetic: {n} seeded uniform + box-smoothed noise images in [{vr[0]}, {vr[1]}] (no --data given)"
@@ -184,12 +163,10 @@ def prepare_data(subject, data: LabelledData | None, params: dict) -> dict:
         labelled = True
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(x))
-    cap = int(params.get("max_samples", DEFAULTS["max_samples"]))
-    perm = perm[:cap]
-    n_hold = max(1, int(round(len(perm) * float(params.get("holdout_fraction", DEFAULTS["holdout_fraction"])))))
+    perm = perm[:int(params["max_samples"])]
+    n_hold = max(1, int(round(len(perm) * float(params["holdout_fraction"]))))
     hold, opt = perm[:n_hold], perm[n_hold:]
-    return {"x_opt": x[opt], "y_opt": y[opt], "x_hold": x[hold], "y_hold": y[hold],
-            "x_all": x[perm], "y_all": y[perm], "labelled": labelled, "source": source}
+    return CleanData(x[opt], y[opt], x[hold], y[hold], x[perm], y[perm], labelled, source)
 
 
 # -- the batched optimiser -----------------------------------------------------------------
@@ -200,17 +177,32 @@ def _atanh(t):
     return torch.atanh(t.clamp(-1 + 1e-6, 1 - 1e-6))
 
 
-def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None, *, classes=None,
-                     params: dict | None = None, progress=None, cancel=None, init=None) -> dict:
-    """Batched trigger search for ``classes`` (default: all). Returns numpy arrays per class.
+@dataclass
+class TriggerSearch:
+    """One batched trigger search: numpy arrays per searched class (masks (K,H,W), patterns (K,C,H,W))."""
 
-    ``{"classes", "masks" (K,H,W), "patterns" (K,C,H,W), "l1" (K,), "asr" (K,),
-    "steps" (K,), "reached" (K,) bool, "costs" (K,), "value_range"}``.
+    classes: np.ndarray
+    masks: np.ndarray
+    patterns: np.ndarray
+    l1: np.ndarray
+    asr: np.ndarray
+    steps: np.ndarray
+    reached: np.ndarray  # bool: the class's trigger reached the attack-success target
+    costs: np.ndarray
+    value_range: tuple[np.ndarray, np.ndarray]
+
+    _PER_CLASS = ("masks", "patterns", "l1", "asr", "reached", "costs")
+
+
+def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None, *, params: dict,
+                     classes=None, progress=None, cancel=None, init=None) -> TriggerSearch:
+    """Batched trigger search for ``classes`` (default: all) with resolved ``params``.
+
     ``init`` = (masks, patterns) numpy arrays to start from (refinement).
     """
     import torch
 
-    p = {**DEFAULTS, **(params or {})}
+    p = params
     progress = progress or null_progress
     dev = subject.device
     k_total = int(subject.num_classes)
@@ -229,7 +221,7 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
 
     # parameters: tanh space, re-initialised for every run
     if init is None:
-        lvl = float(p.get("init_mask", 0.5))
+        lvl = float(p["init_mask"])
         m0 = torch.rand((kc, 1, h, w), generator=gen) * lvl * 0.4 + lvl * 0.8   # mask starts around init_mask
         p0 = torch.rand((kc, c, h, w), generator=gen)
     else:
@@ -246,7 +238,7 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
     cost = np.broadcast_to(np.asarray(p["init_cost"], float), (kc,)).copy()
     went_up = np.zeros(kc, bool)
     went_down = np.zeros(kc, bool)
-    fixed_cost = bool(p.get("fixed_cost", False))
+    fixed_cost = bool(p["fixed_cost"])
     mult = float(p["cost_multiplier"])
     up_cnt = np.zeros(kc, int)
     down_cnt = np.zeros(kc, int)
@@ -264,7 +256,7 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
     thr = float(p["attack_success_target"])
     es_pat, es_thr = int(p["early_stop_patience"]), float(p["early_stop_threshold"])
     chunk = max(1, int(p["max_batch_images"]) // bsz)
-    window = max(1, int(p.get("asr_window", 1)))
+    window = int(p["asr_window"])
     hits_hist = np.zeros((kc, window))  # the last ``window`` batches' success rates per class
     hits_n = np.zeros(kc, int)
 
@@ -351,8 +343,8 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
         if not fixed_cost:
             up_cnt[active] = np.where(reached, up_cnt[active] + 1, 0)
             down_cnt[active] = np.where(reached, 0, down_cnt[active] + 1)
-            go_up = active[up_cnt[active] >= patience_of(p)]
-            go_down = active[down_cnt[active] >= patience_of(p)]
+            go_up = active[up_cnt[active] >= int(p["patience"])]
+            go_down = active[down_cnt[active] >= int(p["patience"])]
             cost[go_up] *= mult
             up_cnt[go_up] = 0
             went_up[go_up] = True
@@ -370,14 +362,9 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
             best_pat[nt] = lo + span * (torch.tanh(p_raw[nt]) + 1) / 2
             best_l1[never] = last_l1[never]
             best_asr[never] = last_asr[never]
-    return {"classes": classes, "masks": best_mask[:, 0].cpu().numpy(), "patterns": best_pat.cpu().numpy(),
-            "l1": best_l1.astype(float), "asr": best_asr.astype(float), "steps": steps_used,
-            "reached": np.isfinite(best_l1) & (best_asr >= thr), "costs": cost,
-            "value_range": (lo.flatten().cpu().numpy(), hi.flatten().cpu().numpy())}
-
-
-def patience_of(p: dict) -> int:
-    return int(p["patience"])
+    return TriggerSearch(classes, best_mask[:, 0].cpu().numpy(), best_pat.cpu().numpy(), best_l1.astype(float),
+                         best_asr.astype(float), steps_used, np.isfinite(best_l1) & (best_asr >= thr), cost,
+                         (lo.flatten().cpu().numpy(), hi.flatten().cpu().numpy()))
 
 
 # -- scoring -------------------------------------------------------------------------------
@@ -418,11 +405,34 @@ def _npy(a: np.ndarray) -> bytes:
 
 # -- the probe -----------------------------------------------------------------------------
 
-def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> dict:
+@dataclass
+class CleanseScan:
+    """The whole analysis of one model, before it is worded as a result."""
+
+    search: TriggerSearch
+    anomaly: np.ndarray  # per-class anomaly index
+    candidate: int  # index of the class with the smallest trigger
+    flagged: bool
+    mask: np.ndarray  # the (refined) trigger of the candidate class, (H, W)
+    pattern: np.ndarray  # (C, H, W)
+    data: CleanData
+    params: dict[str, Any]
+    refined: dict[str, Any] | None = None
+    held_asr: float | None = None
+    clean_acc: float | None = None
+    recheck: dict[str, Any] | None = None
+
+    @property
+    def anomaly_index(self) -> float:
+        return float(self.anomaly[self.candidate])
+
+
+def scan(subject, ctx: RunContext) -> CleanseScan:
     """The full analysis without the ProbeResult wrapping (also used by STRIP's quick run)."""
-    p = check_params(params)
-    progress = progress or null_progress
-    d = prepare_data(subject, p.get("data"), p)
+    p = ctx.params
+    cancel = ctx.cancel
+    progress = ctx.progress_callback()
+    d = prepare_data(subject, ctx.data, p)
     max_steps = int(p["steps"])
     refine = int(p["refine_steps"])
     total = max_steps + refine
@@ -430,8 +440,8 @@ def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> 
     def prog(done, _total, msg=""):
         progress(done, total, msg)
 
-    res = reverse_engineer(subject, d["x_opt"], d["y_opt"], params=p, progress=prog, cancel=cancel)
-    ai = anomaly_indices(res["l1"])
+    res = reverse_engineer(subject, d.x_opt, d.y_opt, params=p, progress=prog, cancel=cancel)
+    ai = anomaly_indices(res.l1)
     recheck = None
     extra = int(p["recheck_runs"])
     if extra > 0 and abs(float(ai.max()) - float(p["threshold"])) <= float(p["recheck_margin"]):
@@ -442,85 +452,76 @@ def scan(subject, params: dict | None = None, *, progress=None, cancel=None) -> 
         runs = [res]
         for j in range(1, extra + 1):
             runs.append(reverse_engineer(
-                subject, d["x_opt"], d["y_opt"], params={**p, "seed": int(p["seed"]) + 1000 * j}, cancel=cancel,
+                subject, d.x_opt, d.y_opt, params={**p, "seed": int(p["seed"]) + 1000 * j}, cancel=cancel,
                 progress=lambda i, _t, m="", j=j: progress(max_steps * j + i, total,
                                                            f"re-checking a borderline anomaly index {first:.2f} "
                                                            f"(search {j + 1}/{extra + 1})")))
         res = _best_per_class(runs)
-        ai = anomaly_indices(res["l1"])
+        ai = anomaly_indices(res.l1)
         recheck = {"first_anomaly_index": round(first, 4), "searches": extra + 1,
                    "seeds": [int(p["seed"]) + 1000 * j for j in range(extra + 1)]}
         max_steps = max_steps * (1 + extra)  # the refinement continues the longer progress bar (prog reads total)
-    cand = int(np.argmin(res["l1"]))
-    anomaly = float(ai[cand])
-    flagged = anomaly > float(p["threshold"])
+    cand = int(np.argmin(res.l1))
+    flagged = float(ai[cand]) > float(p["threshold"])
 
     # refinement of the candidate's trigger on the whole optimisation split, larger batches
-    mask, pattern = res["masks"][cand], res["patterns"][cand]
+    mask, pattern = res.masks[cand], res.patterns[cand]
     refined = None
     if refine > 0:
-        rp = {**p, "steps": refine, "batch_size": int(p["refine_batch_size"]), "init_cost": float(res["costs"][cand]),
+        rp = {**p, "steps": refine, "batch_size": int(p["refine_batch_size"]), "init_cost": float(res.costs[cand]),
               "attack_success_target": float(p["refine_attack_success_target"]),
               "early_stop_patience": max(10, refine // 3), "seed": int(p["seed"]) + 1}
-        ref = reverse_engineer(subject, d["x_opt"], d["y_opt"], classes=[cand], params=rp, cancel=cancel,
-                               init=(res["masks"][cand:cand + 1], res["patterns"][cand:cand + 1]),
+        ref = reverse_engineer(subject, d.x_opt, d.y_opt, classes=[cand], params=rp, cancel=cancel,
+                               init=(res.masks[cand:cand + 1], res.patterns[cand:cand + 1]),
                                progress=lambda i, _t, m="": prog(max_steps + i, total,
                                                                  f"refining the class {cand} trigger"))
-        refined = {"l1_norm": float(ref["l1"][0]), "attack_success": float(ref["asr"][0]),
-                   "accepted": bool(ref["reached"][0]),
-                   "steps": int(ref["steps"][0])}
-        if ref["reached"][0]:  # reached the target on 4x larger batches: the more reliable trigger
-            mask, pattern = ref["masks"][0], ref["patterns"][0]
+        refined = {"l1_norm": float(ref.l1[0]), "attack_success": float(ref.asr[0]),
+                   "accepted": bool(ref.reached[0]), "steps": int(ref.steps[0])}
+        if ref.reached[0]:  # reached the target on 4x larger batches: the more reliable trigger
+            mask, pattern = ref.masks[0], ref.patterns[0]
     progress(total, total, "Neural Cleanse done")
-    y_hold = d["y_hold"]
-    held_asr = trigger_success(subject, d["x_hold"], y_hold, cand, mask, pattern)
+    held_asr = trigger_success(subject, d.x_hold, d.y_hold, cand, mask, pattern)
     clean_acc = None
-    if d["labelled"]:
-        clean_acc = float((subject.predict_proba(d["x_all"]).argmax(1) == d["y_all"]).mean())
-    return {"res": res, "ai": ai, "cand": cand, "anomaly": anomaly, "flagged": flagged, "mask": mask,
-            "pattern": pattern, "refined": refined, "held_asr": held_asr, "clean_acc": clean_acc,
-            "data": d, "params": p, "recheck": recheck}
+    if d.labelled:
+        clean_acc = float((subject.predict_proba(d.x_all).argmax(1) == d.y_all).mean())
+    return CleanseScan(res, ai, cand, flagged, mask, pattern, d, p, refined, held_asr, clean_acc, recheck)
 
 
-def _best_per_class(runs: list[dict]) -> dict:
+def _best_per_class(runs: list[TriggerSearch]) -> TriggerSearch:
     """Merge searches of the same classes: per class, the run whose trigger reached the target with the smallest norm."""
-    l1 = np.stack([r["l1"] for r in runs])
-    reached = np.stack([r["reached"] for r in runs])
+    l1 = np.stack([r.l1 for r in runs])
+    reached = np.stack([r.reached for r in runs])
     pick = np.argmin(np.where(reached, l1, np.inf), axis=0)
     none = ~reached.any(axis=0)
     pick[none] = np.argmin(l1[:, none], axis=0)  # no run reached the target: the smallest norm, as reported
     idx = np.arange(l1.shape[1])
-    out = {key: np.stack([r[key] for r in runs])[pick, idx] for key in ("masks", "patterns", "l1", "asr", "reached",
-                                                                         "costs")}
-    out["steps"] = np.stack([r["steps"] for r in runs]).sum(axis=0)
-    out["classes"] = runs[0]["classes"]
-    out["value_range"] = runs[0]["value_range"]
-    return out
+    merged = {key: np.stack([getattr(r, key) for r in runs])[pick, idx] for key in TriggerSearch._PER_CLASS}
+    return TriggerSearch(runs[0].classes, steps=np.stack([r.steps for r in runs]).sum(axis=0),
+                         value_range=runs[0].value_range, **merged)
 
 
-def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> ProbeResult:
+def run(subject, ctx: RunContext) -> ProbeResult:
     """Probe entry point (``neural-cleanse``). See the module docstring for the method and params."""
     from probes.impact import assess
 
     t0 = time.perf_counter()
-    params = dict(params or {})
-    data = params.get("data")
+    data = ctx.data
     if data is not None and not isinstance(data, LabelledData):
-        raise ProbeError("params['data'] must be LabelledData (a loaded --data file) or None")
-    s = scan(subject, params, progress=progress, cancel=cancel)
-    p, res, cand = s["params"], s["res"], s["cand"]
+        raise ProbeError("the clean data must be LabelledData (a loaded --data file) or None")
+    s = scan(subject, ctx)
+    p, res, cand = s.params, s.search, s.candidate
     thr = float(p["threshold"])
-    anomaly = s["anomaly"]
-    target = cand if s["flagged"] else None
-    per_class = [{"class": int(c), "l1_norm": round(float(res["l1"][i]), 4),
-                  "attack_success": round(float(res["asr"][i]), 4), "steps": int(res["steps"][i]),
-                  "anomaly": round(float(s["ai"][i]), 4), "reached_target": bool(res["reached"][i])}
-                 for i, c in enumerate(res["classes"])]
-    mask, pattern = s["mask"], s["pattern"]
+    anomaly = s.anomaly_index
+    target = cand if s.flagged else None
+    per_class = [{"class": int(c), "l1_norm": round(float(res.l1[i]), 4),
+                  "attack_success": round(float(res.asr[i]), 4), "steps": int(res.steps[i]),
+                  "anomaly": round(float(s.anomaly[i]), 4), "reached_target": bool(res.reached[i])}
+                 for i, c in enumerate(res.classes)]
+    mask, pattern = s.mask, s.pattern
     # the trigger's shape and place are read off the search's smallest mask; the refined one (grown to flip
     # 99% of inputs) is what the held-out success and STRIP's stamping use
-    impact = assess(res["masks"][cand], res["patterns"][cand], anomaly_index=anomaly, suspected_target=target, threshold=thr,
-                    trigger_asr=s["held_asr"], clean_accuracy=s["clean_acc"], candidate_class=cand)
+    impact = assess(res.masks[cand], res.patterns[cand], anomaly_index=anomaly, suspected_target=target, threshold=thr,
+                    trigger_asr=s.held_asr, clean_accuracy=s.clean_acc, candidate_class=cand)
     pat_out = pattern[0] if pattern.shape[0] == 1 else pattern
     details = {
         "anomaly_index": round(anomaly, 4),
@@ -530,31 +531,29 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
         "mask": np.round(mask, 4).tolist(),
         "pattern": np.round(pat_out, 4).tolist(),
         "mask_l1": round(float(mask.sum()), 4),
-        "trigger_attack_success_heldout": None if s["held_asr"] is None else round(s["held_asr"], 4),
-        "refinement": s["refined"],
-        "clean_accuracy": None if s["clean_acc"] is None else round(s["clean_acc"], 4),
-        "data_source": s["data"]["source"],
-        "n_optimisation": int(len(s["data"]["x_opt"])),
-        "n_heldout": int(len(s["data"]["x_hold"])),
-        "steps_total": int(res["steps"].max()) if len(res["steps"]) else 0,
-        "recheck": s["recheck"],
+        "trigger_attack_success_heldout": None if s.held_asr is None else round(s.held_asr, 4),
+        "refinement": s.refined,
+        "clean_accuracy": None if s.clean_acc is None else round(s.clean_acc, 4),
+        "data_source": s.data.source,
+        "n_optimisation": int(len(s.data.x_opt)),
+        "n_heldout": int(len(s.data.x_hold)),
+        "steps_total": int(res.steps.max()) if len(res.steps) else 0,
+        "recheck": s.recheck,
         "impact": impact,
     }
-    rec = {k: v for k, v in p.items() if k != "data"}
-    rec["data"] = data.describe() if data is not None else None
-    verdict = "backdoored" if s["flagged"] else "clean"
+    verdict = "backdoored" if s.flagged else "clean"
     if target is not None:
-        summary = (f"class {target} needs a trigger of L1 {res['l1'][cand]:.1f} vs median {np.median(res['l1']):.1f}: "
+        summary = (f"class {target} needs a trigger of L1 {res.l1[cand]:.1f} vs median {np.median(res.l1):.1f}: "
                    f"anomaly index {anomaly:.2f} > {thr:g}")
-        if s["held_asr"] is not None:
-            summary += f"; recovered trigger succeeds on {100 * s['held_asr']:.0f}% of held-out inputs"
+        if s.held_asr is not None:
+            summary += f"; recovered trigger succeeds on {100 * s.held_asr:.0f}% of held-out inputs"
     else:
         summary = f"no class stands out: anomaly index {anomaly:.2f} <= {thr:g} (smallest trigger: class {cand})"
-    if s["recheck"]:
-        summary += f" (borderline {s['recheck']['first_anomaly_index']:.2f} re-checked over {s['recheck']['searches']} searches)"
-    if s["data"]["labelled"] is False:
+    if s.recheck:
+        summary += f" (borderline {s.recheck['first_anomaly_index']:.2f} re-checked over {s.recheck['searches']} searches)"
+    if s.data.labelled is False:
         summary += " [synthetic inputs]"
     artifacts = {"mask.npy": _npy(mask), "pattern.npy": _npy(pattern),
-                 "masks_all.npy": _npy(res["masks"]), "patterns_all.npy": _npy(res["patterns"])}
-    return ProbeResult("neural-cleanse", verdict, anomaly / (anomaly + thr) if anomaly > 0 else 0.0, summary,
-                       params=rec, duration_s=time.perf_counter() - t0, details=details, artifacts=artifacts)
+                 "masks_all.npy": _npy(res.masks), "patterns_all.npy": _npy(res.patterns)}
+    return ProbeResult(PROBE, verdict, anomaly / (anomaly + thr) if anomaly > 0 else 0.0, summary,
+                       params=dict(p), duration_s=time.perf_counter() - t0, details=details, artifacts=artifacts)

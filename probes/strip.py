@@ -14,9 +14,10 @@ fraction of triggered inputs *not* flagged:
 
 * if the data carries ``is_poison``, its poisoned inputs are the ground truth
   (``far_poisoned``); the clean part alone supplies overlays and calibration;
-* inputs stamped with a recovered trigger (``params["trigger"]`` = ``{"mask",
-  "pattern"[, "target"]}``, e.g. from a Neural Cleanse result) give
-  ``far_stamped``. Without a trigger a quick Neural Cleanse run recovers one
+* inputs stamped with a recovered trigger give ``far_stamped``: the trigger of
+  the Neural Cleanse run of the same scan (``ctx.earlier["neural-cleanse"]``),
+  or one handed over as ``ctx.inputs["trigger"]`` (``{"mask", "pattern"[,
+  "target"]}``). Without either a quick Neural Cleanse run recovers one
   (``quick_nc``, default true); with ``quick_nc=false`` nothing is stamped and
   the result says so.
 
@@ -36,22 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from dataclasses import dataclass
+
+from probes.context import RunContext
 from probes.data import LabelledData
 from probes.errors import ProbeError
-from probes.progress import check_cancel, null_progress
+from probes.progress import check_cancel
 from probes.result import ProbeResult
-
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "n_copies": 32,
-    "blend": "add",           # "add": x + overlay clipped to the data range (paper); "average": (1-alpha) x + alpha o
-    "alpha": 0.5,
-    "frr": 0.01,
-    "max_inputs": 200,        # per group
-    "detect_fraction": 0.5,
-    "quick_nc": True,
-    "batch_size": 1024,
-}
 
 QUICK_NC = {"steps": 200, "refine_steps": 20}
 
@@ -80,22 +72,41 @@ def entropies(subject, x: np.ndarray, overlays: np.ndarray, n_copies: int, alpha
     return out
 
 
-def _trigger_arrays(trigger: dict, shape) -> tuple[np.ndarray, np.ndarray, int | None]:
-    c, h, w = shape
-    try:
-        mask = np.asarray(trigger["mask"], np.float32)
-        pattern = np.asarray(trigger["pattern"], np.float32)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProbeError(f"trigger must be {{'mask': HxW, 'pattern': CxHxW}} ({exc})") from None
-    if mask.ndim == 3 and mask.shape[0] == 1:
-        mask = mask[0]
-    if pattern.ndim == 2:
-        pattern = pattern[None]
-    if mask.shape != (h, w) or pattern.shape[1:] != (h, w) or pattern.shape[0] not in (1, c):
-        raise ProbeError(f"trigger mask {mask.shape} / pattern {pattern.shape} does not fit input {tuple(shape)}")
-    target = next((trigger[k] for k in ("target", "suspected_target", "candidate_class")
-                   if trigger.get(k) is not None), None)  # an unflagged NC result still names its candidate
-    return mask, pattern, None if target is None else int(target)
+@dataclass
+class Trigger:
+    """A trigger to stamp on clean inputs: mask (H, W), pattern (C, H, W), the class it targets, and whether
+    the detector that recovered it flagged it (a clean model's smallest trigger is no evidence)."""
+
+    mask: np.ndarray
+    pattern: np.ndarray
+    target: int | None
+    flagged: bool
+    source: str
+
+    @classmethod
+    def from_mapping(cls, trigger: Any, shape: tuple[int, ...], source: str) -> "Trigger":
+        """From a Neural Cleanse result (``suspected_target`` / ``candidate_class``) or a plain ``{mask, pattern}``."""
+        c, h, w = shape
+        if not isinstance(trigger, dict):
+            raise ProbeError(f"trigger must be {{'mask': HxW, 'pattern': CxHxW}}, got {type(trigger).__name__}")
+        try:
+            mask = np.asarray(trigger["mask"], np.float32)
+            pattern = np.asarray(trigger["pattern"], np.float32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProbeError(f"trigger must be {{'mask': HxW, 'pattern': CxHxW}} ({exc})") from None
+        if mask.ndim == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if pattern.ndim == 2:
+            pattern = pattern[None]
+        if mask.shape != (h, w) or pattern.shape[1:] != (h, w) or pattern.shape[0] not in (1, c):
+            raise ProbeError(f"trigger mask {mask.shape} / pattern {pattern.shape} does not fit input {tuple(shape)}")
+        target = next((trigger[k] for k in ("target", "suspected_target", "candidate_class")
+                       if trigger.get(k) is not None), None)  # an unflagged NC result still names its candidate
+        if "suspected_target" in trigger:  # a Neural Cleanse result: flagged only if it named a target
+            flagged = trigger["suspected_target"] is not None
+        else:
+            flagged = bool(trigger.get("flagged", True))
+        return cls(mask, pattern, None if target is None else int(target), flagged, source)
 
 
 def _stats(e: np.ndarray, thr: float) -> dict:
@@ -106,18 +117,19 @@ def _stats(e: np.ndarray, thr: float) -> dict:
             "flagged_fraction": round(float((e < thr).mean()), 4)}
 
 
-def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> ProbeResult:
+def run(subject, ctx: RunContext) -> ProbeResult:
     """Probe entry point (``strip``)."""
     from probes.neural_cleanse import scan, stamp
 
     t0 = time.perf_counter()
-    p = {**DEFAULTS, **(params or {})}
-    progress = progress or null_progress
-    data = p.get("data")
+    p = ctx.params
+    cancel = ctx.cancel
+    progress = ctx.progress_callback()
+    data = ctx.data
     if data is None:
         raise ProbeError("STRIP needs clean images to superimpose: give --data NPZ")
     if not isinstance(data, LabelledData):
-        raise ProbeError("params['data'] must be LabelledData (a loaded --data file)")
+        raise ProbeError("the clean data must be LabelledData (a loaded --data file)")
     shape = tuple(int(s) for s in subject.input_shape)
     x_all = np.asarray(data.x)
     if x_all.ndim != 4:
@@ -129,7 +141,7 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
     if not np.isfinite(x_all).all():
         raise ProbeError("data contains NaN or inf")
     x_all = x_all.astype(np.float32, copy=False)
-    seed = int(p["seed"])
+    seed = ctx.seed
     rng = np.random.default_rng(seed)
     poison_mask = np.zeros(len(x_all), bool) if data.is_poison is None else np.asarray(data.is_poison, bool)
     clean_idx = rng.permutation(np.flatnonzero(~poison_mask))
@@ -142,31 +154,30 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
     calib, test, y_test = calib[:cap], test[:cap], y_test[:cap]
     n_copies, alpha, frr = int(p["n_copies"]), float(p["alpha"]), float(p["frr"])
     blend = str(p["blend"])
-    if blend not in ("add", "average"):
-        raise ProbeError("blend must be 'add' or 'average'")
     vrange = (float(x_all.min()), float(x_all.max()))
-    if not 0 < frr < 1:
-        raise ProbeError("frr must be in (0, 1)")
 
-    # the trigger to stamp: given, recovered by a quick Neural Cleanse run, or none
-    trig, trig_source, nc_info = p.get("trigger"), None, None
-    mask = pattern = target = None
-    trig_flagged = False
-    if isinstance(trig, dict):
-        mask, pattern, target = _trigger_arrays(trig, shape)
-        trig_source = "params"
-        if "suspected_target" in trig:  # a Neural Cleanse result: flagged only if it named a target
-            trig_flagged = trig["suspected_target"] is not None
-        else:
-            trig_flagged = bool(trig.get("flagged", True))
+    # the trigger to stamp: Neural Cleanse's of the same scan, one handed over, a quick Neural Cleanse run, or none
+    trig: Trigger | None = None
+    nc_info = None
+    if ctx.earlier.get("neural-cleanse", {}).get("mask") is not None:
+        trig = Trigger.from_mapping(ctx.earlier["neural-cleanse"], shape, "neural-cleanse")
+    elif ctx.inputs.get("trigger") is not None:
+        trig = Trigger.from_mapping(ctx.inputs["trigger"], shape, "given")
     elif p["quick_nc"]:
+        from probes import registry
+
         nc_data = LabelledData(x_all[clean_idx], y_all[clean_idx], source=data.source, sha256=data.sha256)
-        s = scan(subject, {**QUICK_NC, "seed": seed, "data": nc_data},
-                 progress=lambda d, t, m="": progress(d, t + 4, f"quick Neural Cleanse: {m}"), cancel=cancel)
-        mask, pattern, target = s["mask"], s["pattern"], s["cand"]
-        trig_source = "quick-neural-cleanse"
-        trig_flagged = bool(s["flagged"])
-        nc_info = {"anomaly_index": round(s["anomaly"], 4), "flagged": bool(s["flagged"]), "candidate_class": s["cand"]}
+        nc_params = registry.get("neural-cleanse").resolve_params({**QUICK_NC, "seed": seed})
+        inner = ctx.child("neural-cleanse", nc_params, stage_prefix="quick ")
+        inner.data = nc_data
+        s = scan(subject, inner)
+        trig = Trigger(s.mask, s.pattern, s.candidate, bool(s.flagged), "quick-neural-cleanse")
+        nc_info = {"anomaly_index": round(s.anomaly_index, 4), "flagged": bool(s.flagged),
+                   "candidate_class": s.candidate}
+    mask = pattern = target = None
+    trig_source, trig_flagged = None, False
+    if trig is not None:
+        mask, pattern, target, trig_source, trig_flagged = trig.mask, trig.pattern, trig.target, trig.source, trig.flagged
 
     groups: dict[str, np.ndarray] = {}
     total = 4
@@ -227,8 +238,7 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
         "alpha": alpha,
         "blend": blend,
     }
-    rec = {k: v for k, v in p.items() if k not in ("data", "trigger")}
-    rec["data"] = data.describe()
-    rec["trigger"] = None if trig_source != "params" else {"target": target, "mask_l1": round(float(mask.sum()), 4)}
-    return ProbeResult("strip", verdict, score, summary, params=rec, duration_s=time.perf_counter() - t0,
+    if trig is not None and trig.source != "quick-neural-cleanse":
+        details["trigger_given"] = {"target": target, "mask_l1": round(float(trig.mask.sum()), 4)}
+    return ProbeResult("strip", verdict, score, summary, params=dict(p), duration_s=time.perf_counter() - t0,
                        details=details)

@@ -25,8 +25,9 @@ def _imports(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("package,forbidden", [
-    ("probes", {"textual", "casefiles", "workbench", "sqlite_utils", "sqlite3", "typer"}),
-    ("casefiles", {"textual", "probes", "workbench", "torch", "transformers", "typer"}),
+    ("probes", {"textual", "casefiles", "workbench", "sqlite_utils", "sqlite3", "typer", "corpora"}),
+    ("casefiles", {"textual", "probes", "workbench", "torch", "transformers", "typer", "corpora"}),
+    ("workbench", {"corpora"}),
 ])
 def test_core_packages_respect_the_layering(package, forbidden):
     offenders = {}
@@ -35,6 +36,25 @@ def test_core_packages_respect_the_layering(package, forbidden):
         if bad:
             offenders[str(path.relative_to(ROOT))] = sorted(bad)
     assert not offenders, offenders
+
+
+def test_vocabulary_needs_only_the_standard_library():
+    """Both core packages import it, so it may import neither them nor anything outside the standard library."""
+    offenders = {}
+    for path in (ROOT / "vocabulary").rglob("*.py"):
+        bad = {m for m in _imports(path) if m != "vocabulary" and m not in sys.stdlib_module_names}
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_test_corpora_are_not_installed():
+    """The harmless-payload corpora serve the tests and benchmarks; the installed package leaves them out."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not any(pat.startswith("corpora") for pat in include)
+    assert not list((ROOT / "probes").rglob("*payload*.py"))
 
 
 def test_probes_never_print():
@@ -49,7 +69,7 @@ def test_probes_never_print():
 @pytest.mark.parametrize("code", [
     "import casefiles, casefiles.export",
     "import workbench.cli",
-    "import probes, probes.registry, probes.formats, probes.verdict",
+    "import probes, probes.registry, probes.formats, probes.context, vocabulary.layered",
 ])
 def test_light_entry_points_do_not_import_torch(code):
     check = code + "\nimport sys\nbad = [m for m in ('torch', 'transformers', 'textual') if m in sys.modules]\nprint(','.join(bad))"

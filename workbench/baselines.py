@@ -16,8 +16,10 @@ def add_models(store, name: str, models: list[Path], *, data: LabelledData | Non
     """Fingerprint each model (skipping ones already in the baseline) and store it; returns how many were added."""
     from probes.fingerprint import compute_fingerprint
     from probes.subjects.loader import load_subject
+    from workbench.threads import apply_threads
 
     infos = [describe(m) for m in models]  # validate every path before writing anything
+    apply_threads()
     try:
         existing = {m["sha256"] for m in store.baseline_fingerprints(name)}
     except NotFound:  # a new baseline

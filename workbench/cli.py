@@ -35,6 +35,10 @@ DbOpt = Annotated[Optional[Path], typer.Option(
     "--db", help="Case file to use (default: $WORKBENCH_DB, else the platform's data dir).",
     envvar="WORKBENCH_DB", show_envvar=True)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, envvar="WORKBENCH_THREADS", show_envvar=True,
+    help="torch threads (default: the cores idle when the command starts; one thread is often fastest on a busy "
+         "machine).")]
 
 BAND_ORDER = {"low": 0, "medium": 1, "high": 2}
 
@@ -61,10 +65,10 @@ class _Guard:
         if exc is None or isinstance(exc, (typer.Exit, typer.Abort, SystemExit, KeyboardInterrupt)):
             return False
         from casefiles.errors import CaseFileError
-        from probes.errors import ProbeError
+        from probes.errors import ProbeError, one_line
 
         if isinstance(exc, (CaseFileError, ProbeError)):
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            fail(one_line(exc))
         return False
 
 
@@ -74,8 +78,9 @@ def _print_json(obj: Any) -> None:
 
 # --------------------------------------------------------------------------------------------
 @app.callback(invoke_without_command=True)
-def main_callback(ctx: typer.Context, db: DbOpt = None,
+def main_callback(ctx: typer.Context, db: DbOpt = None, threads: ThreadsOpt = None,
                   version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False) -> None:
+    _use_threads(threads)
     if version:
         from workbench import __version__
 
@@ -86,6 +91,14 @@ def main_callback(ctx: typer.Context, db: DbOpt = None,
             from workbench.paths import default_db_path
 
             _run_tui(db or default_db_path())
+
+
+def _use_threads(threads: int | None) -> None:
+    """Make ``--threads`` the count every probe of this process (and its workers) uses."""
+    if threads is not None:
+        from workbench.threads import ENV
+
+        os.environ[ENV] = str(threads)
 
 
 def _run_tui(db: Path, **kwargs: Any) -> None:
@@ -100,9 +113,12 @@ def _run_tui(db: Path, **kwargs: Any) -> None:
 @app.command("demo")
 def demo(no_tui: Annotated[bool, typer.Option("--no-tui", help="Build the demo case and print it; do not open the workbench.")] = False,
          rebuild: Annotated[bool, typer.Option("--rebuild", help="Start a fresh demo case even if one exists.")] = False,
-         db: Annotated[Optional[Path], typer.Option("--db", help="Demo case file (default: demo.db in the platform's data dir).")] = None) -> None:
+         db: Annotated[Optional[Path], typer.Option("--db", help="Demo case file (default: demo.db in the platform's data dir).")] = None,
+         threads: ThreadsOpt = None) -> None:
     """Build demo subjects locally (backdoored and clean classifiers and language models) and open a demo case."""
     from workbench.demo import build_demo_case
+
+    _use_threads(threads)
     from workbench.paths import default_db_path
 
     with _Guard():
@@ -160,7 +176,7 @@ def case_show(case_id: Annotated[int, typer.Argument(help="Case id.")], db: DbOp
         typer.echo(f"Case {c['id']}: {c['title']}")
         if c.get("description"):
             typer.echo(f"  {c['description']}")
-        typer.echo(f"  opened {c['created']}, overall verdict: {overall_verdict(bundle['runs'])}")
+        typer.echo(f"  opened {c['created']}, overall verdict: {overall_verdict(bundle['runs'], bundle['subjects'])}")
         typer.echo(f"\nSubjects ({len(bundle['subjects'])}):")
         for s in bundle["subjects"]:
             typer.echo(f"  [{s['id']}] {s['name']}  {s['format']}/{s['kind']}  sha256 {s['sha256'][:16]}…  {s['path']}")
@@ -295,11 +311,12 @@ def baseline_add(name: Annotated[str, typer.Argument(help="Baseline name, e.g. d
                  arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture for bare state_dicts: FILE.py:ClassName.")] = None,
                  input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W when it cannot be inferred.")] = None,
                  seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic reference inputs.")] = 0,
-                 db: DbOpt = None) -> None:
+                 threads: ThreadsOpt = None, db: DbOpt = None) -> None:
     """Fingerprint trusted models once and keep them in the case file under NAME."""
     from probes.data import load_npz
     from workbench.baselines import add_models
 
+    _use_threads(threads)
     with _Guard():
         reference = load_npz(data) if data else None
         with _open_store(db) as store:
@@ -355,11 +372,12 @@ class _StderrProgress:
         self.enabled = enabled and sys.stderr.isatty()
         self.last = ""
 
-    def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
+    def __call__(self, ev: Any) -> None:
         if not self.enabled:
             return
-        pct = f"{100 * done / total:3.0f}%" if total else "   "
-        line = f"{stage:<22} {pct} {message}"[:100]
+        frac = ev.fraction
+        pct = f"{100 * frac:3.0f}%" if frac is not None else "    "
+        line = f"{ev.probe:<22} {pct} {ev.text()}"[:100]
         sys.stderr.write("\r" + line.ljust(len(self.last)))
         sys.stderr.flush()
         self.last = line
@@ -385,23 +403,50 @@ def _summary_lines(report) -> list[str]:
     return lines
 
 
+@app.command("probes")
+def probes_list(name: Annotated[Optional[str], typer.Argument(help="Show one probe's parameters in full.")] = None,
+                as_json: JsonOpt = False) -> None:
+    """List the probes, what each needs and its parameters (set them with scan --param KEY=VALUE)."""
+    from probes import registry
+
+    with _Guard():
+        specs = [registry.get(name)] if name else list(registry.PROBES.values())
+        if as_json:
+            _print_json([{"name": s.name, "help": s.help, "needs": s.needs, "kinds": list(s.kinds), "data": s.data,
+                          "data_required": s.data_required, "uses": list(s.uses), "default": s.default,
+                          "version": s.version,
+                          "params": [{"name": p.name, "type": p.type_text(), "default": p.default, "help": p.help}
+                                     for p in s.all_params]} for s in specs])
+            return
+        for s in specs:
+            tag = "" if s.default else "  (opt-in)"
+            typer.echo(f"{s.name}{tag}: {s.help}")
+            typer.echo(f"  runs on {s.needs_text()}")
+            for p in s.all_params:
+                setting = f"{p.name}={json.dumps(p.default)}"
+                typer.echo(f"  {setting:<32} {p.type_text():<28} {p.help}")
+            typer.echo("")
+        typer.echo("A plain KEY goes to every probe of the scan that takes it; PROBE.KEY to that probe only.")
+
+
 @app.command("scan")
 def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Face-style folder.")],
          data: Annotated[Optional[Path], typer.Option("--data", help="Clean labelled inputs (.npz with x, y) for the behavioural probes.")] = None,
          audit: Annotated[Optional[Path], typer.Option("--audit", help="A suspect training set (.npz) to audit (spectral, activation-clustering).")] = None,
-         probes: Annotated[Optional[str], typer.Option("--probes", help="Comma-separated probes (default: the layered set that applies). Known: static, dynamic, neural-cleanse, strip, spectral, activation-clustering, kl, fingerprint.")] = None,
+         probes: Annotated[Optional[str], typer.Option("--probes", help="Comma-separated probes (default: the layered set that applies; `workbench probes` lists them).")] = None,
          arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture for a bare state_dict: path/to/file.py:ClassName.")] = None,
          input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Image input shape C,H,W when it cannot be inferred.")] = None,
          reference: Annotated[Optional[Path], typer.Option("--reference", help="A trusted model of the same family, to calibrate the KL hunt.")] = None,
          prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompt file (one per line) for language-model probes.")] = None,
          candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Candidate trigger list (one per line) for the KL hunt.")] = None,
          baseline: Annotated[Optional[str], typer.Option("--baseline", help="Folder of trusted models (or a stored baseline name) for the fingerprint ensemble.")] = None,
-         param: Annotated[list[str], typer.Option("--param", help="Extra probe parameter KEY=VALUE (JSON value), repeatable.")] = [],
+         param: Annotated[list[str], typer.Option("--param", help="Probe parameter KEY=VALUE or PROBE.KEY=VALUE (JSON value), repeatable; `workbench probes` lists them.")] = [],
          seed: Annotated[int, typer.Option("--seed", help="Seed for every probe (results are deterministic for a seed).")] = 0,
          device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda when present, else cpu).")] = None,
          case: Annotated[Optional[int], typer.Option("--case", help="Record the subject and every run in this case.")] = None,
          sarif: Annotated[Optional[Path], typer.Option("--sarif", help="Write the static scan's findings as SARIF 2.1.0 to this file.")] = None,
          fail_on: Annotated[Optional[str], typer.Option("--fail-on", help="Exit 1 when the risk band is at or above low|medium|high.")] = None,
+         threads: ThreadsOpt = None,
          db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Run the layered scan: static scan, safe load, the probes that apply, and a risk verdict."""
     from workbench.scan import ScanOptions, parse_probe_list, prepare, run_scan
@@ -410,6 +455,7 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
         fail("--fail-on takes low, medium or high")
     with _Guard():
         extra = _parse_params(param)
+        inputs: dict[str, Any] = {}
         for key, value in (("reference", reference), ("prompts_file", prompts), ("candidates", candidates)):
             if value is not None:
                 if not Path(value).exists():
@@ -420,11 +466,11 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
                 extra["baseline"] = str(Path(baseline).resolve())
             else:  # a baseline stored in the case file
                 with _open_store(db, create=False) as bstore:
-                    extra["baseline_fingerprints"] = bstore.baseline_fingerprints(baseline)
+                    inputs["baseline_fingerprints"] = bstore.baseline_fingerprints(baseline)
                 extra["baseline_name"] = baseline
         options = ScanOptions(probes=parse_probe_list(probes), data=str(data) if data else None,
                               audit=str(audit) if audit else None, arch=arch, input_shape=_parse_shape(input_shape),
-                              seed=seed, device=device, params=extra)
+                              seed=seed, device=device, params=extra, inputs=inputs, threads=threads)
         prepared = prepare(path, options)
         store = None
         if case is not None:

@@ -29,12 +29,11 @@ class DemoSubject:
 
 def _build_classifiers(dest: Path, say: Say) -> list[DemoSubject]:
     """A BadNets-backdoored and a clean digits CNN, their clean test set and the poisoned training set."""
-    import torch
-
     from probes.data import save_npz
     from probes.zoo.digits import AttackSpec, build_model, save_model
+    from workbench.threads import apply_threads
 
-    torch.set_num_threads(1)
+    apply_threads()
     out = []
     for label, attack in (("backdoored", AttackSpec(kind="badnets", target=0, rate=0.1)),
                           ("clean", AttackSpec(kind="clean"))):

@@ -5,30 +5,29 @@ Headless (no Textual): the CLI calls it directly, the TUI from a thread worker.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from probes import registry
-from probes.data import LabelledData
-from probes.errors import Cancelled, ProbeError
+from probes.context import RunContext
+from probes.errors import Cancelled, ProbeError, explain
 from probes.result import ProbeResult, jsonable
+from vocabulary import VERDICT_SEVERITY, Verdict
 
-_SEVERITY = {"malicious": "critical", "backdoored": "high", "suspicious": "medium"}
 _MAX_FINDINGS = 200
 
 
-def recorded_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-able record of a probe's parameters (data files by source and hash)."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if isinstance(v, LabelledData):
-            out[k] = v.describe()
-        elif callable(v) or k.startswith("_"):
-            continue
-        else:
-            out[k] = jsonable(v)
+def recorded_params(ctx: RunContext) -> dict[str, Any]:
+    """The JSON-able record of a run's settings: the resolved parameters and the data files by source and hash."""
+    out = {k: jsonable(v) for k, v in ctx.params.items()}
+    spec = registry.get(ctx.probe)
+    if spec.data == "data" or ctx.data is not None:
+        out["data"] = ctx.data.describe() if ctx.data is not None else None
+    if spec.data == "audit" or ctx.audit is not None:
+        out["audit"] = ctx.audit.describe() if ctx.audit is not None else None
+    if ctx.earlier:
+        out["uses"] = sorted(ctx.earlier)
     return out
 
 
@@ -36,11 +35,11 @@ def findings_from(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Case-file findings for a flagged result: one summary finding plus the probe's own findings."""
     from casefiles import atlas
 
-    verdict = result.get("verdict")
-    techniques = atlas.techniques_for(result.get("probe", ""), verdict)
+    verdict = Verdict.parse(result.get("verdict"))
+    techniques = atlas.techniques_for(result.get("probe", ""), verdict.value if verdict else "")
     out = []
-    if verdict in _SEVERITY:
-        out.append({"severity": _SEVERITY[verdict], "title": result.get("summary") or verdict,
+    if verdict in VERDICT_SEVERITY:
+        out.append({"severity": VERDICT_SEVERITY[verdict].value, "title": result.get("summary") or verdict.value,
                     "detail": None, "atlas": techniques[0] if techniques else None})
     for f in (result.get("findings") or [])[:_MAX_FINDINGS]:
         if isinstance(f, dict):
@@ -66,35 +65,32 @@ class JobOutcome:
                 "duration_s": round(self.duration_s, 4)}
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def run_probe(name: str, target: Any, params: dict[str, Any], *, store=None, case_id: int | None = None,
-              subject_id: int | None = None, progress: Callable[[int, int, str], None] | None = None,
-              cancel: threading.Event | None = None) -> JobOutcome:
-    """Run probe ``name`` on ``target`` (a path or a loaded subject); record it when a store is given.
+def run_probe(target: Any, ctx: RunContext, *, store=None, case_id: int | None = None,
+              subject_id: int | None = None) -> JobOutcome:
+    """Run probe ``ctx.probe`` on ``target`` (a path or a loaded subject); record it when a store is given.
 
     Never raises for a probe's own failure: a bad input, a crash inside the
     probe or a cancel become a ``failed``/``cancelled`` outcome with a one-line error.
     """
+    name = ctx.probe
     spec = registry.get(name)
-    run_id = store.start_run(case_id, subject_id, name, recorded_params(params)) if store is not None else None
+    record = recorded_params(ctx)
+    run_id = store.start_run(case_id, subject_id, name, record) if store is not None else None
     t0 = time.perf_counter()
     status, result, error, artifacts = "done", None, None, {}
     try:
         fn = spec.load()
-        res: ProbeResult = fn(target, params, progress=progress, cancel=cancel)
+        res: ProbeResult = fn(target, ctx)
         result, artifacts = res.to_dict(), dict(res.artifacts)
+        result["params"] = record  # one record of what the run used: settings and data files, as in the run row
     except Cancelled:
         status, error = "cancelled", "cancelled by the examiner"
     except ProbeError as exc:
-        status, error = "failed", one_line(exc)
+        status, error = "failed", explain(exc)
     except MemoryError:
         status, error = "failed", "out of memory"
     except Exception as exc:  # a probe bug or hostile input must not take the app down
-        status, error = "failed", f"{type(exc).__name__}: {one_line(exc)}"
+        status, error = "failed", explain(exc)
     duration = time.perf_counter() - t0
     if store is not None:
         store.finish_run(run_id, status=status, result=result, error=error, duration_s=duration,

@@ -20,9 +20,6 @@ def default_db_path() -> Path:
 
 def cache_dir() -> Path:
     """``$WORKBENCH_CACHE`` if set, else the platform's user cache dir (demo models, fingerprints)."""
-    env = os.environ.get("WORKBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+    from probes.cache import cache_dir as probes_cache_dir
 
-    return platformdirs.user_cache_path(APP, appauthor=False)
+    return probes_cache_dir()

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probes import registry
+from probes.context import ProgressEvent, RunContext
 from probes.data import LabelledData, load_npz
-from probes.errors import Cancelled, ProbeError
-from probes.verdict import layered_verdict
+from probes.errors import Cancelled, ProbeError, explain
+from probes.params import split_for_probes
+from vocabulary.layered import layered_verdict
 from workbench import jobs
 from workbench.subject_files import SubjectInfo, describe
 
-# (stage, done, total, message); stage is a probe name or "load"
-ScanProgress = Callable[[str, int, int, str], None]
+ScanProgress = Callable[[ProgressEvent], None]
 
 
 @dataclass
@@ -34,7 +35,9 @@ class ScanOptions:
     input_shape: tuple[int, ...] | None = None
     seed: int = 0
     device: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # extra probe parameters (--param k=v, --reference ...)
+    params: dict[str, Any] = field(default_factory=dict)  # the examiner's --param values (name or probe.name)
+    inputs: dict[str, Any] = field(default_factory=dict)  # loaded auxiliary inputs (e.g. a stored baseline)
+    threads: int | None = None  # torch threads (None: the workbench default)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class PreparedScan:
     options: ScanOptions
     data: LabelledData | None
     audit: LabelledData | None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # resolved parameters of every probe it may run
 
 
 @dataclass
@@ -88,8 +92,23 @@ def parse_probe_list(text: str | None) -> list[str] | None:
     return names
 
 
+def candidate_probes(options: ScanOptions, kind: str | None, *, have_data: bool, have_audit: bool) -> list[str]:
+    """The probes a scan may run: the examiner's list, or the defaults for the kind as far as it is known."""
+    if options.probes:
+        return list(options.probes)
+    known = kind if kind in ("image-classifier", "causal-lm") else None
+    if known is None:  # the kind is only certain after the load: keep every default probe the data allow
+        return [n for n in registry.PROBES if registry.get(n).default and (
+            not registry.get(n).data_required or (have_audit if registry.get(n).data == "audit" else have_data))]
+    return registry.applicable(known, have_data=have_data, have_audit=have_audit)
+
+
 def prepare(path: str | Path, options: ScanOptions) -> PreparedScan:
-    """Validate inputs and hash the subject; raises ProbeError with a one-line message."""
+    """Validate inputs, parameters and data and hash the subject; raises ProbeError with a one-line message.
+
+    Nothing is written and nothing is loaded: every parameter the examiner gave is checked against the
+    declarations of the probes this scan may run (exit 2 before the case file is touched).
+    """
     subject = describe(path)
     if options.probes:
         for n in options.probes:
@@ -100,14 +119,15 @@ def prepare(path: str | Path, options: ScanOptions) -> PreparedScan:
         raise ProbeError(f"--arch must be FILE.py:ClassName, got {options.arch!r}")
     if options.arch and not Path(options.arch.rsplit(":", 1)[0]).is_file():
         raise ProbeError(f"architecture file not found: {options.arch.rsplit(':', 1)[0]}")
-    for spec in registry.PROBES.values():  # bad --param values fail here, before anything is written
-        if options.probes is None and spec.default or options.probes and spec.name in options.probes:
-            spec.check_params(options.params)
-    for key, spec_data in (("data", data), ("audit", audit)):
-        wanted = [n for n in (options.probes or []) if registry.get(n).data == key]
-        if wanted and spec_data is None and key == "audit":
-            raise ProbeError(f"probe {wanted[0]} needs --audit NPZ (the suspect training set)")
-    return PreparedScan(Path(subject.path), subject, options, data, audit)
+    names = candidate_probes(options, subject.kind, have_data=data is not None, have_audit=audit is not None)
+    for n in options.probes or []:
+        spec = registry.get(n)
+        if spec.data_required and (audit if spec.data == "audit" else data) is None:
+            flag = "--audit NPZ (the suspect training set)" if spec.data == "audit" else "--data NPZ (clean labelled inputs)"
+            raise ProbeError(f"probe {n} needs {flag}")
+    shared = split_for_probes(options.params, [(n, registry.get(n).all_params) for n in names])
+    params = {n: registry.get(n).resolve_params({"seed": options.seed, **shared[n]}) for n in names}
+    return PreparedScan(Path(subject.path), subject, options, data, audit, params)
 
 
 def _load(prepared: PreparedScan):
@@ -122,32 +142,30 @@ def _load(prepared: PreparedScan):
                         device=prepared.options.device)
 
 
-def _params_for(name: str, prepared: PreparedScan, earlier: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def context_for(name: str, prepared: PreparedScan, earlier: dict[str, dict[str, Any]], *,
+                progress: ScanProgress | None = None, cancel: threading.Event | None = None,
+                on_partial: Callable[[Any], None] | None = None) -> RunContext:
+    """The run context of probe ``name`` in this scan: its resolved parameters, data, and earlier results it uses."""
+    from workbench.paths import cache_dir
+
     spec = registry.get(name)
-    params: dict[str, Any] = {"seed": prepared.options.seed}
-    if spec.data == "data" or name == "fingerprint":
-        params["data"] = prepared.data
-    if spec.data == "audit":
-        params["audit"] = prepared.audit
-    nc = earlier.get("neural-cleanse")
-    if name == "strip" and nc and nc.get("mask") is not None:
-        # suspected_target tells STRIP whether Neural Cleanse flagged this trigger (None: it is the clean
-        # model's smallest trigger, which is no evidence of a backdoor even when it survives superimposition)
-        params["trigger"] = {"mask": nc["mask"], "pattern": nc.get("pattern"), "source": "neural-cleanse",
-                             "suspected_target": nc.get("suspected_target"),
-                             "candidate_class": nc.get("candidate_class")}
-    if name == "fingerprint":
-        params["_prior_results"] = dict(earlier)
-    params.update(prepared.options.params)
-    return params
+    params = prepared.params.get(name)
+    if params is None:  # a probe the preparation did not foresee (the kind turned out different)
+        params = spec.resolve_params({"seed": prepared.options.seed})
+    return RunContext(name, dict(params),
+                      data=prepared.data if spec.data == "data" else None,
+                      audit=prepared.audit if spec.data == "audit" else None,
+                      earlier={u: earlier[u] for u in spec.uses if u in earlier},
+                      inputs=prepared.options.inputs, cache_dir=cache_dir(), cancel=cancel or threading.Event(),
+                      on_progress=progress, on_partial=on_partial)
 
 
 def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
              progress: ScanProgress | None = None, cancel: threading.Event | None = None,
              on_result: Callable[[dict[str, Any]], None] | None = None) -> ScanReport:
     """Run the layered scan; each probe's outcome is recorded as a run when ``store`` is given."""
-    progress = progress or (lambda *a: None)
     opts = prepared.options
+    cancel = cancel or threading.Event()
     subject_id = None
     if store is not None:
         existing = store.find_subject(case_id, prepared.subject.sha256)
@@ -161,12 +179,15 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
     run_ids: list[int] = []
     subject_dict = {**prepared.subject.to_dict()}
 
+    def note(stage: str, done: int, total: int, message: str) -> None:
+        if progress is not None:
+            progress(ProgressEvent("load", stage, done, total, "steps", None, message))
+
     def run(name: str, target: Any) -> None:
-        if cancel is not None and cancel.is_set():
+        if cancel.is_set():
             raise Cancelled("cancelled")
-        out = jobs.run_probe(name, target, _params_for(name, prepared, earlier), store=store, case_id=case_id,
-                             subject_id=subject_id, progress=lambda d, t, m="": progress(name, d, t, m),
-                             cancel=cancel)
+        ctx = context_for(name, prepared, earlier, progress=progress, cancel=cancel)
+        out = jobs.run_probe(target, ctx, store=store, case_id=case_id, subject_id=subject_id)
         if out.run_id is not None:
             run_ids.append(out.run_id)
         if out.result is not None:
@@ -179,6 +200,11 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
             if out.status == "cancelled":
                 raise Cancelled("cancelled")
 
+    def report() -> ScanReport:
+        failed = [(e["probe"], e["error"]) for e in errors if e["status"] == "failed"]
+        return ScanReport(subject_dict, results, errors, layered_verdict(results, failed), subject_id, run_ids,
+                          offers)
+
     requested = opts.probes
     path_probes = [n for n in (requested or ["static"]) if registry.get(n).needs == "path"]
     for name in path_probes:
@@ -187,24 +213,31 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
     offers = dynamic_offer(prepared.path, static, set(earlier))
     model_requested = [n for n in requested if registry.get(n).needs == "model"] if requested else None
     if model_requested == []:
-        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
+        return report()
+    if "static" in path_probes and static is None:
+        errors.append({"probe": "load", "status": "refused",
+                       "error": "refused to load: the static scan did not complete, so the files are unchecked"})
+        return report()
     if static and static.get("verdict") == "malicious":
         worst = (static.get("findings") or [{}])[0]
         call = ".".join(x for x in (worst.get("module"), worst.get("name")) if x)
         errors.append({"probe": "load", "status": "refused",
                        "error": f"refused to load: the static scan found a code-execution payload ({call})"})
-        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
-    progress("load", 0, 1, "loading torch and the model")
+        return report()
+    note("load", 0, 1, "loading torch and the model")
     t0 = time.perf_counter()
     try:
+        from workbench.threads import apply_threads
+
+        apply_threads(opts.threads)
         subject = _load(prepared)
     except ProbeError as exc:
-        errors.append({"probe": "load", "status": "failed", "error": jobs.one_line(exc)})
-        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
+        errors.append({"probe": "load", "status": "failed", "error": explain(exc)})
+        return report()
     except Exception as exc:  # hostile input: a one-line error for this subject, never a crash
-        errors.append({"probe": "load", "status": "failed", "error": f"{type(exc).__name__}: {jobs.one_line(exc)}"})
-        return _report(subject_dict, results, errors, subject_id, run_ids, offers)
-    progress("load", 1, 1, f"loaded in {time.perf_counter() - t0:.1f}s")
+        errors.append({"probe": "load", "status": "failed", "error": explain(exc)})
+        return report()
+    note("load", 1, 1, f"loaded in {time.perf_counter() - t0:.1f}s")
     subject_dict["kind"] = subject.kind
     if store is not None and subject_id is not None:
         store.set_subject_kind(subject_id, subject.kind)
@@ -218,8 +251,4 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
                            "error": f"{name} does not apply to a {subject.kind} subject"})
             continue
         run(name, subject)
-    return _report(subject_dict, results, errors, subject_id, run_ids, offers)
-
-
-def _report(subject, results, errors, subject_id, run_ids, offers) -> ScanReport:
-    return ScanReport(subject, results, errors, layered_verdict(results), subject_id, run_ids, offers)
+    return report()

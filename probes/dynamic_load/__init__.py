@@ -20,31 +20,19 @@ Verdicts:
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from probes import registry
+from probes.context import RunContext
 from probes.errors import Cancelled, ProbeError
-from probes.progress import check_cancel, null_progress
+from probes.progress import check_cancel
 from probes.result import ProbeResult
+from vocabulary import Verdict
 
 PROBE = "dynamic"
-LOADERS = ("auto", "pickle", "torch", "joblib", "numpy")
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "loader": "auto",
-    "timeout_s": 30.0,  # wall clock per file
-    "cpu_s": None,  # CPU seconds per file (default: timeout_s)
-    "memory_mb": 2048,  # address space the load may add on top of the warm child
-    "max_events": 4000,  # events streamed per file (refused ones always are)
-    "max_files": 50,  # for a folder subject
-    "events_in_result": 200,
-    "netns": True,
-    "readonly_fs": True,
-    "baseline": True,  # One-Class SVM on benign loads
-    "retrain_baseline": False,
-}
+LOADERS = registry.get(PROBE).param("loader").choices  # "auto" and the loaders a file's owner may use
 SIGNALS = {6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 24: "SIGXCPU", 25: "SIGXFSZ"}
 
 
@@ -236,26 +224,21 @@ def _not_a_pickle(err: str | None) -> bool:
 
 
 _BASELINE_FAILED: dict[str, str] = {}  # one failed training per environment and process, not one per file
-_RANK = {"malicious": 4, "suspicious": 3, "inconclusive": 1, "clean": 0}
 
 
-def run(path: str, params: dict | None = None, *, progress=None, cancel: threading.Event | None = None) -> ProbeResult:
+def run(path: str, ctx: RunContext) -> ProbeResult:
     """Load ``path`` (a file or a folder's pickle-bearing files) in the sandbox and judge the trace."""
     t0 = time.perf_counter()
-    progress = progress or null_progress
-    p = {**DEFAULTS, **(params or {})}
-    if p["loader"] not in LOADERS:
-        raise ProbeError(f"unknown loader {p['loader']!r}; use one of {', '.join(LOADERS)}")
-    for key in ("timeout_s", "memory_mb"):
-        if not isinstance(p[key], (int, float)) or p[key] <= 0:
-            raise ProbeError(f"{key} must be a positive number")
+    progress = ctx.progress_callback(unit="loads")
+    cancel = ctx.cancel
+    p = dict(ctx.params)
     subject = Path(path)
     if not subject.exists():
         raise ProbeError(f"no such file or folder: {path}")
     check_cancel(cancel)
     files = _files_of(subject, int(p["max_files"]))
     plan = [(f, ld) for f in files for ld in _loaders_for(f, p["loader"])]
-    params_out = {k: p[k] for k in DEFAULTS}
+    params_out = dict(ctx.params)
     if not plan:
         return ProbeResult(PROBE, "inconclusive", 0.0, "nothing to load: no pickle-bearing file",
                            params_out, time.perf_counter() - t0,
@@ -305,7 +288,7 @@ def run(path: str, params: dict | None = None, *, progress=None, cancel: threadi
     # when the other loaded it cleanly; anything suspicious or malicious always counts.
     decisive = [r for r in results if not (r["verdict"] == "inconclusive" and any(
         o["file"] == r["file"] and o is not r and o["verdict"] != "inconclusive" for o in results))]
-    worst = max(decisive, key=lambda r: (_RANK[r["verdict"]], r["score"]))
+    worst = max(decisive, key=lambda r: (Verdict(r["verdict"]).rank, r["score"]))
     verdict = worst["verdict"]
     score = max(r["score"] for r in decisive)
     if verdict == "clean" and all(r["verdict"] == "clean" for r in decisive):
@@ -352,4 +335,4 @@ def warm_up(background: bool = True):
     return sandbox.warm_up(background=background)
 
 
-__all__ = ["run", "warm_up", "offer_after_static", "choose_loader", "DEFAULTS", "LOADERS"]
+__all__ = ["run", "warm_up", "offer_after_static", "choose_loader", "LOADERS"]

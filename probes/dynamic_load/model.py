@@ -28,15 +28,10 @@ GAMMA = 0.1  # RBF width on log1p-count features: one unit of log-count ~ a fact
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("WORKBENCH_CACHE")
-    if env:
-        return Path(env) / "dynamic-load"
-    try:
-        import platformdirs
+    """The benign-load baseline's cache folder."""
+    from probes.cache import cache_dir as root
 
-        return Path(platformdirs.user_cache_dir("trojan-workbench")) / "dynamic-load"
-    except ImportError:  # pragma: no cover
-        return Path(tempfile.gettempdir()) / "trojan-workbench-cache" / "dynamic-load"
+    return root("dynamic-load")
 
 
 def environment_key(preload: tuple[str, ...]) -> str:

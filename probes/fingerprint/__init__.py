@@ -1,25 +1,15 @@
 """Probe ``fingerprint``: behavioural fingerprint, six-detector ensemble and calibrated trust score.
 
-``run(subject, params, *, progress=None, cancel=None) -> ProbeResult``
+``run(subject, ctx) -> ProbeResult``
 
-Params (all optional):
-
-* ``seed``                  reference inputs, detectors and folds (default 0)
-* ``data``                  :class:`~probes.data.LabelledData` reference images (``--data``)
-* ``prompts_file``          prompts, one per line, for causal LMs
-* ``_prior_results``        probe name -> result dict of earlier probes in the scan
-                            (Neural Cleanse / STRIP meta-features)
-* ``baseline``              a folder of trusted models of the same architecture
-* ``baseline_fingerprints`` list of ``{sha256, vector, feature_names}`` (a stored baseline)
-* ``baseline_name``         label of a stored baseline (reported only)
-* ``arch``                  ``FILE.py:Class`` for bare state_dicts in the baseline folder (default:
-                            a copy of the subject's own module when it is an ``nn.Module``)
-* ``cache_dir``             fingerprint / calibration cache (default ``$WORKBENCH_CACHE`` else a temp dir)
-* ``detectors``             subset of :data:`~probes.fingerprint.ensemble.DETECTORS`
-* ``representations``       subset of ``raw, pca, ica, rproj`` used for the trust score (default ``raw``)
-* ``feature_groups``        feature-name prefixes to use (default :data:`DEFAULT_FEATURE_GROUPS`;
-                            ``"all"``: every feature the subject and the baseline share)
-* ``loo_max``               largest baseline calibrated leave-one-out (else 10-fold), default 30
+Parameters are declared in :mod:`probes.registry` (``prompts_file``, ``baseline``
+folder, ``baseline_name``, ``arch`` for bare state_dicts in the baseline folder,
+``detectors``, ``representations``, ``feature_groups``, ``loo_max``). From the
+run context: ``ctx.data`` (reference images, ``--data``), ``ctx.earlier``
+(Neural Cleanse / STRIP results of the same scan, used as meta-features),
+``ctx.inputs["baseline_fingerprints"]`` (a stored baseline: list of
+``{sha256, vector, feature_names}``) and ``ctx.cache_dir`` (fingerprint and
+calibration cache; default the workbench cache, :func:`probes.cache.cache_dir`).
 
 Details: ``detectors`` {name: calibrated percentile 0-1}, ``trust_score`` (0-100 or None),
 ``band``, ``n_above_95``, ``excluded`` {detector: reason}, ``features_used``, ``feature_groups``,
@@ -31,18 +21,18 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from probes.context import RunContext
 from probes.errors import ProbeError
 from probes.fingerprint.features import FEATURE_VERSION, Fingerprint, compute_fingerprint, subject_sha256
 from probes.progress import check_cancel, null_progress
 from probes.result import ProbeResult
+from vocabulary import Band
 
 __all__ = ["run", "compute_fingerprint", "fingerprints_for_folder", "score_fingerprint", "Fingerprint",
            "default_cache_dir"]
@@ -56,8 +46,11 @@ DEFAULT_FEATURE_GROUPS = ("out.", "trig.", "pen.trig.", "w.head.", "meta.", "lm.
 DEFAULT_REPRESENTATIONS = ("raw",)
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("WORKBENCH_CACHE") or os.path.join(tempfile.gettempdir(), "trojan-workbench-cache")
+def default_cache_dir() -> Path:
+    """Where fingerprints of baseline models and calibrations are cached by default."""
+    from probes.cache import cache_dir
+
+    return cache_dir()
 
 
 # -- baseline folders ------------------------------------------------------------------------
@@ -286,12 +279,6 @@ def score_fingerprint(fp: Fingerprint, baseline: list[Fingerprint], *, seed: int
     }
 
 
-def _band(score: float | None) -> str | None:
-    if score is None:
-        return None
-    return "low" if score <= 30 else "medium" if score <= 60 else "high"
-
-
 def _groups_of(names: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for n in names:
@@ -311,23 +298,27 @@ def _within_model(fp: Fingerprint, prior: dict | None) -> dict[str, Any]:
 
 
 
-def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> ProbeResult:
+def run(subject, ctx: RunContext) -> ProbeResult:
     """Probe entry point (``fingerprint``); see the module docstring for params and details."""
     t0 = time.perf_counter()
-    params = dict(params or {})
-    progress = progress or null_progress
-    seed = int(params.get("seed", 0))
-    data = params.get("data")
-    prior = params.get("_prior_results") or {}
-    cache_dir = params.get("cache_dir") or default_cache_dir()
+    params = ctx.params
+    progress = ctx.progress_callback()
+    cancel = ctx.cancel
+    seed = ctx.seed
+    data = ctx.data
+    prior = dict(ctx.earlier)
+    cache_dir = ctx.cache_dir or default_cache_dir()
     from probes.data import LabelledData
+    from probes.lm_prompts import load_prompts_file
     from probes.subjects.base import IMAGE_CLASSIFIER
 
     if data is not None and not isinstance(data, LabelledData):
-        raise ProbeError("params['data'] must be LabelledData (a loaded --data file) or None")
+        raise ProbeError("the reference data must be LabelledData (a loaded --data file) or None")
     if subject.kind != IMAGE_CLASSIFIER:
         data = None
-    prompts = _prompts_from(params) if subject.kind != IMAGE_CLASSIFIER else None
+    prompts = None
+    if subject.kind != IMAGE_CLASSIFIER and params["prompts_file"]:
+        prompts = load_prompts_file(params["prompts_file"])
     total = 4
     progress(0, total, "fingerprinting the subject")
     check_cancel(cancel)
@@ -338,10 +329,10 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
     baseline: list[Fingerprint] = []
     skipped: list[dict] = []
     source = None
-    if params.get("baseline_fingerprints"):
-        recs = params["baseline_fingerprints"]
-        source = f"stored baseline {params.get('baseline_name') or ''}".strip()
-        for r in recs:
+    stored = ctx.inputs.get("baseline_fingerprints")
+    if stored:
+        source = f"stored baseline {params['baseline_name'] or ''}".strip()
+        for r in stored:
             if r.get("kind") and r["kind"] != subject.kind:
                 skipped.append({"path": r.get("path", r.get("sha256", "?")), "reason": f"a {r['kind']} model"})
                 continue
@@ -349,61 +340,61 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
                 skipped.append({"path": r.get("path", r["sha256"]), "reason": "the subject itself"})
                 continue
             baseline.append(Fingerprint.from_record(r))
-    elif params.get("baseline"):
+    elif params["baseline"]:
         folder = params["baseline"]
         source = f"folder {folder}"
         baseline = fingerprints_for_folder(
-            folder, cache_dir=cache_dir, data=data, seed=seed, like=subject, arch=params.get("arch"),
+            folder, cache_dir=cache_dir, data=data, seed=seed, like=subject, arch=params["arch"],
             prompts=prompts, exclude_sha256={fp.sha256} if fp.sha256 else None, skipped=skipped,
             cancel=cancel, progress=lambda d, t, m="": progress(1, total, m))
     progress(2, total, f"baseline: {len(baseline)} models")
     check_cancel(cancel)
 
-    rec_params = {k: v for k, v in params.items() if k not in ("data", "_prior_results", "baseline_fingerprints")}
-    rec_params["data"] = data.describe() if data is not None else None
-    rec_params["prior_results"] = sorted(prior)
     meta = {n: round(float(v), 4) for n, v in fp.as_dict().items() if n.startswith("meta.")}
     details: dict[str, Any] = {
         "features_total": len(fp.feature_names), "feature_groups": _groups_of(fp.feature_names),
         "baseline_size": len(baseline), "baseline_source": source, "baseline_skipped": skipped,
         "within_model": _within_model(fp, prior), "meta_features": meta, "sha256": fp.sha256,
+        "prior_results": sorted(prior),
         "reference_inputs": ("synthetic" + (f" + data {data.source} ({len(data)})" if data is not None else ""))
         if subject.kind == IMAGE_CLASSIFIER else f"{len(prompts) if prompts else 'built-in'} prompts",
     }
     from probes.fingerprint.ensemble import DETECTORS, excluded_detectors
 
-    detectors = list(params.get("detectors") or DETECTORS)
-    unknown = [d for d in detectors if d not in DETECTORS]
-    if unknown:
-        raise ProbeError(f"unknown detector(s) {unknown}; known: {', '.join(DETECTORS)}")
+    detectors = list(params["detectors"] or DETECTORS)
     excluded = excluded_detectors(len(baseline), detectors)
     if len(excluded) == len(detectors):
         # no usable baseline: report what the model shows on its own, no ensemble score
-        details.update(_no_baseline(details, prior, len(baseline), excluded, source))
-        verdict, score, summary = details.pop("_verdict"), details.pop("_score"), details.pop("_summary")
+        extra, summary = _no_baseline(prior, len(baseline), excluded, source)
+        details.update(extra)
         progress(total, total, "done")
-        return ProbeResult("fingerprint", verdict, score, summary, params=rec_params,
+        return ProbeResult("fingerprint", "inconclusive", 0.0, summary, params=dict(params),
                            duration_s=time.perf_counter() - t0, details=details)
 
-    reps = params.get("representations") or DEFAULT_REPRESENTATIONS
-    if isinstance(reps, str):
-        reps = [r.strip() for r in reps.split(",") if r.strip()]
-    groups = params.get("feature_groups", DEFAULT_FEATURE_GROUPS)
-    if isinstance(groups, str):
+    reps = params["representations"]
+    groups = params["feature_groups"]
+    if groups is None:
+        groups = DEFAULT_FEATURE_GROUPS
+    elif isinstance(groups, str):
         groups = None if groups == "all" else tuple(g.strip() for g in groups.split(",") if g.strip())
+    elif isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+        groups = tuple(groups)
+    else:
+        raise ProbeError(f"fingerprint: param feature_groups must be \"all\", a list or comma-separated prefixes, "
+                         f"got {groups!r}")
     out = score_fingerprint(fp, baseline, seed=seed, detectors=detectors, representations=tuple(reps),
-                            feature_groups=groups, loo_max=int(params.get("loo_max", 30)),
+                            feature_groups=groups, loo_max=int(params["loo_max"]),
                             cache_dir=cache_dir, cancel=cancel,
                             progress=lambda d, t, m="": progress(2, total, m))
     progress(3, total, "scored")
     trust = out["trust_score"]
     trust_int = int(round(trust))
-    band = _band(trust_int)
+    band = Band.of(trust_int)
     cal = out["calibration"]
     n_used = len(cal.detectors)
     details.update({
         "detectors": {d: round(v, 4) for d, v in out["detectors"].items()},
-        "trust_score": trust_int, "band": band, "n_above_95": out["n_above_95"],
+        "trust_score": trust_int, "band": band.value if band else None, "n_above_95": out["n_above_95"],
         "n_detectors": n_used, "excluded": excluded,
         "features_used": len(out["names"]), "feature_groups_used": _groups_of(out["names"]),
         "representations": list(reps), "per_representation": out["per_representation"],
@@ -412,30 +403,16 @@ def run(subject, params: dict | None = None, *, progress=None, cancel=None) -> P
     })
     if not [n for n in out["names"] if n.startswith("meta.")] and meta:
         details["meta_note"] = "meta-features not used by the ensemble: the baseline has none (fingerprinted without earlier probes)"
-    verdict = "clean" if band == "low" else "inconclusive" if band == "medium" else "suspicious"
+    verdict = {Band.LOW: "clean", Band.MEDIUM: "inconclusive"}.get(band, "suspicious") if band else "inconclusive"
     summary = (f"trust score {trust_int} ({band} risk): {out['n_above_95']} of {n_used} detectors above the "
                f"95th percentile of a {len(baseline)}-model baseline")
     progress(total, total, "done")
-    return ProbeResult("fingerprint", verdict, trust / 100.0, summary, params=rec_params,
+    return ProbeResult("fingerprint", verdict, trust / 100.0, summary, params=dict(params),
                        duration_s=time.perf_counter() - t0, details=details)
 
 
-def _prompts_from(params) -> list[str] | None:
-    pf = params.get("prompts_file")
-    if not pf:
-        return None
-    p = Path(pf)
-    if not p.is_file():
-        raise ProbeError(f"prompt file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
-    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not prompts:
-        raise ProbeError(f"prompt file {p} holds no prompts")
-    return prompts
-
-
-def _no_baseline(details, prior, n, excluded, source) -> dict[str, Any]:
-    """Without a usable baseline: no ensemble score and no verdict of its own.
+def _no_baseline(prior, n, excluded, source) -> tuple[dict[str, Any], str]:
+    """Without a usable baseline: no ensemble score and no verdict of its own (details, summary).
 
     Earlier probes' evidence (e.g. Neural Cleanse) already counts in the layered verdict within its own
     band; turning it into a second "trust score" here counted it twice and gave a clean model's ordinary
@@ -444,12 +421,9 @@ def _no_baseline(details, prior, n, excluded, source) -> dict[str, Any]:
     nc = (prior or {}).get("neural-cleanse")
     why = ("no baseline given (--baseline DIR or a stored baseline)" if not source
            else f"baseline too small ({n} usable model(s)) for any detector")
-    out: dict[str, Any] = {"detectors": {}, "excluded": excluded, "features_used": 0, "n_above_95": 0,
-                           "n_detectors": 0, "baseline_note": why, "trust_score": None, "band": None}
-    verdict = "inconclusive"
-    out["_summary"] = f"{why}; fingerprint recorded, no trust score without a clean baseline"
+    details: dict[str, Any] = {"detectors": {}, "excluded": excluded, "features_used": 0, "n_above_95": 0,
+                               "n_detectors": 0, "baseline_note": why, "trust_score": None, "band": None}
+    summary = f"{why}; fingerprint recorded, no trust score without a clean baseline"
     if nc and nc.get("anomaly_index") is not None:
-        out["_summary"] += f" (Neural Cleanse's anomaly index {float(nc['anomaly_index']):.2f} counts on its own)"
-    out["_score"] = 0.0
-    out["_verdict"] = verdict
-    return out
+        summary += f" (Neural Cleanse's anomaly index {float(nc['anomaly_index']):.2f} counts on its own)"
+    return details, summary

@@ -2,8 +2,8 @@
 
 Entry points:
 
-* :func:`run` - the probe contract ``run(path, params, *, progress, cancel) -> ProbeResult``;
-* :func:`scan_path` - the same scan for the loader, ``scan_path(path) -> ProbeResult``.
+* :func:`run` - the probe contract ``run(path, ctx) -> ProbeResult``;
+* :func:`scan_path` - the same scan for the loader, ``scan_path(path) -> ProbeResult`` (declared defaults).
 
 Nothing is unpickled, imported or extracted. Each finding is a dict
 ``{file, member, offset, opcode, module, name, severity, rule, explanation}``;
@@ -19,15 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from probes.context import RunContext
 from probes.errors import ProbeError
 from probes.result import ProbeResult
 from probes.static_scan.sarif import to_sarif
-from probes.static_scan.scanner import DEFAULT_MAX_DECOMPRESSED, SEVERITY_RANK, Loc, Scanner
+from probes.static_scan.scanner import SEVERITY_RANK, Loc, Scanner
 
 __all__ = ["run", "scan_path", "to_sarif", "verdict_for"]
-
-PARAM_DEFAULTS = {"max_decompressed_mb": DEFAULT_MAX_DECOMPRESSED >> 20, "crc_limit_mb": 64}
-
 
 def verdict_for(findings: list[dict], inconclusive: list[dict]) -> tuple[str, float]:
     worst = max((SEVERITY_RANK.get(f["severity"], 0) for f in findings), default=0)
@@ -62,14 +60,13 @@ def _summary(verdict: str, findings: list[dict], inconclusive: list[dict], n_fil
 
 
 def scan_path(path: str | Path, *, progress=None, cancel=None, params: dict | None = None) -> ProbeResult:
-    """Scan a file or folder; returns the ``static`` ProbeResult (see module docstring)."""
-    params = dict(params or {})
-    used = {k: params.get(k, v) for k, v in PARAM_DEFAULTS.items()}
-    for k, v in used.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise ProbeError(f"static scan parameter {k} must be a positive number, got {v!r}")
-    if "seed" in params:
-        used["seed"] = params["seed"]  # recorded; the scan is deterministic anyway
+    """Scan a file or folder; returns the ``static`` ProbeResult (see module docstring).
+
+    ``params`` are the probe's declared parameters (checked here; defaults filled in).
+    """
+    from probes.registry import get
+
+    used = get("static").resolve_params(params)
     t0 = time.perf_counter()
     p = Path(path)
     sc = Scanner(max_decompressed=int(used["max_decompressed_mb"] * (1 << 20)),
@@ -100,8 +97,8 @@ def scan_path(path: str | Path, *, progress=None, cancel=None, params: dict | No
                        params=used, duration_s=dur, details=details)
 
 
-def run(path: str, params: dict, *, progress=None, cancel=None) -> ProbeResult:
+def run(path: str, ctx: RunContext) -> ProbeResult:
     """Probe contract: static scan of ``path`` (a file or a model folder)."""
     if not isinstance(path, (str, Path)):
         raise ProbeError("the static scan needs a file or folder path")
-    return scan_path(path, progress=progress, cancel=cancel, params=params)
+    return scan_path(path, progress=ctx.progress_callback(unit="files"), cancel=ctx.cancel, params=ctx.params)

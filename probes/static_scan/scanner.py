@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from probes import formats
+from vocabulary import Severity
 from probes.errors import ProbeError
 from probes.progress import check_cancel
 from probes.static_scan import policy
 from probes.static_scan.pickle_sim import PickleParseError, PickleSim, SGlobal, SList, looks_like_pickle
 
-SEVERITY_RANK = {"critical": 4, "high": 3, "medium": 2, "low": 1, "info": 0}
+SEVERITY_RANK = {s.value: s.rank for s in Severity}
 DEFAULT_MAX_DECOMPRESSED = 1 << 30  # bomb guard for compressed joblib streams / deflated members
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 TORCHSCRIPT_ALLOW = ("__torch__.", "torch.jit._pickle.")

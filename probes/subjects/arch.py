@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from probes.errors import ProbeError
+from probes.errors import ProbeError, explain
 
 # Keys under which training scripts commonly nest the weights inside a checkpoint dict.
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "module", "ema")
@@ -25,12 +25,6 @@ NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network"
 # Square sizes tried when only the channel count is known (a network with a
 # Flatten->Linear head runs at exactly one of them; a fully convolutional one at many).
 PROBE_SIZES = (8, 16, 28, 32, 48, 64, 96, 112, 128, 160, 192, 224, 256, 299, 384, 512)
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = f"{type(exc).__name__}: {text}" if not isinstance(exc, ProbeError) else text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- --arch FILE.py:ClassName ---------------------------------------------------------------
@@ -64,7 +58,7 @@ def load_arch_class(spec: str):
         module_spec.loader.exec_module(module)
     except Exception as exc:  # the examiner's own file is broken: say how, in one line
         sys.modules.pop(mod_name, None)
-        raise ProbeError(f"--arch file {path.name} failed to import: {_one_line(exc)}") from None
+        raise ProbeError(f"--arch file {path.name} failed to import: {explain(exc)}") from None
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -85,7 +79,7 @@ def build_arch(spec: str):
     try:
         model = factory()
     except Exception as exc:
-        raise ProbeError(f"--arch {name}() could not be constructed without arguments: {_one_line(exc)}") from None
+        raise ProbeError(f"--arch {name}() could not be constructed without arguments: {explain(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ProbeError(f"--arch {name}() returned {type(model).__name__}, not a torch nn.Module")
     return model
@@ -171,7 +165,7 @@ def apply_state_dict(model, state: dict, where: str, arch_name: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # dtype trouble, custom hooks in the arch...
-        raise ProbeError(f"{where} does not fit --arch {arch_name}: {_one_line(exc)}") from None
+        raise ProbeError(f"{where} does not fit --arch {arch_name}: {explain(exc)}") from None
 
 
 # -- input shape and class count ------------------------------------------------------------

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from probes.errors import ProbeError, UnsafeModelError
+from probes.errors import ProbeError, UnsafeModelError, one_line
 from probes.subjects.base import CAUSAL_LM, CausalLM, pick_device
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
@@ -30,16 +30,11 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ProbeError(f"{path} is not readable JSON ({_one_line(exc, 120)})") from None
+        raise ProbeError(f"{path} is not readable JSON ({one_line(exc, 120)})") from None
     if not isinstance(data, dict):
         raise ProbeError(f"{path} is not a JSON object")
     return data
@@ -97,14 +92,14 @@ def load_causal_lm(folder: str | Path, device: str | None = None) -> CausalLM:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
-        raise ProbeError(f"{p}: tokenizer could not be loaded ({_one_line(exc)})") from None
+        raise ProbeError(f"{p}: tokenizer could not be loaded ({one_line(exc)})") from None
     if isinstance(tokenizer, bool) or not hasattr(tokenizer, "convert_ids_to_tokens"):
         raise ProbeError(f"{p}: tokenizer could not be loaded")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, trust_remote_code=False,
                                                      weights_only=True, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
-        raise ProbeError(f"{p}: could not be loaded as a causal LM ({_one_line(exc)})") from None
+        raise ProbeError(f"{p}: could not be loaded as a causal LM ({one_line(exc)})") from None
     model = model.to(dev).eval()
     if tokenizer.pad_token_id is None:
         # left padding needs a pad id; any id works because the attention mask hides it

@@ -24,8 +24,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from probes import formats
-from probes.errors import ProbeError, UnsafeModelError
-from probes.subjects.arch import (_one_line, apply_state_dict, build_arch, check_finite, classifier_output,
+from probes.errors import ProbeError, UnsafeModelError, explain
+from vocabulary import Severity
+from probes.subjects.arch import (apply_state_dict, build_arch, check_finite, classifier_output,
                                   extract_state_dict, first_weight_channels, resolve_input_shape)
 from probes.subjects.base import IMAGE_CLASSIFIER, ImageClassifier, Subject, pick_device
 
@@ -35,7 +36,6 @@ ZIP_BOMB_MIN_BYTES = 8 * 1024 * 1024  # a compressed member this large ...
 ZIP_BOMB_RATIO = 100  # ... expanding more than this is a bomb
 ZIP_MAX_TOTAL_RATIO = 50  # declared total vs archive size, when over ZIP_BOMB_MIN_BYTES
 
-SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3, "review": 4, "info": 5}
 
 HF_SAFETENSORS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 HF_PICKLED = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
@@ -61,13 +61,13 @@ def load_subject(path, *, arch: str | None = None, input_shape: tuple | None = N
     try:
         fmt = formats.detect(p)
     except OSError as exc:
-        raise ProbeError(f"{p}: cannot be read: {_one_line(exc)}") from None
+        raise ProbeError(f"{p}: cannot be read: {explain(exc)}") from None
     try:
         return _dispatch(p, fmt, arch=arch, input_shape=input_shape, device=device)
     except ProbeError:
         raise
     except Exception as exc:  # anything else still ends as this subject's one-line error
-        raise ProbeError(f"{p}: could not be loaded as {fmt}: {_one_line(exc)}") from None
+        raise ProbeError(f"{p}: could not be loaded as {fmt}: {explain(exc)}") from None
 
 
 def _dispatch(p: Path, fmt: str, *, arch, input_shape, device) -> Subject:
@@ -111,7 +111,7 @@ def check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
-        raise ProbeError(f"{path}: truncated or corrupt zip archive ({_one_line(exc, 120)})") from None
+        raise ProbeError(f"{path}: truncated or corrupt zip archive ({explain(exc, 120)})") from None
     if len(infos) > ZIP_MAX_MEMBERS:
         raise ProbeError(f"{path}: zip archive has {len(infos)} members (limit {ZIP_MAX_MEMBERS}); refused")
     names = set()
@@ -152,10 +152,10 @@ def static_scan(path: Path):
     try:
         result = scan_path(path)
     except Exception as exc:
-        return "inconclusive", [f"scan failed: {_one_line(exc, 100)}"]
+        return "inconclusive", [f"scan failed: {explain(exc, 100)}"]
     details = getattr(result, "details", None) or {}
     findings = [f for f in details.get("findings", []) if isinstance(f, dict)]
-    findings.sort(key=lambda f: SEVERITY_ORDER.get(str(f.get("severity", "")).lower(), 9))
+    findings.sort(key=lambda f: -(Severity.parse(str(f.get("severity", "")).lower()) or Severity.INFO).rank)
     seen: list[str] = []
     for f in findings:
         module, name = f.get("module") or "", f.get("name") or ""
@@ -207,7 +207,7 @@ def _finish_arch(p: Path, fmt: str, state: dict, *, arch, input_shape, device, e
     try:
         model = model.to(dev).eval()
     except Exception as exc:
-        raise ProbeError(f"{p}: cannot move the model to {dev}: {_one_line(exc)}") from None
+        raise ProbeError(f"{p}: cannot move the model to {dev}: {explain(exc)}") from None
     metadata = {"arch": arch, "tensors": len(state), **(extra or {})}
     return _image_classifier(p, fmt, model, dev, input_shape=input_shape, metadata=metadata)
 
@@ -221,7 +221,7 @@ def _image_classifier(p: Path, fmt: str, module, dev: str, *, input_shape, metad
     except ProbeError as exc:
         raise ProbeError(f"{p}: {exc}") from None
     except Exception as exc:
-        raise ProbeError(f"{p}: the model fails on input shape {shape}: {_one_line(exc)}") from None
+        raise ProbeError(f"{p}: the model fails on input shape {shape}: {explain(exc)}") from None
     params = sum(int(t.numel()) for t in module.parameters())
     metadata = {**metadata, "input_shape_source": source, "parameters": params}
     return ImageClassifier(kind=IMAGE_CLASSIFIER, path=str(p), format=fmt, metadata=metadata,
@@ -234,7 +234,7 @@ def _load_safetensors(p: Path, *, arch, input_shape, device) -> ImageClassifier:
     try:
         state = load_file(str(p), device="cpu")
     except Exception as exc:
-        raise ProbeError(f"{p}: invalid safetensors file: {_one_line(exc, 160)}") from None
+        raise ProbeError(f"{p}: invalid safetensors file: {explain(exc, 160)}") from None
     if not state:
         raise ProbeError(f"{p}: safetensors file holds no tensors")
     return _finish_arch(p, formats.SAFETENSORS, state, arch=arch, input_shape=input_shape, device=device)
@@ -253,7 +253,7 @@ def _load_torch_checkpoint(p: Path, fmt: str, *, arch, input_shape, device) -> I
         if "Weights only load failed" in str(exc):
             raise _unpickler_refusal(p, "a pickled object that is not a plain state_dict "
                                         "(for example a whole model), which only the full unpickler can load") from None
-        raise ProbeError(f"{p}: {fmt} checkpoint could not be read (truncated or corrupt?): {_one_line(exc, 160)}") from None
+        raise ProbeError(f"{p}: {fmt} checkpoint could not be read (truncated or corrupt?): {explain(exc, 160)}") from None
     state = extract_state_dict(obj, str(p))
     return _finish_arch(p, fmt, state, arch=arch, input_shape=input_shape, device=device,
                         extra={"weights_only": True})
@@ -290,7 +290,7 @@ def _load_torchscript(p: Path, *, input_shape, device) -> ImageClassifier:
             if not isinstance(feats, torch.Tensor) or feats.shape[0] != 2:
                 raise ProbeError("TorchScript feature extraction gave no per-input features")
     except Exception as exc:
-        message = f"{p}: intermediate activations unavailable for this TorchScript model: {_one_line(exc, 160)}"
+        message = f"{p}: intermediate activations unavailable for this TorchScript model: {explain(exc, 160)}"
 
         def feature_fn(x, _message=message):
             raise ProbeError(_message)
@@ -401,14 +401,14 @@ def _load_hf_folder(p: Path, *, input_shape, device) -> Subject:
             target = pickled[0] if len(pickled) == 1 else p
             raise _unpickler_refusal(target, "a pickled file that is not a plain state_dict, which only the full "
                                              "unpickler can load") from None
-        raise ProbeError(f"{p}: could not be loaded as a Hugging Face {kind}: {_one_line(exc)}") from None
+        raise ProbeError(f"{p}: could not be loaded as a Hugging Face {kind}: {explain(exc)}") from None
 
 
 def _load_hf_lm(p: Path, device) -> Subject:
     try:
         from probes.subjects.hf_lm import load_causal_lm
     except ImportError as exc:
-        raise ProbeError(f"{p}: causal language model support is not available ({_one_line(exc, 100)})") from None
+        raise ProbeError(f"{p}: causal language model support is not available ({explain(exc, 100)})") from None
     sub = load_causal_lm(p, device=device)
     if sub.model is not None:
         named = list(sub.model.named_parameters()) + list(sub.model.named_buffers())

@@ -67,8 +67,9 @@ def rgb_badnets(torch_one_thread):
 def nc_badnets_result(badnets_cnn, clean_data):
     """One default Neural Cleanse run on the BadNets CNN, shared by several tests."""
     from probes import neural_cleanse
+    from probes.context import context_for
 
-    return neural_cleanse.run(badnets_cnn.subject(), {"data": clean_data, "seed": 0})
+    return neural_cleanse.run(badnets_cnn.subject(), context_for("neural-cleanse", {"seed": 0}, data=clean_data))
 
 
 def poisoned_mix(zm, n_poison: int = 100):

@@ -7,6 +7,7 @@ import pytest
 
 from probes import audit_decision as ad
 from probes.data import LabelledData
+from probes.context import RunContext
 from probes.errors import ProbeError
 
 
@@ -27,7 +28,7 @@ def test_trigger_mask_picks_the_constant_patch_not_the_content():
     poison = rng.uniform(0, 1, (60, 1, 8, 8)).astype(np.float32) + 0.1  # small content shift
     poison[:, :, 6:8, 6:8] = 1.0
     clean[:, :, 6:8, 6:8] = 0.0
-    mask = ad.trigger_mask(poison, clean)
+    mask = ad.trigger_mask(poison, clean, 0.5)
     assert mask.shape == (1, 8, 8)
     assert mask[0, 6:8, 6:8].all() and mask.sum() == 4
 
@@ -41,7 +42,7 @@ def test_refine_with_mask_recovers_misassigned_members():
     start = truth.copy()
     start[:10] = False  # 10 poisoned samples on the wrong side of the geometric split
     start[60:63] = True  # and 3 clean ones
-    assert np.array_equal(ad.refine_with_mask(x, start), truth)
+    assert np.array_equal(ad.refine_with_mask(x, start, fraction=0.5), truth)
 
 
 def test_precision_recall_over_the_whole_set():
@@ -75,7 +76,7 @@ class _Subject:
 ])
 def test_prepare_rejects_bad_audits(audit, match):
     with pytest.raises(ProbeError, match=match):
-        ad.prepare(_Subject(), {"audit": audit}, "spectral")
+        ad.prepare(_Subject(), RunContext("spectral", {"seed": 0, "layer": None}, audit=audit))
 
 
 def test_score_histogram_survives_degenerate_scores():

@@ -18,7 +18,9 @@ import joblib.numpy_pickle  # noqa: F401  (imported before the no-unpickling gua
 import joblib.numpy_pickle_compat  # noqa: F401
 import pytest
 
-from probes.dynamic_load import choose_loader, offer_after_static, payloads, run, sandbox
+from corpora import dynamic_payloads as payloads
+from probes.context import context_for
+from probes.dynamic_load import choose_loader, offer_after_static, run, sandbox
 from probes.errors import Cancelled, ProbeError
 
 
@@ -52,7 +54,7 @@ def no_unpickling_here(monkeypatch):
 
 
 def probe(path, **params):
-    return run(str(path), params)
+    return run(str(path), context_for("dynamic", params))
 
 
 def refused_events(res):
@@ -181,7 +183,7 @@ def test_cancel_kills_the_child_and_raises(files):
     threading.Timer(0.8, cancel.set).start()
     t = time.perf_counter()
     with pytest.raises(Cancelled):
-        run(str(files["payloads"]["hang-spin"].path), {"timeout_s": 30}, cancel=cancel)
+        run(str(files["payloads"]["hang-spin"].path), context_for("dynamic", {"timeout_s": 30}, cancel=cancel))
     assert time.perf_counter() - t < 6
     assert probe(files["benign"][0][0]).verdict == "clean"
 
@@ -291,7 +293,7 @@ def test_cli_scan_with_the_dynamic_probe(files, tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    mod = pytest.importorskip("probes.zoo.payload_corpus")
+    mod = pytest.importorskip("corpora.payload_corpus")
     dest = tmp_path_factory.mktemp("corpus")
     return dest, mod.build_corpus(dest)
 

@@ -8,6 +8,8 @@ import threading
 import numpy as np
 import pytest
 
+from probes.context import context_for
+
 pytestmark = pytest.mark.xdist_group("digits")
 
 
@@ -79,7 +81,7 @@ def test_no_baseline_is_inconclusive_and_says_so(fzoo):
     from probes.fingerprint import run
 
     calls = []
-    r = run(fzoo["clean"][0].subject(), {"seed": 0}, progress=lambda d, t, m="": calls.append((d, t)))
+    r = run(fzoo["clean"][0].subject(), context_for("fingerprint", on_progress=lambda e: calls.append((e.done, e.total))))
     d = r.to_dict()
     json.dumps(d)
     assert d["verdict"] == "inconclusive" and d["trust_score"] is None and d["band"] is None
@@ -91,13 +93,13 @@ def test_no_baseline_is_inconclusive_and_says_so(fzoo):
 
 def test_no_baseline_does_not_count_neural_cleanse_twice(fzoo):
     from probes.fingerprint import run
-    from probes.verdict import layered_verdict
+    from vocabulary.layered import layered_verdict
 
     for ai, nc_verdict in ((4.0, "backdoored"), (0.95, "clean")):
         prior = {"neural-cleanse": {"probe": "neural-cleanse", "verdict": nc_verdict, "score": ai / (ai + 2),
                                     "anomaly_index": ai, "params": {"threshold": 2.0},
                                     "per_class": [{"class": i, "l1_norm": 5.0 + 3 * i} for i in range(10)]}}
-        d = run(fzoo["badnets"].subject(), {"seed": 0, "_prior_results": prior}).to_dict()
+        d = run(fzoo["badnets"].subject(), context_for("fingerprint", earlier=prior)).to_dict()
         assert d["trust_score"] is None and d["verdict"] == "inconclusive" and f"{ai:.2f}" in d["summary"]
         v = layered_verdict([prior["neural-cleanse"], d])
         assert v["contributions"].keys() == {"neural-cleanse"}  # the fingerprint adds nothing without a baseline
@@ -107,9 +109,12 @@ def test_no_baseline_does_not_count_neural_cleanse_twice(fzoo):
 def test_stored_baseline_scores_backdoors_above_clean(fzoo, records, tmp_path):
     from probes.fingerprint import run
 
-    params = {"seed": 0, "baseline_fingerprints": records, "baseline_name": "mlp", "cache_dir": str(tmp_path)}
-    held_out = run(fzoo["clean"][11].subject(), params).to_dict()
-    bad = [run(fzoo[k].subject(), params).to_dict() for k in ("badnets", "blended")]
+    def params():
+        return context_for("fingerprint", {"baseline_name": "mlp"}, inputs={"baseline_fingerprints": records},
+                           cache_dir=tmp_path)
+
+    held_out = run(fzoo["clean"][11].subject(), params()).to_dict()
+    bad = [run(fzoo[k].subject(), params()).to_dict() for k in ("badnets", "blended")]
     for d in [held_out, *bad]:
         json.dumps(d)
         assert set(d["detectors"]) == {"iforest", "ocsvm", "gmm", "autoencoder", "mahalanobis", "lof"}
@@ -120,15 +125,15 @@ def test_stored_baseline_scores_backdoors_above_clean(fzoo, records, tmp_path):
     assert min(b["trust_score"] for b in bad) > held_out["trust_score"]
     assert max(b["trust_score"] for b in bad) > 60
     assert bad[1]["n_above_95"] >= 1 and "of 6 detectors above the 95th percentile" in bad[1]["summary"]
-    again = run(fzoo["blended"].subject(), params).to_dict()
+    again = run(fzoo["blended"].subject(), params()).to_dict()
     assert again["calibration"]["cached"] and again["trust_score"] == bad[1]["trust_score"]
 
 
 def test_small_baseline_excludes_detectors_with_reasons(fzoo, records, tmp_path):
     from probes.fingerprint import run
 
-    d = run(fzoo["blended"].subject(), {"seed": 0, "baseline_fingerprints": records[:7],
-                                        "cache_dir": str(tmp_path)}).to_dict()
+    d = run(fzoo["blended"].subject(), context_for("fingerprint", inputs={"baseline_fingerprints": records[:7]},
+                                                   cache_dir=tmp_path)).to_dict()
     assert set(d["excluded"]) == {"iforest", "gmm", "autoencoder"}
     assert set(d["detectors"]) == {"ocsvm", "mahalanobis", "lof"} and d["n_detectors"] == 3
     assert all("baseline models" in why for why in d["excluded"].values())
@@ -144,12 +149,14 @@ def test_baseline_folder_is_fingerprinted_once_and_excludes_the_subject(fzoo, tm
     (folder / "notes.txt").write_text("not a model")
     cache = tmp_path / "cache"
     subject = load_subject(paths[0], arch=json.loads(paths[0].with_suffix(".json").read_text())["arch"])
-    params = {"seed": 0, "baseline": str(folder), "cache_dir": str(cache)}
-    d = run(subject, params).to_dict()
+    def params():
+        return context_for("fingerprint", {"baseline": str(folder)}, cache_dir=cache)
+
+    d = run(subject, params()).to_dict()
     assert d["baseline_size"] == 10 and d["baseline_source"].startswith("folder")
     assert any(s["reason"] == "the subject itself" for s in d["baseline_skipped"])
     assert len(list((cache / "fingerprints").glob("*.json"))) == 10
-    d2 = run(fzoo["blended"].subject(), params).to_dict()
+    d2 = run(fzoo["blended"].subject(), params()).to_dict()
     assert d2["baseline_size"] == 11 and d2["trust_score"] > d["trust_score"]
 
 
@@ -175,7 +182,7 @@ def test_cancel_raises(fzoo):
     ev = threading.Event()
     ev.set()
     with pytest.raises(Cancelled):
-        run(fzoo["clean"][0].subject(), {"seed": 0}, cancel=ev)
+        run(fzoo["clean"][0].subject(), context_for("fingerprint", cancel=ev))
 
 
 def test_bad_params_are_one_line_errors(fzoo, records, tmp_path):
@@ -184,11 +191,14 @@ def test_bad_params_are_one_line_errors(fzoo, records, tmp_path):
 
     s = fzoo["clean"][0].subject()
     with pytest.raises(ProbeError, match="LabelledData"):
-        run(s, {"data": np.zeros((3, 1, 16, 16))})
-    with pytest.raises(ProbeError, match="baseline folder not found"):
-        run(s, {"baseline": str(tmp_path / "nope"), "cache_dir": str(tmp_path)})
-    with pytest.raises(ProbeError, match="unknown detector"):
-        run(s, {"baseline_fingerprints": records, "detectors": ["magic"], "cache_dir": str(tmp_path)})
+        run(s, context_for("fingerprint", data=np.zeros((3, 1, 16, 16))))
+    with pytest.raises(ProbeError, match="no such file or folder"):
+        context_for("fingerprint", {"baseline": str(tmp_path / "nope")})
+    with pytest.raises(ProbeError, match="'magic' not among"):
+        context_for("fingerprint", {"detectors": ["magic"]})
+    with pytest.raises(ProbeError, match="feature_groups"):
+        run(s, context_for("fingerprint", {"feature_groups": 3}, inputs={"baseline_fingerprints": records},
+                           cache_dir=tmp_path))
 
 
 def test_causal_lm_fingerprint_from_hidden_states():
@@ -212,5 +222,5 @@ def test_causal_lm_fingerprint_from_hidden_states():
     assert "lm.out.entropy_mean" in names and "lm.h2.std" in names and "lm.trig.tv_word_max" in names
     assert np.isfinite(fp.vector).all()
     assert np.array_equal(fp.vector, compute_fingerprint(subj, seed=0).vector)
-    d = run(subj, {"seed": 0}).to_dict()
+    d = run(subj, context_for("fingerprint")).to_dict()
     assert d["verdict"] == "inconclusive" and d["reference_inputs"].endswith("prompts")

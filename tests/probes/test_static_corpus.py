@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from probes.static_scan import scan_path
-from probes.zoo.payload_corpus import build_corpus
+from corpora.payload_corpus import build_corpus
 
 
 class _NoUnpickling(Exception):

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from probes.context import context_for
+
 from probes.errors import Cancelled, ProbeError
 from probes.registry import get
 from probes.static_scan import run, scan_path
@@ -159,20 +161,21 @@ def test_registry_run_progress_cancel_and_params(tmp_path):
     fn = get("static").load()
     assert fn is run
     seen = []
-    r = fn(str(p), {"seed": 3}, progress=lambda d, t, m="": seen.append((d, t)), cancel=threading.Event())
+    r = fn(str(p), context_for("static", {"seed": 3}, on_progress=seen.append))
     d = r.to_dict()
     assert d["probe"] == "static" and d["verdict"] == "malicious" and d["score"] == 1.0
     assert d["params"]["seed"] == 3 and "max_decompressed_mb" in d["params"]
-    assert seen and seen[-1][0] == seen[-1][1]
+    assert seen and seen[-1].done == seen[-1].total and seen[-1].unit == "files"
     assert d["files_scanned"] == 1 and isinstance(d["findings"], list)
     ev = threading.Event()
     ev.set()
     with pytest.raises(Cancelled):
-        run(str(tmp_path), {}, cancel=ev)
+        run(str(tmp_path), context_for("static", cancel=ev))
     with pytest.raises(ProbeError):
-        run(str(tmp_path / "missing.pt"), {})
-    with pytest.raises(ProbeError):
-        run(str(p), {"max_decompressed_mb": -1})
+        run(str(tmp_path / "missing.pt"), context_for("static"))
+    for bad in (-1, float("nan"), "lots"):
+        with pytest.raises(ProbeError, match="max_decompressed_mb"):
+            context_for("static", {"max_decompressed_mb": bad})
 
 
 def test_sarif_2_1_0(tmp_path):

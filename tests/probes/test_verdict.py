@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from probes.verdict import band, layered_verdict, probe_risk
+from vocabulary.layered import band, layered_verdict, probe_risk
 
 STATIC_CLEAN = {"probe": "static", "verdict": "clean", "score": 0.0, "findings": []}
 NC_FLAG = {"probe": "neural-cleanse", "verdict": "backdoored", "score": 4.3 / 6.3, "anomaly_index": 4.3,

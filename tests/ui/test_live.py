@@ -123,3 +123,16 @@ async def test_live_trigger_hunt_pin_custom_and_confirm(tiny_lm, tmp_path):
         actions = [a["action"] for a in st.audit_rows(cid)]
     assert runs[-1]["probe"] == "kl" and runs[-1]["status"] == "done" and runs[-1]["verdict"] == "backdoored"
     assert "hunt.pinned" in actions and "hunt.confirmed" in actions
+
+    # one language model is kept loaded at a time; the follow-ups report the engine's own errors
+    from workbench.ui import tasks
+
+    assert tasks.SESSIONS.key == (sid, info.path)
+    first = tasks.SESSIONS.session
+    seen: list = []
+    tasks.custom(tasks.Job("custom", cid, sid + 100, path=info.path,
+                           params={"candidate": "zephyr", "kl_params": {"max_prompts": 4}}), db, seen.append)
+    assert seen[-1].status == "done" and tasks.SESSIONS.session is not first and tasks.SESSIONS.key[0] == sid + 100
+    tasks.custom(tasks.Job("custom", cid, sid + 100, path=info.path,
+                           params={"candidate": "zephyr", "kl_params": {"builtin_prompts": False}}), db, seen.append)
+    assert seen[-1].status == "failed" and "no prompts" in seen[-1].text

@@ -307,14 +307,15 @@ class WorkbenchApp(App[int]):
     def on_job_progress(self, msg: M.JobProgress) -> None:
         if msg.job is not self.current:
             return
+        ev = msg.event
         label = Text(f"◐ {msg.job.title()} ", style="cyan")
-        label.append(f"{msg.stage}: {msg.text}"[:80], style="")
+        label.append(msg.text[:80], style="")
         self.query_one("#job-label", Static).update(label)
-        self.query_one("#job-progress", ProgressBar).update(total=max(msg.total, 1), progress=msg.done)
+        self.query_one("#job-progress", ProgressBar).update(total=max(ev.total, 1), progress=ev.done)
         if msg.job.kind in ("hunt", "confirm", "custom"):
             hunt = self.pane(HuntPane)
             if hunt is not None and msg.job.kind == "hunt" and hunt.subject_id == msg.job.subject_id:
-                hunt.progress(msg.done, msg.total, msg.text)
+                hunt.progress(ev)
         if self._stage != (msg.job.id, msg.stage):
             self._stage = (msg.job.id, msg.stage)
             self.log_event(f"{msg.job.title()}: {msg.stage} — {msg.text}", "grey70")
@@ -339,11 +340,6 @@ class WorkbenchApp(App[int]):
         hunt = self.pane(HuntPane)
         if hunt is not None and hunt.subject_id == msg.job.subject_id:
             hunt.update_ranking(msg.ranking)
-
-    def on_hunt_rate(self, msg: M.HuntRate) -> None:
-        hunt = self.pane(HuntPane)
-        if hunt is not None and hunt.subject_id == msg.job.subject_id:
-            hunt.set_rate(msg.rate, msg.evaluated)
 
     def on_job_finished(self, msg: M.JobFinished) -> None:
         job = msg.job

@@ -18,9 +18,19 @@ class JobStarted(JobMessage):
 
 
 class JobProgress(JobMessage):
-    def __init__(self, job: Any, stage: str, done: int, total: int, text: str) -> None:
+    """How far the job has come: a :class:`probes.context.ProgressEvent` (stage, counts, unit, rate)."""
+
+    def __init__(self, job: Any, event: Any) -> None:
         super().__init__(job)
-        self.stage, self.done, self.total, self.text = stage, done, total, text
+        self.event = event
+
+    @property
+    def stage(self) -> str:
+        return str(self.event.stage)
+
+    @property
+    def text(self) -> str:
+        return str(self.event.text())
 
 
 class ProbeFinished(JobMessage):
@@ -43,8 +53,3 @@ class HuntPartial(JobMessage):
         super().__init__(job)
         self.ranking = ranking
 
-
-class HuntRate(JobMessage):
-    def __init__(self, job: Any, rate: float | None, evaluated: int) -> None:
-        super().__init__(job)
-        self.rate, self.evaluated = rate, evaluated

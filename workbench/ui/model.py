@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from probes.verdict import layered_verdict
+from vocabulary.layered import subject_verdict
+
+__all__ = ["latest_by_probe", "latest_done", "dynamic_called_for", "subject_verdict", "data_paths_for"]
 
 
 def latest_by_probe(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -32,17 +34,6 @@ def dynamic_called_for(runs: list[dict[str, Any]]) -> bool:
     if static is None or (dynamic is not None and dynamic["id"] > static["id"]):
         return False
     return offer_after_static(static["result"])
-
-
-def subject_verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Layered verdict over the newest finished result of each probe."""
-    results = []
-    seen = set()
-    for r in reversed(runs):
-        if r["status"] == "done" and r.get("result") and r["probe"] not in seen:
-            seen.add(r["probe"])
-            results.append(r["result"])
-    return layered_verdict(list(reversed(results)))
 
 
 def data_paths_for(runs: list[dict[str, Any]]) -> tuple[str | None, str | None]:

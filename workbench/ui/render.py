@@ -27,7 +27,6 @@ STATUS_ICON = {
     "cancelled": ("⊘", "yellow"),
     "interrupted": ("⚠", "yellow"),
 }
-RANK = {"malicious": 4, "backdoored": 3, "suspicious": 2, "inconclusive": 1, "clean": 0}
 
 
 def verdict_text(verdict: str | None) -> Text:
@@ -39,11 +38,6 @@ def verdict_text(verdict: str | None) -> Text:
 def status_text(status: str | None) -> Text:
     icon, style = STATUS_ICON.get(status or "", ("?", ""))
     return Text(icon, style=style)
-
-
-def worst_verdict(verdicts: Sequence[str | None]) -> str | None:
-    vs = [v for v in verdicts if v]
-    return max(vs, key=lambda v: RANK.get(v, 0)) if vs else None
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -10,7 +10,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from workbench.ui import render
-from workbench.ui.model import subject_verdict
+from vocabulary.layered import case_verdict, subject_verdict
 
 Key = tuple[str, int]
 
@@ -45,7 +45,7 @@ class CaseTree(Tree[dict]):
             for s in subjects:
                 sruns = by_subject.get(s["id"], [])
                 v = subject_verdict(sruns)
-                verdicts.append(v["verdict"] if v["score"] is not None else None)
+                verdicts.append(v)
                 snode = self._ensure(("subject", s["id"]), cnode, {"type": "subject", "id": s["id"],
                                                                    "case_id": case["id"], "subject_id": s["id"]})
                 snode.set_label(self._subject_label(s, sruns, v))
@@ -53,7 +53,7 @@ class CaseTree(Tree[dict]):
                     self._run_node(r, snode, case["id"])
             for r in by_subject.get(None, []):
                 self._run_node(r, cnode, case["id"])
-            cnode.set_label(self._case_label(case, render.worst_verdict(verdicts), runs))
+            cnode.set_label(self._case_label(case, case_verdict(verdicts)["verdict"] if runs else None, runs))
 
     def _run_node(self, r: dict[str, Any], parent: TreeNode[dict], case_id: int) -> None:
         node = self._ensure(("run", r["id"]), parent, {"type": "run", "id": r["id"], "case_id": case_id,

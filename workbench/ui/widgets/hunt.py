@@ -85,15 +85,13 @@ class HuntPane(Vertical):
         self._fill()
         self._head()
 
-    def progress(self, done: int, total: int, text: str) -> None:
-        self.stage = text
-        self.query_one("#hunt-progress", ProgressBar).update(total=max(total, 1), progress=done)
-        self._head()
-
-    def set_rate(self, rate: float | None, evaluated: int) -> None:
-        if rate is not None:
-            self.rate = rate
-        self.evaluated = evaluated
+    def progress(self, event: Any) -> None:
+        """Show a :class:`probes.context.ProgressEvent` of the hunt: the stage's counts and its rate."""
+        self.stage = f"{event.stage}: {event.message}" if event.message else event.stage
+        self.query_one("#hunt-progress", ProgressBar).update(total=max(event.total, 1), progress=event.done)
+        if event.unit == "candidates":
+            self.rate = event.rate if event.rate else self.rate
+            self.evaluated = event.done
         self._head()
 
     def finished(self, status: str, text: str) -> None:

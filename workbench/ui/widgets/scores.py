@@ -11,7 +11,8 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from workbench.ui import render
-from workbench.ui.model import latest_by_probe, subject_verdict
+from vocabulary.layered import case_verdict, subject_verdict
+from workbench.ui.model import latest_by_probe
 
 
 class ScoresPane(Vertical):
@@ -55,10 +56,8 @@ class ScoresPane(Vertical):
         runs = store.list_runs(case_id=case_id)
         subjects = store.list_subjects(case_id)
         all_v = [subject_verdict([r for r in runs if r["subject_id"] == s["id"]]) for s in subjects]
-        scored = [v for v in all_v if v["score"] is not None]
-        worst = max(scored, key=lambda v: (v["score"], render.RANK.get(v["verdict"], 0))) if scored else {"score": None, "band": None,
-                                                                      "verdict": "inconclusive", "evidence": ""}
-        self.query_one("#scores-head", Static).update(self._head(f"Case {case_id}: {case['title']}", worst))
+        overall = case_verdict(all_v)
+        self.query_one("#scores-head", Static).update(self._head(f"Case {case_id}: {case['title']}", overall))
         t = self.query_one("#scores-table", DataTable)
         t.clear(columns=True)
         t.add_columns("subject", "kind", "verdict", "risk", "runs", "evidence")

@@ -25,29 +25,32 @@ The evidence line lists every probe in pipeline order, e.g. ``static: clean;
 Neural Cleanse anomaly index 4.30 → class 0; fingerprint 2 of 6 detectors above
 the 95th percentile (trust 72)``.
 
-Pure Python: importing this module never imports torch or numpy.
+Every view of a subject (the TUI, ``case show``, the report, ``scan``) calls
+:func:`subject_verdict` on the subject's runs: the latest finished run of each
+probe counts, older ones are history. A case's verdict is the worst of its
+subjects' (:func:`case_verdict`).
+
+Standard library only: importing this module never imports torch or numpy.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
-_RANK = {"malicious": 4, "backdoored": 3, "suspicious": 2, "inconclusive": 1, "clean": 0}
-BANDS = (("low", 30), ("medium", 60), ("high", 100))
+from vocabulary import Band, Verdict
+
 # risk range a probe's 0-1 score is mapped into, by the probe's own verdict
-_VERDICT_RANGE = {"clean": (0.0, 30.0), "inconclusive": (0.0, 60.0), "suspicious": (31.0, 80.0),
-                  "backdoored": (61.0, 100.0), "malicious": (100.0, 100.0)}
+_VERDICT_RANGE = {Verdict.CLEAN: (0.0, 30.0), Verdict.INCONCLUSIVE: (0.0, 60.0), Verdict.SUSPICIOUS: (31.0, 80.0),
+                  Verdict.BACKDOORED: (61.0, 100.0), Verdict.MALICIOUS: (100.0, 100.0)}
+# probes listed in this order in the evidence line; probes not named here follow, by name
 PIPELINE_ORDER = ("static", "dynamic", "neural-cleanse", "strip", "spectral", "activation-clustering", "kl",
                   "fingerprint")
 
 
 def band(score: float | None) -> str | None:
-    if score is None:
-        return None
-    for name, upper in BANDS:
-        if score <= upper:
-            return name
-    return "high"
+    """The band name of a 0–100 risk score (None for no score)."""
+    b = Band.of(score)
+    return None if b is None else b.value
 
 
 def _num(value) -> float | None:
@@ -60,16 +63,16 @@ def _num(value) -> float | None:
 
 def probe_risk(r: dict[str, Any]) -> float | None:
     """One probe's contribution to the case risk (0–100), or None when it has nothing to say."""
-    verdict = r.get("verdict")
+    verdict = Verdict.parse(r.get("verdict")) or Verdict.INCONCLUSIVE
     if r.get("probe") == "fingerprint":
         t = _num(r.get("trust_score"))
         if t is None:
             return None
         return max(0.0, min(100.0, t))
-    lo, hi = _VERDICT_RANGE.get(verdict, (0.0, 60.0))
+    lo, hi = _VERDICT_RANGE[verdict]
     s = _num(r.get("score")) or 0.0
     s = max(0.0, min(1.0, s))
-    if verdict == "inconclusive" and s == 0.0:
+    if verdict is Verdict.INCONCLUSIVE and s == 0.0:
         return None
     return lo + (hi - lo) * s
 
@@ -115,17 +118,23 @@ def _ordered(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(r.get("probe"))
         out.append(r)
     pos = {p: i for i, p in enumerate(PIPELINE_ORDER)}
-    return sorted(out, key=lambda r: pos.get(r.get("probe"), len(pos)))
+    return sorted(out, key=lambda r: (pos.get(r.get("probe"), len(pos)), str(r.get("probe"))))
 
 
-def layered_verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine probe results (``to_dict()`` form) into ``{score, band, verdict, evidence}``.
+def layered_verdict(results: list[dict[str, Any]], failed: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Combine probe results (``to_dict()`` form, one per probe) into ``{score, band, verdict, evidence}``.
 
-    Also returns ``contributions`` ({probe: risk}) and ``driver`` (the probe that set the score).
+    ``failed`` lists ``(probe, error)`` of probes that did not complete. A static scan that failed leaves the
+    subject's files unread: the verdict can then not be ``clean`` (at best ``inconclusive``), whatever the
+    behavioural probes said. Also returns ``contributions`` ({probe: risk}) and ``driver`` (the probe that set
+    the score).
     """
-    done = _ordered([r for r in results if r.get("verdict")])
+    done = _ordered([r for r in results if Verdict.parse(r.get("verdict")) is not None])
+    failed = [(p, e) for p, e in failed if p not in {r.get("probe") for r in done}]
+    static_failed = next((e for p, e in failed if p == "static"), None)
     if not done:
-        return {"score": None, "band": None, "verdict": "inconclusive", "evidence": "no probe completed",
+        evidence = "no probe completed" + (f"; static scan failed: {static_failed}" if static_failed else "")
+        return {"score": None, "band": None, "verdict": Verdict.INCONCLUSIVE.value, "evidence": evidence,
                 "contributions": {}, "driver": None}
     contrib = {}
     for r in done:
@@ -141,8 +150,53 @@ def layered_verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
         score_i = int(round(score))
     else:
         driver, score_i = None, None
-    decisive = [r["verdict"] for r in done if r["verdict"] != "inconclusive"]
-    verdict = max(decisive, key=lambda v: _RANK.get(v, 0)) if decisive else "inconclusive"
-    return {"score": score_i, "band": band(score_i), "verdict": verdict,
-            "evidence": "; ".join(_evidence(r) for r in done),
+    decisive = [v for v in (Verdict(r["verdict"]) for r in done) if v.decisive]
+    verdict = Verdict.worst(decisive, default=Verdict.INCONCLUSIVE)
+    evidence = "; ".join(_evidence(r) for r in done)
+    if static_failed is not None:
+        evidence = f"static scan failed ({static_failed}); " + evidence
+        if verdict is Verdict.CLEAN:  # unread files are never clean
+            verdict = Verdict.INCONCLUSIVE
+            score_i = max(score_i or 0, Band.MEDIUM.lower)
+    return {"score": score_i, "band": band(score_i), "verdict": verdict.value, "evidence": evidence,
             "contributions": {k: int(round(v)) for k, v in contrib.items()}, "driver": driver}
+
+
+def latest_per_probe(runs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """From a subject's run rows: the newest finished result of each probe, and probes whose newest attempt failed.
+
+    A run row carries ``probe``, ``status``, ``id`` (newer = larger) and ``result`` (the probe's
+    ``to_dict()``), as :class:`casefiles.CaseStore` returns them. A probe whose newest run failed while an
+    older one finished keeps the older result (history counts until replaced); a probe that never finished
+    and whose newest run failed is reported in the second list.
+    """
+    newest_done: dict[str, dict[str, Any]] = {}
+    newest_any: dict[str, dict[str, Any]] = {}
+    for r in sorted(runs, key=lambda r: r.get("id") or 0):
+        probe = r.get("probe")
+        if not probe:
+            continue
+        newest_any[probe] = r
+        if r.get("status") == "done" and isinstance(r.get("result"), dict):
+            newest_done[probe] = r
+    results = [newest_done[p]["result"] for p in newest_done]
+    failed = [(p, str(r.get("error") or r.get("status"))) for p, r in newest_any.items()
+              if p not in newest_done and r.get("status") == "failed"]
+    return results, failed
+
+
+def subject_verdict(runs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The one verdict of a subject from its run rows: :func:`layered_verdict` of the latest run per probe."""
+    results, failed = latest_per_probe(runs)
+    return layered_verdict(results, failed)
+
+
+def case_verdict(subject_verdicts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A case's verdict: the worst subject verdict (decisive ones first) and the highest risk."""
+    vs = list(subject_verdicts)
+    decisive = [Verdict(v["verdict"]) for v in vs if Verdict(v["verdict"]).decisive]
+    verdict = Verdict.worst(decisive) or (Verdict.INCONCLUSIVE if vs else None)
+    scores = [v["score"] for v in vs if v.get("score") is not None]
+    score = max(scores) if scores else None
+    return {"verdict": verdict.value if verdict else None, "score": score, "band": band(score),
+            "subjects": len(vs)}
