@@ -74,13 +74,12 @@ def main() -> None:
     ap.add_argument("--speed-only", action="store_true", help="skip the quality table")
     args = ap.parse_args()
 
-    import torch
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it
     print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
-    from probes.context import context_for
     from probes import activation_clustering, spectral
+    from probes.context import context_for
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, build_model, load_digits
 

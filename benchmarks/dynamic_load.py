@@ -59,13 +59,12 @@ def main() -> int:
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-dynamic-"))
     os.environ.setdefault("WORKBENCH_CACHE", str(tmp / "cache"))  # measure a first use, not someone's cache
 
-    import torch
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it
     print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
-    from probes.context import context_for
     from corpora import dynamic_payloads as payloads
+    from probes.context import context_for
     from probes.dynamic_load import run, sandbox
 
     benign = payloads.build_benign_samples(tmp / "benign")
@@ -130,7 +129,7 @@ def main() -> int:
     nonexec = [r for r in rows if r[1] == "malicious" and not r[3]]
     print()
     print(f"{'file':36s} {'label':9s} {'exec':4s} {'verdict':12s} {'time':>7s}  evidence")
-    for name, label, family, ex, verdict, dt, ev, summary in rows:
+    for name, label, _family, ex, verdict, dt, ev, summary in rows:
         mark = "" if (label == "benign") != caught(verdict) or (label == "malicious" and not ex) else "  <-- !"
         print(f"{name[:36]:36s} {label[:9]:9s} {'yes' if ex else 'no':4s} {verdict:12s} {dt:6.3f}s  "
               f"{(ev or summary)[:70]}{mark}")

@@ -179,7 +179,6 @@ def auroc(y, s) -> float:
 
 
 def build(args, log):
-    import torch
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it

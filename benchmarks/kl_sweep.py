@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
-    import torch
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
     }
     for bs in (64, 1024):
         e2 = KLEngine.build(s.model, s.tokenizer, "cpu", BUILTIN_PROMPTS, batch_size=bs)
-        _, w, _ = timed(lambda: e2.kl_matrix(cands, pos))
+        _, w, _ = timed(lambda e2=e2: e2.kl_matrix(cands, pos))
         out["speed"][f"batch_{bs}_s"] = round(w, 3)
 
     # 3. memory ------------------------------------------------------------------------------

@@ -132,7 +132,6 @@ def textbook_neural_cleanse(subject, x_opt, y_opt, params, *, per_epoch: bool):
 
 def main() -> int:
     import numpy as np
-    import torch
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it

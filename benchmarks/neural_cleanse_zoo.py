@@ -25,14 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> int:
     import numpy as np
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it
     print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
-    from probes.context import context_for
     from probes import neural_cleanse
+    from probes.context import context_for
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, build_model, load_digits
 
@@ -118,7 +117,8 @@ def summarise(rows, np, roc_auc_score) -> bool:
     if skipped:
         print(f"backdoored models skipped for ASR < 0.9:     {', '.join(skipped)}")
     print(f"AUROC of the anomaly index:                  {auroc:.4f}")
-    print(f"attack-type guess right (flagged models):    patch {patch_ok}/{sum(r['kind'] == 'badnets' and r['found'] is not None for r in bd)}, "
+    n_patch = sum(r['kind'] == 'badnets' and r['found'] is not None for r in bd)
+    print(f"attack-type guess right (flagged models):    patch {patch_ok}/{n_patch}, "
           f"blended {blend_ok}/{sum(r['kind'] == 'blended' and r['found'] is not None for r in bd)}")
     print(f"mean NC time per model:                      {np.mean([r['t_nc'] for r in rows]):.2f}s "
           f"(cnn {np.mean([r['t_nc'] for r in rows if r['name'].startswith('cnn')]):.2f}s, one torch thread)")

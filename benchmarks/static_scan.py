@@ -88,7 +88,7 @@ def corpus_table(dest: Path, repeat: int) -> dict:
     }
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)
     for strict in (False, True):
-        t_ps, ps = _timed(lambda: [_picklescan(e.path, strict) for e in entries], repeat)
+        t_ps, ps = _timed(lambda strict=strict: [_picklescan(e.path, strict) for e in entries], repeat)
         flagged = lambda r: not isinstance(r, Exception) and r.infected_files > 0  # noqa: E731
         psnames = lambda r: set() if isinstance(r, Exception) else {f"{g.module}.{g.name}" for g in r.globals}  # noqa: E731
         rows["picklescan" + (" --strict" if strict else "")] = {
@@ -141,8 +141,9 @@ def large_table(dest: Path, large_mb: int, repeat: int) -> None:
     p = dest / "many_tensors.pt"
     torch.save(many, p)
     cases.append(("20k-tensor state_dict", p))
-    import numpy as np
     import pickle
+
+    import numpy as np
 
     p = dest / "large_plain.pkl"
     with open(p, "wb") as fh:
@@ -151,8 +152,8 @@ def large_table(dest: Path, large_mb: int, repeat: int) -> None:
     print()
     print(f"{'file':<26}{'size MB':>9}{'pickle MB':>10}{'ours ms':>10}{'MB/s pkl':>10}{'picklescan ms':>15}")
     for label, path in cases:
-        t, r = _timed(lambda: _ours(path), repeat)
-        t_ps, rps = _timed(lambda: _picklescan(path, False), repeat)
+        t, r = _timed(lambda path=path: _ours(path), repeat)
+        t_ps, rps = _timed(lambda path=path: _picklescan(path, False), repeat)
         err = " (error)" if isinstance(rps, Exception) or getattr(rps, "scan_err", False) else ""
         print(f"{label:<26}{path.stat().st_size / 1e6:>9.1f}{r['pickle_bytes'] / 1e6:>10.3f}{t * 1e3:>10.1f}"
               f"{r['pickle_bytes'] / 1e6 / t:>10.2f}{t_ps * 1e3:>15.1f}{err}   verdict {r['verdict']}")

@@ -44,13 +44,12 @@ def both_entropies(subject, x, pool, n_copies, rng, value_range):
 
 def main() -> int:
     import numpy as np
-    import torch
 
     from workbench.threads import apply_threads
     threads = apply_threads()  # the product's default, as a user gets it
     print(f"torch threads: {threads} (the workbench default, workbench/threads.py)")
-    from probes.context import context_for
     from probes import neural_cleanse, strip
+    from probes.context import context_for
     from probes.data import LabelledData
     from probes.zoo.digits import AttackSpec, apply_trigger, build_model, load_digits
 

@@ -7,7 +7,8 @@ what it found, what it means (MITRE ATLAS), and how to check the trail.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from casefiles import atlas
 from vocabulary.layered import case_verdict, subject_verdict
@@ -129,7 +130,7 @@ def _subject_verdict_text(v: dict[str, Any] | None) -> str:
     return f"{v['verdict']}{risk}"
 
 
-def render_markdown(bundle: dict[str, Any]) -> str:
+def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, section after section; each section is a few lines
     """The case report as markdown text (deterministic for the same bundle)."""
     case, subjects, runs = bundle["case"], bundle["subjects"], bundle["runs"]
     notes, audit, verify = bundle["notes"], bundle["audit"], bundle["verify"]
@@ -158,7 +159,7 @@ def render_markdown(bundle: dict[str, Any]) -> str:
         lines.append("No probe has run yet.")
     if superseded:
         lines.append("")
-        lines.append(f"Superseded by newer runs of the same probe (history, not counted): "
+        lines.append("Superseded by newer runs of the same probe (history, not counted): "
                      + ", ".join(f"run {r['id']} (`{r['probe']}` {r['verdict']})" for r in superseded) + ".")
     lines.append("")
 

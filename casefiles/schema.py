@@ -6,7 +6,7 @@ file newer than this code is refused rather than silently misread.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlite_utils import Database
 

@@ -14,10 +14,11 @@ import os
 import shutil
 import socket
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -30,7 +31,7 @@ RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -101,7 +102,7 @@ class CaseStore:
     def close(self) -> None:
         self.db.conn.close()
 
-    def __enter__(self) -> "CaseStore":
+    def __enter__(self) -> CaseStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -61,9 +61,9 @@ def _dump(obj, path: Path, loader: str) -> None:
 def build_payloads(dest: str | os.PathLike, marker_dir: str | os.PathLike | None = None) -> list[Payload]:
     """Write the payload files into ``dest``; markers (which must never appear) go to ``marker_dir``."""
     import builtins
+    import collections
     import faulthandler
     import itertools
-    import collections
     import logging
     import operator
     import subprocess

@@ -23,8 +23,8 @@ import pickle
 import struct
 import tarfile
 import warnings
-import zlib
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -21,7 +21,8 @@ require a minority cluster as in the paper), ``silhouette_samples`` (1000),
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -29,8 +29,9 @@ prints nothing, and assumes no image shape or class count.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -66,8 +67,13 @@ def prepare(subject: Any, ctx: RunContext) -> AuditInputs:
     mismatch, labels the model does not have, a single-class audit, or a
     layer that does not exist.
     """
-    probe, params = ctx.probe, ctx.params
-    audit = ctx.audit
+    audit = _checked_audit(subject, ctx.audit, ctx.probe)
+    reps, used = _representations(subject, audit, ctx.params.get("layer") or None, ctx.probe)
+    return AuditInputs(audit, reps, used, np.unique(audit.y), ctx.seed)
+
+
+def _checked_audit(subject: Any, audit: Any, probe: str) -> LabelledData:
+    """The audit set as float32 images and int64 labels the model knows, at least two classes."""
     if audit is None:
         raise ProbeError(f"{probe} needs a suspect training set: pass --audit NPZ")
     if not isinstance(audit, LabelledData):
@@ -101,11 +107,13 @@ def prepare(subject: Any, ctx: RunContext) -> AuditInputs:
     if len(classes) < 2:
         raise ProbeError(f"{probe}: the audit set has a single class ({int(classes[0])}); "
                          "a data audit compares classes and needs at least two")
-    audit = LabelledData(x.astype(np.float32, copy=False), y.astype(np.int64, copy=False),
-                         None if audit.is_poison is None else np.asarray(audit.is_poison).astype(bool),
-                         source=audit.source, sha256=audit.sha256)
+    return LabelledData(x.astype(np.float32, copy=False), y.astype(np.int64, copy=False),
+                        None if audit.is_poison is None else np.asarray(audit.is_poison).astype(bool),
+                        source=audit.source, sha256=audit.sha256)
 
-    layer = params.get("layer") or None
+
+def _representations(subject: Any, audit: LabelledData, layer: Any, probe: str) -> tuple[np.ndarray, str]:
+    """Float64 activations (N, D) of the audit set at ``layer`` (default: the penultimate), and the layer used."""
     if layer is not None and not isinstance(layer, str):
         raise ProbeError(f"{probe}: layer must be a name, got {layer!r}")
     if getattr(subject, "feature_fn", None) is not None:
@@ -123,7 +131,7 @@ def prepare(subject: Any, ctx: RunContext) -> AuditInputs:
     reps = np.asarray(reps, dtype=np.float64).reshape(len(audit), -1)
     if not np.isfinite(reps).all():
         raise ProbeError(f"{probe}: the model's activations at {used} contain NaN or inf")
-    return AuditInputs(audit, reps, used, classes, ctx.seed)
+    return reps, used
 
 
 # -- 1-D split ---------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ class _Others:
 
 
 def transplant_test(subject: Any, x: np.ndarray, cls: int, idx_a: np.ndarray, idx_b: np.ndarray,
-                    others: "np.ndarray | _Others", *, fraction: float,
+                    others: np.ndarray | _Others, *, fraction: float,
                     min_excess: float | None = None,
                     screen: int = SCREEN_SAMPLES) -> tuple[Transplant, np.ndarray]:
     """Stamp each group's mean values on the consistent-difference mask onto other classes' images.

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from probes.errors import Cancelled
 
@@ -67,8 +68,8 @@ class RunContext:
 
     probe: str
     params: dict[str, Any] = field(default_factory=dict)
-    data: "LabelledData | None" = None
-    audit: "LabelledData | None" = None
+    data: LabelledData | None = None
+    audit: LabelledData | None = None
     earlier: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     inputs: Mapping[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
@@ -106,7 +107,7 @@ class RunContext:
             self.on_partial(payload)
 
     def child(self, probe: str | None = None, params: dict[str, Any] | None = None, *,
-              stage_prefix: str = "") -> "RunContext":
+              stage_prefix: str = "") -> RunContext:
         """A context for a probe run inside this one (e.g. STRIP's quick Neural Cleanse), sharing cancel.
 
         Progress of the inner run is reported under this run's probe name, its stages prefixed.

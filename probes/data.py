@@ -30,7 +30,7 @@ class LabelledData:
         return {"source": self.source, "sha256": self.sha256, "n": len(self),
                 "shape": list(self.x.shape[1:]), "has_ground_truth": self.is_poison is not None}
 
-    def subset(self, idx: np.ndarray) -> "LabelledData":
+    def subset(self, idx: np.ndarray) -> LabelledData:
         return LabelledData(self.x[idx], self.y[idx],
                             None if self.is_poison is None else self.is_poison[idx],
                             source=self.source, sha256=self.sha256)

@@ -11,7 +11,7 @@ Works on a :class:`probes.lm_engine.KLEngine` (lazy torch; no printing).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

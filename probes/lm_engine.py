@@ -16,9 +16,8 @@ materialised (``logits_to_keep=1`` where the model supports it), so memory is
 from __future__ import annotations
 
 import inspect
-import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -66,7 +65,7 @@ class KLEngine:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, model, tokenizer, device: str, instructions: Sequence[str], *, batch_size: int = 256,
-              cancel=None, share_prefix: bool = False) -> "KLEngine":
+              cancel=None, share_prefix: bool = False) -> KLEngine:
         prompts = []
         unk = getattr(tokenizer, "unk_token_id", None)
         for instr in instructions:
@@ -269,7 +268,7 @@ class KLEngine:
 
     def kl_matrix(self, cands, positions) -> np.ndarray:
         out = np.zeros((0, len(positions), len(self.prompts)))
-        for _, out in self.iter_kl(cands, positions):
+        for _, out in self.iter_kl(cands, positions):  # noqa: B007 - the last yield is the full matrix
             pass
         return out
 

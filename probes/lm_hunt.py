@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class Separation:
     scale: float
 
     @classmethod
-    def of(cls, kls: np.ndarray) -> "Separation":
+    def of(cls, kls: np.ndarray) -> Separation:
         vals = np.log(np.asarray(kls, float) + 1e-6)
         med = float(np.median(vals))
         mad = float(np.median(np.abs(vals - med)))

@@ -56,11 +56,10 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from probes.context import RunContext
 from probes.data import LabelledData
@@ -371,12 +370,12 @@ def reverse_engineer(subject, x_opt: np.ndarray, y_opt: np.ndarray | None = None
 
 def anomaly_indices(norms) -> np.ndarray:
     """Per-class lower-tail MAD anomaly index (0 for classes at or above the median)."""
-    l = np.asarray(norms, float)
-    med = np.median(l)
-    mad = MAD_CONSTANT * np.median(np.abs(l - med))
+    norm = np.asarray(norms, float)
+    med = np.median(norm)
+    mad = MAD_CONSTANT * np.median(np.abs(norm - med))
     if mad <= 1e-12:
         mad = 1e-12
-    return np.where(l < med, (med - l) / mad, 0.0)
+    return np.where(norm < med, (med - norm) / mad, 0.0)
 
 
 def stamp(x, mask, pattern):

@@ -11,9 +11,10 @@ value is a one-line :class:`ProbeError` naming the probe and the parameter.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from probes.errors import ProbeError
 
@@ -57,47 +58,53 @@ class Param:
             if self.allows_none:
                 return None
             raise ProbeError(f"{where} may not be null")
-        kind = self.kind
-        if kind in ("int", "float"):
+        if self.kind in ("int", "float"):
             return self._number(value, where)
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-                return value.strip().lower() in _TRUE
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ProbeError(f"{where} must be true or false, got {value!r}")
-        if kind == "str":
-            if not isinstance(value, str):
-                raise ProbeError(f"{where} must be text, got {value!r}")
+        return getattr(self, f"_{self.kind}")(value, where)
+
+    def _bool(self, value: Any, where: str) -> bool:
+        if isinstance(value, bool):
             return value
-        if kind == "choice":
-            text = str(value).strip().lower() if isinstance(value, str) else value
-            if text not in self.choices:
-                raise ProbeError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
-            return text
-        if kind == "list":
-            items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
-            if not isinstance(items, (list, tuple)):
-                raise ProbeError(f"{where} must be a list (or comma-separated text), got {value!r}")
-            items = list(items)
-            if self.choices:
-                bad = [v for v in items if v not in self.choices]
-                if bad:
-                    raise ProbeError(f"{where}: {', '.join(map(repr, bad))} not among "
-                                     f"{', '.join(map(str, self.choices))}")
-                if not items:
-                    raise ProbeError(f"{where} needs at least one of {', '.join(map(str, self.choices))}")
-            return items
-        if kind == "path":
-            if not isinstance(value, (str, Path)) or not str(value):
-                raise ProbeError(f"{where} must be a file or folder path, got {value!r}")
-            p = Path(value).expanduser()
-            if not p.exists():
-                raise ProbeError(f"{where}: no such file or folder: {p}")
-            return str(p)
-        return value  # json: anything JSON can carry
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ProbeError(f"{where} must be true or false, got {value!r}")
+
+    def _str(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise ProbeError(f"{where} must be text, got {value!r}")
+        return value
+
+    def _choice(self, value: Any, where: str) -> Any:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in self.choices:
+            raise ProbeError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        return text
+
+    def _list(self, value: Any, where: str) -> list[Any]:
+        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ProbeError(f"{where} must be a list (or comma-separated text), got {value!r}")
+        items = list(items)
+        if self.choices:
+            bad = [v for v in items if v not in self.choices]
+            if bad:
+                raise ProbeError(f"{where}: {', '.join(map(repr, bad))} not among {', '.join(map(str, self.choices))}")
+            if not items:
+                raise ProbeError(f"{where} needs at least one of {', '.join(map(str, self.choices))}")
+        return items
+
+    def _path(self, value: Any, where: str) -> str:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ProbeError(f"{where} must be a file or folder path, got {value!r}")
+        p = Path(value).expanduser()
+        if not p.exists():
+            raise ProbeError(f"{where}: no such file or folder: {p}")
+        return str(p)
+
+    def _json(self, value: Any, where: str) -> Any:
+        return value  # anything JSON can carry; the probe reads it
 
     def _number(self, value: Any, where: str) -> int | float:
         integer = self.kind == "int"

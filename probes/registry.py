@@ -11,8 +11,9 @@ imports torch.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from probes.errors import ProbeError
 from probes.params import SEED, Param, resolve

@@ -33,11 +33,10 @@ model's smallest adversarial patch may survive superimposition too).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from probes.context import RunContext
 from probes.data import LabelledData
@@ -84,7 +83,7 @@ class Trigger:
     source: str
 
     @classmethod
-    def from_mapping(cls, trigger: Any, shape: tuple[int, ...], source: str) -> "Trigger":
+    def from_mapping(cls, trigger: Any, shape: tuple[int, ...], source: str) -> Trigger:
         """From a Neural Cleanse result (``suspected_target`` / ``candidate_class``) or a plain ``{mask, pattern}``."""
         c, h, w = shape
         if not isinstance(trigger, dict):
@@ -117,7 +116,7 @@ def _stats(e: np.ndarray, thr: float) -> dict:
             "flagged_fraction": round(float((e < thr).mean()), 4)}
 
 
-def run(subject, ctx: RunContext) -> ProbeResult:
+def run(subject, ctx: RunContext) -> ProbeResult:  # noqa: C901 - validation, calibration and the verdict of one probe in reading order
     """Probe entry point (``strip``)."""
     from probes.neural_cleanse import scan, stamp
 

@@ -9,8 +9,8 @@ and reports), which must not import each other, can both use it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Iterable
 
 __all__ = ["Verdict", "Severity", "Band", "BAND_UPPER", "VERDICT_SEVERITY", "one_line"]
 
@@ -23,7 +23,7 @@ class _Ordered(StrEnum):
         return list(type(self)).index(self)
 
     @classmethod
-    def parse(cls, value: object) -> "_Ordered | None":
+    def parse(cls, value: object) -> _Ordered | None:
         """The member named by ``value`` (a member or its string), or None for anything else."""
         try:
             return cls(value)  # type: ignore[arg-type]
@@ -96,7 +96,7 @@ class Band(_Ordered):
     HIGH = "high"
 
     @classmethod
-    def of(cls, score: float | None) -> "Band | None":
+    def of(cls, score: float | None) -> Band | None:
         if score is None:
             return None
         for member in cls:

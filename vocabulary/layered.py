@@ -35,7 +35,8 @@ Standard library only: importing this module never imports torch or numpy.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vocabulary import Band, Verdict
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from probes.data import LabelledData
 from casefiles.errors import NotFound
+from probes.data import LabelledData
 from workbench.subject_files import describe
 
 

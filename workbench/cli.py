@@ -440,7 +440,7 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
          prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompt file (one per line) for language-model probes.")] = None,
          candidates: Annotated[Optional[Path], typer.Option("--candidates", help="Candidate trigger list (one per line) for the KL hunt.")] = None,
          baseline: Annotated[Optional[str], typer.Option("--baseline", help="Folder of trusted models (or a stored baseline name) for the fingerprint ensemble.")] = None,
-         param: Annotated[list[str], typer.Option("--param", help="Probe parameter KEY=VALUE or PROBE.KEY=VALUE (JSON value), repeatable; `workbench probes` lists them.")] = [],
+         param: Annotated[list[str], typer.Option("--param", help="Probe parameter KEY=VALUE or PROBE.KEY=VALUE (JSON value), repeatable; `workbench probes` lists them.")] = [],  # noqa: B006 - Typer's way to declare a repeatable option
          seed: Annotated[int, typer.Option("--seed", help="Seed for every probe (results are deterministic for a seed).")] = 0,
          device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda when present, else cpu).")] = None,
          case: Annotated[Optional[int], typer.Option("--case", help="Record the subject and every run in this case.")] = None,

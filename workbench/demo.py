@@ -9,9 +9,9 @@ annotate and export.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 DEMO_VERSION = "1"
 CLASSIFIER_SEED = 0  # the demo classifiers (seed 0: a clear backdoor for a first look)

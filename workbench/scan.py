@@ -10,9 +10,10 @@ from __future__ import annotations
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from probes import registry
 from probes.context import ProgressEvent, RunContext
@@ -160,19 +161,34 @@ def context_for(name: str, prepared: PreparedScan, earlier: dict[str, dict[str, 
                       on_progress=progress, on_partial=on_partial)
 
 
-def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
+def _record_subject(store, case_id: int | None, s: SubjectInfo) -> int:
+    """The subject's id in the case, adding it (by content hash) when it is new."""
+    existing = store.find_subject(case_id, s.sha256)
+    if existing:
+        return int(existing["id"])
+    return int(store.add_subject(case_id, path=s.path, sha256=s.sha256, size=s.size, format=s.format, kind=s.kind,
+                                 files=s.files, name=s.name))
+
+
+def _load_refusal(static_ran: bool, static: dict[str, Any] | None) -> str | None:
+    """Why the subject must not be loaded after the file probes (None: it may be)."""
+    if static_ran and static is None:
+        return "refused to load: the static scan did not complete, so the files are unchecked"
+    if static and static.get("verdict") == "malicious":
+        worst = (static.get("findings") or [{}])[0]
+        call = ".".join(x for x in (worst.get("module"), worst.get("name")) if x)
+        return f"refused to load: the static scan found a code-execution payload ({call})"
+    return None
+
+
+# complexity: the layered pipeline, stage after stage, with its early exits
+def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,  # noqa: C901 (see above)
              progress: ScanProgress | None = None, cancel: threading.Event | None = None,
              on_result: Callable[[dict[str, Any]], None] | None = None) -> ScanReport:
     """Run the layered scan; each probe's outcome is recorded as a run when ``store`` is given."""
     opts = prepared.options
     cancel = cancel or threading.Event()
-    subject_id = None
-    if store is not None:
-        existing = store.find_subject(case_id, prepared.subject.sha256)
-        s = prepared.subject
-        subject_id = existing["id"] if existing else store.add_subject(
-            case_id, path=s.path, sha256=s.sha256, size=s.size, format=s.format, kind=s.kind, files=s.files,
-            name=s.name)
+    subject_id = _record_subject(store, case_id, prepared.subject) if store is not None else None
     results: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     earlier: dict[str, dict[str, Any]] = {}
@@ -214,15 +230,9 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
     model_requested = [n for n in requested if registry.get(n).needs == "model"] if requested else None
     if model_requested == []:
         return report()
-    if "static" in path_probes and static is None:
-        errors.append({"probe": "load", "status": "refused",
-                       "error": "refused to load: the static scan did not complete, so the files are unchecked"})
-        return report()
-    if static and static.get("verdict") == "malicious":
-        worst = (static.get("findings") or [{}])[0]
-        call = ".".join(x for x in (worst.get("module"), worst.get("name")) if x)
-        errors.append({"probe": "load", "status": "refused",
-                       "error": f"refused to load: the static scan found a code-execution payload ({call})"})
+    refusal = _load_refusal("static" in path_probes, static)
+    if refusal:
+        errors.append({"probe": "load", "status": "refused", "error": refusal})
         return report()
     note("load", 0, 1, "loading torch and the model")
     t0 = time.perf_counter()
@@ -231,10 +241,7 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
 
         apply_threads(opts.threads)
         subject = _load(prepared)
-    except ProbeError as exc:
-        errors.append({"probe": "load", "status": "failed", "error": explain(exc)})
-        return report()
-    except Exception as exc:  # hostile input: a one-line error for this subject, never a crash
+    except Exception as exc:  # hostile input (or a ProbeError): a one-line error for this subject, never a crash
         errors.append({"probe": "load", "status": "failed", "error": explain(exc)})
         return report()
     note("load", 1, 1, f"loaded in {time.perf_counter() - t0:.1f}s")
@@ -243,12 +250,10 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None,
         store.set_subject_kind(subject_id, subject.kind)
     names = model_requested or registry.applicable(subject.kind, have_data=prepared.data is not None,
                                                    have_audit=prepared.audit is not None)
-    names = [n for n in names if registry.get(n).needs == "model"]
-    for name in names:
-        spec = registry.get(name)
-        if spec.kinds and subject.kind not in spec.kinds:
+    for name in (n for n in names if registry.get(n).needs == "model"):
+        if registry.get(name).kinds and subject.kind not in registry.get(name).kinds:
             errors.append({"probe": name, "status": "skipped",
                            "error": f"{name} does not apply to a {subject.kind} subject"})
-            continue
-        run(name, subject)
+        else:
+            run(name, subject)
     return report()

@@ -118,7 +118,7 @@ def _trim_events(events: list[dict], limit: int) -> list[dict]:
     return [slim(e) for e in events if id(e) in keep]
 
 
-def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> dict[str, Any]:
+def _analyse_one(zygote, baseline, path: Path, loader: str, p: dict, cancel) -> dict[str, Any]:  # noqa: C901 - one file's verdict from the child's trace, rule after rule
     from probes.dynamic_load import features as F
 
     timeout = float(p["timeout_s"])

@@ -93,7 +93,7 @@ def drop_capabilities(libc, ctypes):
         return False
 
 
-def seal(tmp_dir):
+def seal(tmp_dir):  # noqa: C901 - the sandbox's sealing steps in order; a standalone script, kept flat on purpose
     """Best-effort OS isolation of this process (and so of every grandchild)."""
     iso = {"netns": False, "mountns_readonly": False, "no_new_privs": False, "uid": os.getuid()}
     try:
@@ -204,7 +204,7 @@ def _short(value, n=240):
     return text if len(text) <= n else text[:n] + "..."
 
 
-def make_hook(nonce, job, roots):
+def make_hook(nonce, job, roots):  # noqa: C901 - the audit hook and its rules live in one closure so the hot path makes no extra calls
     """Build the hook. State lives in this closure (no module globals a payload could rebind)."""
     import pickle as _pickle
 
@@ -268,7 +268,7 @@ def make_hook(nonce, job, roots):
             g, depth = g.f_back, depth + 1
         return caller, direct, active, importing
 
-    def decide(event, args):
+    def decide(event, args):  # noqa: C901 - the audit-event rule table (one branch per event family), inside the hook's closure
         """Return (refusal reason or None, extra info dict)."""
         if event == "pickle.find_class":
             module, name = (list(args) + ["", ""])[:2]
@@ -359,7 +359,7 @@ def make_hook(nonce, job, roots):
 
     stream_always = {"pickle.find_class", "import", "exec", "compile", "open"}
 
-    def hook(event, args):
+    def hook(event, args):  # noqa: C901 - the audit hook itself: dispatch plus bookkeeping on the hot path
         me = get_ident()
         if state["busy"] == me:
             return  # an event raised by the hook's own work
@@ -458,7 +458,7 @@ def make_hook(nonce, job, roots):
     return hook, counts, state, on_call, on_build
 
 
-def instrument_unpicklers(on_call, on_build):
+def instrument_unpicklers(on_call, on_build):  # noqa: C901 - patches every unpickler variant in one place
     """Wrap REDUCE/NEWOBJ/NEWOBJ_EX in every pure-Python unpickler's dispatch table (incl. joblib's copy)."""
     import pickle as _pickle
 
@@ -597,75 +597,16 @@ def grandchild(job, log_fd, trace_w, trace_r):
     os._exit(0)
 
 
-def lz4_frame_decompress(data, limit=1 << 31):
-    """Pure-Python LZ4 frame decoder (joblib's .lz4 files when the lz4 package is absent). Raises on bad input."""
-    out = bytearray()
-    i, n = 0, len(data)
-    while i + 7 <= n and data[i:i + 4] == b"\x04\x22\x4d\x18":
-        flg = data[i + 4]
-        i += 6
-        if flg & 0x08:
-            i += 8
-        if flg & 0x01:
-            i += 4
-        i += 1  # header checksum
-        while True:
-            if i + 4 > n:
-                raise ValueError("truncated LZ4 frame")
-            size = int.from_bytes(data[i:i + 4], "little")
-            i += 4
-            if size == 0:
-                break
-            raw, size = bool(size & 0x80000000), size & 0x7FFFFFFF
-            block = data[i:i + size]
-            if len(block) != size:
-                raise ValueError("truncated LZ4 block")
-            i += size + (4 if flg & 0x10 else 0)
-            if raw:
-                out += block
-            else:
-                j, m = 0, len(block)
-                while j < m:
-                    token = block[j]
-                    j += 1
-                    lit = token >> 4
-                    if lit == 15:
-                        while True:
-                            b = block[j]
-                            j += 1
-                            lit += b
-                            if b != 255:
-                                break
-                    out += block[j:j + lit]
-                    j += lit
-                    if j >= m:
-                        break
-                    off = block[j] | (block[j + 1] << 8)
-                    j += 2
-                    ml = token & 15
-                    if ml == 15:
-                        while True:
-                            b = block[j]
-                            j += 1
-                            ml += b
-                            if b != 255:
-                                break
-                    ml += 4
-                    start = len(out) - off
-                    if off == 0 or start < 0:
-                        raise ValueError("bad LZ4 match offset")
-                    if off >= ml:
-                        out += out[start:start + ml]
-                    else:
-                        for k in range(ml):
-                            out.append(out[start + k])
-            if len(out) > limit:
-                raise MemoryError("LZ4 output too large")
-        if flg & 0x04:
-            i += 4
-    if not out and n:
-        raise ValueError("not an LZ4 frame")
-    return bytes(out)
+def load_lz4_frames():
+    """The project's own LZ4 frame decoder, ``probes/lz4_frames.py``, loaded by path (this script imports
+    nothing from the project by name) while the zygote starts, before the audit hook would refuse reading it."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lz4_frames.py")
+    spec = importlib.util.spec_from_file_location("_wb_lz4_frames", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def install_lz4_fallback():
@@ -681,6 +622,8 @@ def install_lz4_fallback():
         return None
     import io
 
+    lz4_frames = load_lz4_frames()
+
     class PureLZ4(jc.CompressorWrapper):
         def __init__(self):
             self.prefix = b"\x04\x22\x4d\x18"
@@ -691,7 +634,7 @@ def install_lz4_fallback():
             raise ValueError("writing is not supported in the sandbox")
 
         def decompressor_file(self, fileobj):
-            return io.BytesIO(lz4_frame_decompress(fileobj.read()))
+            return io.BytesIO(lz4_frames.decompress(fileobj.read(), 1 << 31))
 
     jc.register_compressor("lz4", PureLZ4(), force=True)
     return "pure-python fallback"

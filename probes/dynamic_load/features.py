@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 FEATURES = (
     "find_class_distinct", "find_class_pkgs", "find_class_pkgs_novel",

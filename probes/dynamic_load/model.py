@@ -16,9 +16,10 @@ import os
 import pickle
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from probes.dynamic_load import features as F
 
@@ -218,7 +219,7 @@ class Baseline:
     spread: float = 1.0
     skipped: list = None
 
-    def fit(self) -> "Baseline":
+    def fit(self) -> Baseline:
         import numpy as np
         from sklearn.svm import OneClassSVM
 

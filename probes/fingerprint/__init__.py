@@ -29,7 +29,7 @@ import numpy as np
 
 from probes.context import RunContext
 from probes.errors import ProbeError
-from probes.fingerprint.features import FEATURE_VERSION, Fingerprint, compute_fingerprint, subject_sha256
+from probes.fingerprint.features import FEATURE_VERSION, Fingerprint, compute_fingerprint
 from probes.progress import check_cancel, null_progress
 from probes.result import ProbeResult
 from vocabulary import Band

@@ -165,7 +165,7 @@ class Calibration:
                 "seed": self.seed, "n": self.n, "method": self.method}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Calibration":
+    def from_json(cls, d: dict[str, Any]) -> Calibration:
         return cls(list(d["detectors"]), list(d["representations"]),
                    {k: np.asarray(v, np.float64) for k, v in d["nulls"].items()}, dict(d.get("excluded") or {}),
                    int(d.get("seed", 0)), int(d["n"]), d.get("method", ""))

@@ -56,7 +56,7 @@ def excluded_detectors(n_baseline: int, detectors=DETECTORS) -> dict[str, str]:
 class Standardiser:
     """Centre on the baseline median, scale by a floored robust spread; constant features are dropped."""
 
-    def fit(self, X: np.ndarray) -> "Standardiser":
+    def fit(self, X: np.ndarray) -> Standardiser:
         X = np.asarray(X, np.float64)
         self.center = np.median(X, axis=0)
         q75, q25 = np.percentile(X, [75, 25], axis=0)
@@ -79,7 +79,7 @@ class Representation:
             raise ValueError(f"unknown representation {kind!r}")
         self.kind, self.seed = kind, seed
 
-    def fit(self, Z: np.ndarray) -> "Representation":
+    def fit(self, Z: np.ndarray) -> Representation:
         n, d = Z.shape
         self.model = None
         if self.kind == "raw" or d == 0:
@@ -126,7 +126,7 @@ class Detector:
     name: str
     seed: int = 0
 
-    def fit(self, R: np.ndarray) -> "Detector":
+    def fit(self, R: np.ndarray) -> Detector:
         n, d = R.shape
         self.mu, self.sd = _final_scale(R)
         X = (R - self.mu) / self.sd
@@ -208,7 +208,7 @@ class Pipeline:
     def __init__(self, detector: str, representation: str = "raw", seed: int = 0):
         self.detector, self.representation, self.seed = detector, representation, seed
 
-    def fit(self, X: np.ndarray) -> "Pipeline":
+    def fit(self, X: np.ndarray) -> Pipeline:
         self.std = Standardiser().fit(X)
         Z = self.std.transform(X)
         self.rep = Representation(self.representation, self.seed).fit(Z)

@@ -79,7 +79,7 @@ class Fingerprint:
                 "feature_names": list(self.feature_names), "kind": self.kind, "version": FEATURE_VERSION}
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "Fingerprint":
+    def from_record(cls, rec: dict[str, Any]) -> Fingerprint:
         names = list(rec.get("feature_names") or [])
         vec = np.asarray(rec.get("vector") or [], dtype=np.float64)
         if len(names) != len(vec):
@@ -299,7 +299,8 @@ def _trigger_features(prefix: str, base_pred: np.ndarray, preds: list[np.ndarray
     }
 
 
-def image_features(subject, *, data=None, seed: int = 0, n_synthetic: int = 192, n_data: int = 192,
+# complexity: a flat list of feature groups, each guarded by what the subject exposes
+def image_features(subject, *, data=None, seed: int = 0, n_synthetic: int = 192, n_data: int = 192,  # noqa: C901 (see above)
                    n_patches: int = 32, n_blends: int = 12, cancel=None,
                    layer_features: bool = True) -> dict[str, float]:
     """The named features of an :class:`~probes.subjects.base.ImageClassifier` (see the module docstring)."""
@@ -527,9 +528,9 @@ def compute_fingerprint(subject, *, data=None, seed: int = 0, prior_results: dic
     ``prior_results`` (probe name -> result dict) adds ``meta.*`` features;
     ``prompts`` replaces the built-in prompt set for language models.
     """
-    from probes.subjects.base import CAUSAL_LM, IMAGE_CLASSIFIER
-
     import torch
+
+    from probes.subjects.base import CAUSAL_LM, IMAGE_CLASSIFIER
 
     if subject.kind == IMAGE_CLASSIFIER:
         feats = image_features(subject, data=data, seed=seed, cancel=cancel, **options)

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from probes import formats
-from vocabulary import Severity
 from probes.errors import ProbeError
 from probes.progress import check_cancel
 from probes.static_scan import policy
 from probes.static_scan.pickle_sim import PickleParseError, PickleSim, SGlobal, SList, looks_like_pickle
+from vocabulary import Severity
 
 SEVERITY_RANK = {s.value: s.rank for s in Severity}
 DEFAULT_MAX_DECOMPRESSED = 1 << 30  # bomb guard for compressed joblib streams / deflated members
@@ -371,7 +371,7 @@ class Scanner:
         return found
 
     # ------------------------------------------------------------ zip archives
-    def scan_zip(self, buf, start: int, end: int, loc: Loc, fmt: str, *, nested: bool = False) -> None:
+    def scan_zip(self, buf, start: int, end: int, loc: Loc, fmt: str, *, nested: bool = False) -> None:  # noqa: C901 - the zip checks in the order torch reads an archive
         try:
             zf = zipfile.ZipFile(_MmapFile(buf, start, end))
             infos = zf.infolist()
@@ -634,7 +634,7 @@ class Scanner:
                      f"array data is {end - data} bytes, header promises {need}")
 
     # ------------------------------------------------------------ safetensors
-    def scan_safetensors(self, buf, start: int, end: int, loc: Loc) -> None:
+    def scan_safetensors(self, buf, start: int, end: int, loc: Loc) -> None:  # noqa: C901 - the safetensors header checks, one per field
         def bad(msg: str, sev: str = "medium", off: int | None = 0) -> None:
             self.add(loc, off, None, None, None, sev, "safetensors-structure", msg)
 
@@ -915,59 +915,13 @@ def _decompress(codec: str, data: bytes, cap: int) -> bytes:
 
 
 def _lz4_frame(data: bytes, cap: int) -> bytes:
-    """Minimal LZ4 frame decoder (the lz4 package is not a dependency); size-capped."""
-    if data[:4] != b"\x04\x22\x4d\x18" or len(data) < 7:
-        raise ValueError("not an lz4 frame")
-    flg = data[4]
-    pos = 6 + (8 if flg & 0x08 else 0) + (4 if flg & 0x01 else 0) + 1
-    out = bytearray()
-    while True:
-        if pos + 4 > len(data):
-            raise ValueError("truncated lz4 frame")
-        (bsize,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if bsize == 0:
-            break
-        raw = bsize & 0x80000000
-        bsize &= 0x7FFFFFFF
-        block = data[pos:pos + bsize]
-        if len(block) < bsize:
-            raise ValueError("truncated lz4 block")
-        pos += bsize + (4 if flg & 0x10 else 0)
-        if raw:
-            out += block
-        else:
-            _lz4_block(block, out, cap)
-        if len(out) > cap:
-            raise _TooBig()
-    return bytes(out)
+    """LZ4 frames decoded by :mod:`probes.lz4_frames` (shared with the dynamic probe's child), size-capped."""
+    from probes import lz4_frames
 
+    try:
+        return lz4_frames.decompress(data, cap)
+    except lz4_frames.TooLarge:
+        raise _TooBig() from None
+    except IndexError:
+        raise ValueError("truncated lz4 block") from None
 
-def _lz4_block(src: bytes, out: bytearray, cap: int) -> None:
-    i, n = 0, len(src)
-    while i < n:
-        token = src[i]; i += 1
-        lit = token >> 4
-        if lit == 15:
-            while True:
-                x = src[i]; i += 1; lit += x
-                if x != 255:
-                    break
-        out += src[i:i + lit]; i += lit
-        if i >= n:
-            break
-        off = src[i] | (src[i + 1] << 8); i += 2
-        if off == 0 or off > len(out):
-            raise ValueError("bad lz4 match offset")
-        ml = token & 15
-        if ml == 15:
-            while True:
-                x = src[i]; i += 1; ml += x
-                if x != 255:
-                    break
-        ml += 4
-        if len(out) + ml > cap:
-            raise _TooBig()
-        start = len(out) - off
-        for k in range(ml):
-            out.append(out[start + k])

@@ -56,7 +56,7 @@ class ImageClassifier(Subject):
 
     @classmethod
     def from_module(cls, module, input_shape, num_classes: int | None = None, *, path: str = "",
-                    format: str = "module", device: str | None = None, **metadata) -> "ImageClassifier":
+                    format: str = "module", device: str | None = None, **metadata) -> ImageClassifier:
         """Wrap an in-memory ``nn.Module``; probes the class count with one forward pass if not given."""
         import torch
 

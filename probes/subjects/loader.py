@@ -25,10 +25,17 @@ from typing import Any
 
 from probes import formats
 from probes.errors import ProbeError, UnsafeModelError, explain
-from vocabulary import Severity
-from probes.subjects.arch import (apply_state_dict, build_arch, check_finite, classifier_output,
-                                  extract_state_dict, first_weight_channels, resolve_input_shape)
+from probes.subjects.arch import (
+    apply_state_dict,
+    build_arch,
+    check_finite,
+    classifier_output,
+    extract_state_dict,
+    first_weight_channels,
+    resolve_input_shape,
+)
 from probes.subjects.base import IMAGE_CLASSIFIER, ImageClassifier, Subject, pick_device
+from vocabulary import Severity
 
 # Zip sanity limits (torch and TorchScript archives store members uncompressed).
 ZIP_MAX_MEMBERS = 100_000
@@ -347,7 +354,7 @@ def _hf_kind(p: Path, cfg: dict) -> str:
                      "(*ForImageClassification) and causal language models")
 
 
-def _load_hf_folder(p: Path, *, input_shape, device) -> Subject:
+def _load_hf_folder(p: Path, *, input_shape, device) -> Subject:  # noqa: C901 - the safe-load rules of a Hugging Face folder, one per refusal
     cfg = formats.hf_config(p)
     if not cfg:
         raise ProbeError(f"{p}: config.json is not a readable JSON object")

@@ -9,7 +9,8 @@ is untouched and its logits are bit-identical to the function's.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from probes.errors import ProbeError
 

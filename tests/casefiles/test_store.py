@@ -10,8 +10,7 @@ import textwrap
 import pytest
 from sqlite_utils import Database
 
-from casefiles import CaseFileError, CaseStore, NotFound
-from casefiles import schema
+from casefiles import CaseFileError, CaseStore, NotFound, schema
 
 
 @pytest.fixture

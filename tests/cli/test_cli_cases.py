@@ -23,8 +23,8 @@ def test_case_new_list_show_export_verify(db, tmp_path):
     r = wb("case", "list", "--db", db)
     assert "Vendor model 2026-11" in r.out
     model = tmp_path / "model.safetensors"
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     save_file({"w": np.zeros((2, 2), np.float32)}, str(model))
     r = wb("subject", "add", "1", model, "--db", db, "--json")
@@ -90,8 +90,8 @@ def test_subject_add_hf_folder_hashes_every_file(db, tmp_path):
     folder = tmp_path / "tiny-model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     save_file({"w": np.ones(4, np.float32)}, str(folder / "model.safetensors"))
     r = wb("subject", "add", "1", folder, "--db", db, "--json")

@@ -103,7 +103,6 @@ def _bad(tmp_path, name, arrays):
 def test_bad_scan_input_exits_2_and_writes_nothing(digits_subjects, tmp_path, make_args, needle):
     db = tmp_path / "cases.db"
     wb("case", "new", "x", "--db", db)
-    before = db.read_bytes()
     r = wb("scan", *make_args(digits_subjects, tmp_path), "--db", db)
     assert r.code == 2, (r.code, r.out, r.err)
     assert r.err.startswith("error: ") and r.err.count("\n") == 1 and needle in r.err, r.err

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from digits_fixtures import badnets_cnn, badnets_mlp, clean_cnn, rgb_badnets, torch_one_thread  # noqa: F401
+
 from probes import activation_clustering as ac
-from probes.data import LabelledData
 from probes.context import context_for
+from probes.data import LabelledData
 from probes.errors import ProbeError
 
 pytestmark = pytest.mark.xdist_group("digits")

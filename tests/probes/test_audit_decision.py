@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from probes import audit_decision as ad
-from probes.data import LabelledData
 from probes.context import RunContext
+from probes.data import LabelledData
 from probes.errors import ProbeError
 
 

@@ -8,12 +8,20 @@ import threading
 
 import numpy as np
 import pytest
+from digits_fixtures import (  # noqa: F401
+    badnets_cnn,
+    badnets_mlp,
+    clean_cnn,
+    clean_data,
+    digits,
+    nc_badnets_result,
+    rgb_badnets,
+    torch_one_thread,
+)
 
-from digits_fixtures import (badnets_cnn, badnets_mlp, clean_cnn, clean_data, digits,  # noqa: F401
-                             nc_badnets_result, rgb_badnets, torch_one_thread)
 from probes import neural_cleanse as nc
-from probes.data import LabelledData
 from probes.context import context_for
+from probes.data import LabelledData
 from probes.errors import Cancelled, ProbeError
 
 pytestmark = pytest.mark.xdist_group("digits")

@@ -7,11 +7,11 @@ import threading
 
 import numpy as np
 import pytest
-
 from digits_fixtures import badnets_cnn, badnets_mlp, clean_cnn, rgb_badnets, torch_one_thread  # noqa: F401
+
 from probes import spectral
-from probes.data import LabelledData
 from probes.context import context_for
+from probes.data import LabelledData
 from probes.errors import Cancelled, ProbeError
 
 pytestmark = pytest.mark.xdist_group("digits")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from probes.static_scan import scan_path
 from corpora.payload_corpus import build_corpus
+from probes.static_scan import scan_path
 
 
 class _NoUnpickling(Exception):

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from probes.context import context_for
-
 from probes.errors import Cancelled, ProbeError
 from probes.registry import get
 from probes.static_scan import run, scan_path
@@ -138,7 +137,7 @@ def test_mutated_files_never_crash_the_scanner(tmp_path):
              zlib.compress(pickle.dumps(list(range(30)))), EVIL]
     rng = random.Random(0)
     p = tmp_path / "m.bin"
-    for i in range(240):
+    for _ in range(240):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 6)):
             k = rng.randrange(len(data))

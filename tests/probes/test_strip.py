@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from digits_fixtures import badnets_cnn, clean_cnn, clean_data, digits, nc_badnets_result, poisoned_mix, torch_one_thread  # noqa: F401
 
-from digits_fixtures import (badnets_cnn, clean_cnn, clean_data, digits, nc_badnets_result,  # noqa: F401
-                             poisoned_mix, torch_one_thread)
 from probes import strip
-from probes.data import LabelledData
 from probes.context import context_for
+from probes.data import LabelledData
 from probes.errors import ProbeError
 
 pytestmark = pytest.mark.xdist_group("digits")

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from digits_fixtures import badnets_cnn, clean_cnn, digits, rgb_badnets, torch_one_thread  # noqa: F401
+
 from probes.zoo.digits import AttackSpec, ZooModel, apply_trigger, load_digits, poison, save_model
 
 pytestmark = pytest.mark.xdist_group("digits")

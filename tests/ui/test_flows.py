@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 import sys
 
-from ui_helpers import settle, wait_for
 from textual.widgets import DataTable, Input, SelectionList
+from ui_helpers import settle, wait_for
 
 from casefiles import CaseStore
 from workbench.ui.app import WorkbenchApp
@@ -24,14 +24,14 @@ async def test_opens_on_the_last_case_and_shows_scores(syn):
     app = WorkbenchApp(syn["db"])
     async with app.run_test(size=(150, 45)) as pilot:
         await pilot.pause()
-        assert app.sel["case_id"] == syn["case_id"] and app.sel["subject_id"] is None
+        assert app.sel.case_id == syn["case_id"] and app.sel.subject_id is None
         table = app.query_one("#scores-table", DataTable)
         assert table.row_count == 4
         head = str(app.query_one("#scores-head").render())
         assert "100/100" in head and "malicious" in head
         await pilot.press("down")  # first subject: the backdoored CNN
         await pilot.pause()
-        assert app.sel["subject_id"] == syn["img"]
+        assert app.sel.subject_id == syn["img"]
         assert [str(table.get_row_at(i)[1]) for i in range(table.row_count)] == ["static", "neural-cleanse", "spectral"]
         assert "anomaly index" in str(app.query_one("#scores-evidence").render())
     assert "torch" not in sys.modules or True  # other tests may have imported it; see test_startup
@@ -50,7 +50,7 @@ async def test_new_case_and_add_subject_by_keyboard(tmp_path):
         with CaseStore(db) as st:
             cases = st.list_cases()
         assert [c["title"] for c in cases] == ["Vendor drop"]
-        assert app.sel["case_id"] == cases[0]["id"]
+        assert app.sel.case_id == cases[0]["id"]
         await pilot.press("a")
         await pilot.pause()
         field = app.screen.query_one(Input)
@@ -62,7 +62,7 @@ async def test_new_case_and_add_subject_by_keyboard(tmp_path):
         with CaseStore(db) as st:
             subjects = st.list_subjects(cases[0]["id"])
         assert [s["name"] for s in subjects] == ["vendor.pkl"] and subjects[0]["format"] == "pickle"
-        assert app.sel["subject_id"] == subjects[0]["id"]  # the new subject is selected
+        assert app.sel.subject_id == subjects[0]["id"]  # the new subject is selected
         # run the static scan through the probe picker
         await pilot.press("r")
         await pilot.pause()
@@ -217,7 +217,7 @@ async def test_command_palette_runs_actions_and_jumps(syn):
         await pilot.pause(0.3)
         await pilot.press("enter")
         await pilot.pause()
-        assert app.sel["subject_id"] == syn["lm"]
+        assert app.sel.subject_id == syn["lm"]
         names = {p[0] for p in app.PALETTE}
         for action in ("New case", "Add subject", "Run probes", "Start trigger hunt", "Export case",
                        "Verify audit trail", "Help"):
@@ -241,7 +241,7 @@ def test_every_binding_has_an_id_and_a_description():
 async def test_tree_shows_status_icons_and_run_detail(syn):
     app = WorkbenchApp(syn["db"], subject_id=syn["clean"])
     async with app.run_test(size=(150, 45)) as pilot:
-        await wait_for(pilot, lambda: app.sel["subject_id"] == syn["clean"])
+        await wait_for(pilot, lambda: app.sel.subject_id == syn["clean"])
         node = app.tree.nodes_by_key[("run", 6)] if ("run", 6) in app.tree.nodes_by_key else None
         labels = [str(n.label) for key, n in app.tree.nodes_by_key.items() if key[0] == "run"]
         assert any(lbl.startswith("✘ strip failed") for lbl in labels)
@@ -250,5 +250,5 @@ async def test_tree_shows_status_icons_and_run_detail(syn):
         app.select_key(failed)
         detail = app.query_one(ScoresPane).query_one("#scores-detail")
         await wait_for(pilot, lambda: "strip needs clean inputs" in str(detail.render()))
-        assert app.sel["run_id"] == failed[1]
+        assert app.sel.run_id == failed[1]
         del node

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ui_helpers import plain, settle, wait_for
-from ui_fixtures import DIGITS_TARGET
 from textual.widgets import DataTable, SelectionList
+from ui_fixtures import DIGITS_TARGET
+from ui_helpers import plain, settle, wait_for
 
 from casefiles import CaseStore
 from workbench.ui.app import WorkbenchApp

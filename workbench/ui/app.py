@@ -26,13 +26,14 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from casefiles import CaseFileBusy, CaseFileError, CaseStore
 from workbench.ui import messages as M
 from workbench.ui.commands import WorkbenchCommands
-from workbench.ui.model import data_paths_for, dynamic_called_for, latest_done
+from workbench.ui.model import data_paths_for, dynamic_called_for
 from workbench.ui.tasks import RUNNERS, Job
 from workbench.ui.widgets.audit import AuditPane
 from workbench.ui.widgets.case_tree import CaseTree
 from workbench.ui.widgets.hunt import HuntPane
 from workbench.ui.widgets.norms import NormsPane
 from workbench.ui.widgets.notes import NotesPane
+from workbench.ui.widgets.pane import Pane, Selection
 from workbench.ui.widgets.runlog import RunLogPane
 from workbench.ui.widgets.scores import ScoresPane
 
@@ -68,10 +69,7 @@ class WorkbenchApp(App[int]):
         ("Add subject", "Add a model file or folder to the current case (a)", "add_subject"),
         ("Run probes", "Pick and queue probes for the selected subject(s) (r)", "run_probes"),
         ("Start trigger hunt", "Live KL trigger hunt on the selected language model (t)", "trigger_hunt"),
-        ("Pin hunt candidate", "Pin / unpin the highlighted candidate of the trigger hunt (p)", "hunt_pin"),
-        ("Add hunt candidate", "Score a candidate trigger of your own (c)", "hunt_custom"),
-        ("Confirm hunt candidate", "Confirm the highlighted candidate by generation (g)", "hunt_confirm"),
-        ("Sort hunt ranking", "Cycle the sort column of the trigger hunt (s)", "hunt_sort"),
+        *[(name, help_, f"hunt('{action}')") for name, help_, action in HuntPane.PALETTE],
         ("Export case", "Write the case as a markdown report (e)", "export"),
         ("Verify audit trail", "Check the case's hash-chained audit trail (v)", "verify"),
         ("Cancel jobs", "Cancel the running probe and drop the queue (Esc)", "cancel"),
@@ -92,7 +90,7 @@ class WorkbenchApp(App[int]):
         self.store = CaseStore(self.db_path)
         self.sub_title = str(self.db_path)
         self.start_case, self.start_subject = case_id, subject_id
-        self.sel: dict[str, Any] = {"type": None, "case_id": None, "subject_id": None, "run_id": None}
+        self.sel = Selection()
         self.queue: deque[Job] = deque()
         self.current: Job | None = None
         self.finished_jobs: list[Job] = []
@@ -107,18 +105,18 @@ class WorkbenchApp(App[int]):
             yield CaseTree(id="tree")
             with TabbedContent(id="tabs", initial="tab-scores"):
                 with TabPane("1 Scores", id="tab-scores"):
-                    yield ScoresPane(id="scores")
+                    yield ScoresPane(id="scores", classes="pane")
                 # hidden panes are mounted just after the first paint
                 with TabPane("2 Trigger norms", id="tab-norms"):
-                    yield Lazy(NormsPane(id="norms"))
+                    yield Lazy(NormsPane(id="norms", classes="pane"))
                 with TabPane("3 Trigger hunt", id="tab-hunt"):
-                    yield Lazy(HuntPane(id="hunt"))
+                    yield Lazy(HuntPane(id="hunt", classes="pane"))
                 with TabPane("4 Data audit", id="tab-audit"):
-                    yield Lazy(AuditPane(id="audit"))
+                    yield Lazy(AuditPane(id="audit", classes="pane"))
                 with TabPane("5 Notes", id="tab-notes"):
-                    yield Lazy(NotesPane(id="notes"))
+                    yield Lazy(NotesPane(id="notes", classes="pane"))
                 with TabPane("6 Run log", id="tab-log"):
-                    yield Lazy(RunLogPane(id="log"))
+                    yield Lazy(RunLogPane(id="log", classes="pane"))
         with Horizontal(id="jobstrip"):
             yield Static("idle", id="job-label")
             yield ProgressBar(id="job-progress", total=1, show_eta=False)
@@ -157,9 +155,8 @@ class WorkbenchApp(App[int]):
             self.select(event.node.data)
 
     def select(self, data: dict[str, Any]) -> None:
-        new = {"type": data["type"], "case_id": data["case_id"], "subject_id": data.get("subject_id"),
-               "run_id": data["id"] if data["type"] == "run" else None}
-        case_changed = new["case_id"] != self.sel["case_id"]
+        new = Selection.of(data)
+        case_changed = new.case_id != self.sel.case_id
         self.sel = new
         self.refresh_panes(runlog=case_changed)
 
@@ -168,22 +165,23 @@ class WorkbenchApp(App[int]):
         found = self.query(cls)
         return found.first() if found else None
 
+    def panes(self) -> list[Pane]:
+        return [w for w in self.query(".pane") if isinstance(w, Pane)]
+
     def refresh_panes(self, runlog: bool = True) -> None:
         """Refresh the visible pane now; hidden ones when they are shown (arrowing through a big tree stays fast)."""
         tabs = self.query(TabbedContent)
         if not tabs:  # shutting down
             return
         active = tabs.first().active
-        for cls in (ScoresPane, NormsPane, AuditPane, NotesPane, HuntPane) + ((RunLogPane,) if runlog else ()):
-            pane = self.pane(cls)
-            if pane is None:
+        for pane in self.panes():
+            if pane.case_level and not runlog:
                 continue
-            # the note must follow the selection at once (it is saved against it)
-            if cls is NotesPane or f"tab-{pane.id}" == active:
+            if pane.always or f"tab-{pane.id}" == active:
                 self.refresh_pane(pane)
-                self._stale.discard(pane.id)
+                self._stale.discard(str(pane.id))
             else:
-                self._stale.add(pane.id)
+                self._stale.add(str(pane.id))
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         key = (event.pane.id or "").removeprefix("tab-")
@@ -201,61 +199,22 @@ class WorkbenchApp(App[int]):
         self.refresh_pane(pane)
 
     def refresh_pane(self, pane: Any) -> None:
-        sel, store = self.sel, self.store
-        case_id, subject_id, run_id = sel["case_id"], sel["subject_id"], sel["run_id"]
-        if case_id is None:
+        """Let ``pane`` show the current selection; a busy or broken case file is a notification."""
+        if self.sel.case_id is None:
             return
         try:
-            if isinstance(pane, RunLogPane):
-                pane.show_case(store, case_id)
-                return
-            if subject_id is None:
-                case = store.get_case(case_id)
-                if isinstance(pane, ScoresPane):
-                    pane.show_case(store, case_id)
-                elif isinstance(pane, NormsPane):
-                    pane.show_none("Select an image-classifier subject to see its Neural Cleanse trigger norms.")
-                elif isinstance(pane, AuditPane):
-                    pane.show_none("Select a subject to see its data audits.")
-                elif isinstance(pane, NotesPane):
-                    pane.set_target(store, case_id, None, f"case {case_id}: {case['title']}")
-                return
-            s = store.get_subject(subject_id)
-            if isinstance(pane, ScoresPane):
-                pane.show_subject(store, subject_id, run_id)
-                return
-            if isinstance(pane, NotesPane):
-                pane.set_target(store, case_id, subject_id, f"subject {s['name']}")
-                return
-            runs = store.list_runs(subject_id=subject_id)
-            chosen = next((r for r in runs if r["id"] == run_id), None)
-            if isinstance(pane, NormsPane):
-                nc = chosen if chosen and chosen["probe"] == "neural-cleanse" and chosen.get("result") else \
-                    latest_done(runs, "neural-cleanse")
-                if nc:
-                    pane.show_run(nc, s["name"])
-                else:
-                    pane.show_none(f"{s['name']}: no finished Neural Cleanse run"
-                                   + (" (press r to run probes)." if s["kind"] != "causal-lm" else
-                                      " (a language model: see the trigger hunt, key 3)."))
-            elif isinstance(pane, AuditPane):
-                aud = [r for r in (latest_done(runs, "spectral"), latest_done(runs, "activation-clustering")) if r]
-                if chosen and chosen["probe"] in ("spectral", "activation-clustering") and chosen.get("result"):
-                    aud = [chosen]
-                if aud:
-                    pane.show_runs(aud)
-                else:
-                    pane.show_none(f"{s['name']}: no finished spectral or activation-clustering run "
-                                   "(run probes with an audit .npz, key r).")
-            elif isinstance(pane, HuntPane):
-                if not (pane.live and pane.subject_id != subject_id):
-                    kl = latest_done(runs, "kl")
-                    if s["kind"] == "causal-lm" or kl:
-                        pane.set_subject(subject_id, s["name"], kl["result"] if kl else None)
+            pane.show(self.sel, self.store)
         except CaseFileBusy:
             self.notify("Case file busy (another process is writing); press F5 to retry.", severity="warning")
         except CaseFileError as exc:
             self.notify(str(exc), severity="error")
+
+    def record(self, case_id: int, action: str, detail: dict[str, Any], *, what: str = "event") -> None:
+        """An audit-trail row for an examiner's action in the UI (a warning when the file refuses it)."""
+        try:
+            self.store.record(case_id, action, detail)
+        except CaseFileError as exc:
+            self.notify(f"{what} not recorded: {exc}", severity="warning")
 
     def resync(self) -> None:
         try:
@@ -392,9 +351,9 @@ class WorkbenchApp(App[int]):
 
     # -- actions --------------------------------------------------------------------------------
     def _need_case(self) -> int | None:
-        if self.sel["case_id"] is None:
+        if self.sel.case_id is None:
             self.notify("Open or select a case first (n creates one).", severity="warning")
-        return self.sel["case_id"]
+        return self.sel.case_id
 
     def action_new_case(self) -> None:
         from workbench.ui.screens.dialogs import Field, PromptScreen
@@ -436,10 +395,10 @@ class WorkbenchApp(App[int]):
                          done)
 
     def _subjects_for_action(self) -> list[dict[str, Any]]:
-        if self.sel["subject_id"] is not None:
-            return [self.store.get_subject(self.sel["subject_id"])]
-        if self.sel["case_id"] is not None:
-            return self.store.list_subjects(self.sel["case_id"])
+        if self.sel.subject_id is not None:
+            return [self.store.get_subject(self.sel.subject_id)]
+        if self.sel.case_id is not None:
+            return self.store.list_subjects(self.sel.case_id)
         return []
 
     def action_run_probes(self) -> None:
@@ -487,7 +446,7 @@ class WorkbenchApp(App[int]):
         from workbench.ui.screens.dialogs import Field, PromptScreen
 
         case_id = self._need_case()
-        sid = self.sel["subject_id"]
+        sid = self.sel.subject_id
         if case_id is None:
             return
         if sid is None:
@@ -524,67 +483,13 @@ class WorkbenchApp(App[int]):
                                            "three positions over 16 prompts; the best are extended to phrases and "
                                            "confirmed by generation. Esc cancels."), done)
 
-    def _hunt_ready(self) -> HuntPane | None:
+    def action_hunt(self, what: str) -> None:
+        """A trigger-hunt action from the palette: run it on the hunt pane (refreshed first if it is stale)."""
         hunt = self.query_one(HuntPane)
         if "hunt" in self._stale:
             self._stale.discard("hunt")
             self.refresh_pane(hunt)
-        if hunt.subject_id is None:
-            self.notify("No trigger hunt: select a language model and press t.", severity="warning")
-            return None
-        return hunt
-
-    def action_hunt_pin(self) -> None:
-        hunt = self._hunt_ready()
-        if hunt is None:
-            return
-        cand = hunt.toggle_pin()
-        if cand is None:
-            self.notify("No candidate highlighted.", severity="warning")
-            return
-        pinned = cand in hunt.pinned
-        self.log_event(f"{'pinned' if pinned else 'unpinned'} {cand!r}")
-        try:
-            self.store.record(self.sel["case_id"] or 0, "hunt.pinned" if pinned else "hunt.unpinned",
-                              {"subject_id": hunt.subject_id, "candidate": cand})
-        except CaseFileError as exc:
-            self.notify(f"pin not recorded: {exc}", severity="warning")
-
-    def action_hunt_sort(self) -> None:
-        hunt = self._hunt_ready()
-        if hunt is not None:
-            self.notify(f"Sorted by {hunt.cycle_sort()}", timeout=2)
-
-    def _hunt_job(self, kind: str, params: dict[str, Any], label: str) -> None:
-        hunt = self.query_one(HuntPane)
-        s = self.store.get_subject(hunt.subject_id)  # type: ignore[arg-type]
-        self.enqueue(Job(kind, s["case_id"], s["id"], path=s["path"],
-                         params={**params, "kl_params": dict(hunt.kl_params)}, label=label))
-
-    def action_hunt_confirm(self) -> None:
-        hunt = self._hunt_ready()
-        if hunt is None:
-            return
-        cand = hunt.highlighted()
-        if cand is None:
-            self.notify("No candidate highlighted.", severity="warning")
-            return
-        self._hunt_job("confirm", {"candidate": cand["candidate"], "token_ids": cand.get("token_ids"),
-                                   "position": cand.get("position")}, f"confirm {cand['candidate']!r}")
-
-    def action_hunt_custom(self) -> None:
-        from workbench.ui.screens.dialogs import Field, PromptScreen
-
-        hunt = self._hunt_ready()
-        if hunt is None:
-            return
-
-        def done(values: dict[str, str] | None) -> None:
-            if values and values.get("candidate"):
-                self._hunt_job("custom", {"candidate": values["candidate"]}, f"score {values['candidate']!r}")
-
-        self.push_screen(PromptScreen("Add a candidate trigger", [Field("candidate", "Candidate (a word or phrase)")],
-                                      submit="Score", required=("candidate",)), done)
+        getattr(hunt, f"action_{what}")()
 
     def action_export(self) -> None:
         from workbench.ui.screens.dialogs import Field, PromptScreen

@@ -6,7 +6,8 @@ Kept free of widgets so they can be unit-tested and reused by the text captures.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rich.style import Style
 from rich.text import Text

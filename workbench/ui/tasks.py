@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from probes.errors import explain, one_line
 from workbench.ui import messages as M

@@ -12,15 +12,35 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from workbench.ui import render
+from workbench.ui.model import latest_done
+from workbench.ui.widgets.pane import Pane, Selection
 
 
-class AuditPane(VerticalScroll):
+class AuditPane(Pane, VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(id="audit-body")
 
     def on_mount(self) -> None:
         self.show_none("Select a subject with a spectral or activation-clustering run (needs an audit .npz).")
-        self.app.pane_mounted(self)  # type: ignore[attr-defined]
+        self.tell_app_mounted()
+
+    def show(self, selection: Selection, store: Any) -> None:
+        """The selected audit run, else the subject's latest spectral and activation-clustering runs."""
+        if selection.subject_id is None:
+            self.show_none("Select a subject to see its data audits.")
+            return
+        s = store.get_subject(selection.subject_id)
+        runs = store.list_runs(subject_id=selection.subject_id)
+        chosen = next((r for r in runs if r["id"] == selection.run_id), None)
+        if chosen and chosen["probe"] in ("spectral", "activation-clustering") and chosen.get("result"):
+            self.show_runs([chosen])
+            return
+        aud = [r for r in (latest_done(runs, "spectral"), latest_done(runs, "activation-clustering")) if r]
+        if aud:
+            self.show_runs(aud)
+        else:
+            self.show_none(f"{s['name']}: no finished spectral or activation-clustering run "
+                           "(run probes with an audit .npz, key r).")
 
     def show_none(self, message: str) -> None:
         self.query_one("#audit-body", Static).update(Text(message, style="grey62"))

@@ -9,8 +9,8 @@ from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from workbench.ui import render
 from vocabulary.layered import case_verdict, subject_verdict
+from workbench.ui import render
 
 Key = tuple[str, int]
 

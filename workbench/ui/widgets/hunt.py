@@ -15,17 +15,27 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, ProgressBar, Static
 
+from workbench.ui.model import latest_done
+from workbench.ui.widgets.pane import Pane, Selection
+
 SORTS = [("kl", "KL quantile"), ("kl_mean", "KL mean"), ("z", "robust z"), ("candidate", "candidate")]
 
 
-class HuntPane(Vertical):
+class HuntPane(Pane, Vertical):
     BINDINGS = [
-        Binding("p", "app.hunt_pin", "Pin", id="hunt.pin", tooltip="Pin / unpin the highlighted candidate (kept on top)"),
-        Binding("c", "app.hunt_custom", "Add candidate", id="hunt.custom",
+        Binding("p", "pin", "Pin", id="hunt.pin", tooltip="Pin / unpin the highlighted candidate (kept on top)"),
+        Binding("c", "custom", "Add candidate", id="hunt.custom",
                 tooltip="Score a candidate trigger of your own with the same prompts"),
-        Binding("g", "app.hunt_confirm", "Confirm", id="hunt.confirm",
+        Binding("g", "confirm", "Confirm", id="hunt.confirm",
                 tooltip="Confirm the highlighted candidate by generation, side by side with the clean answers"),
-        Binding("s", "app.hunt_sort", "Sort", id="hunt.sort", tooltip="Cycle the sort column"),
+        Binding("s", "sort", "Sort", id="hunt.sort", tooltip="Cycle the sort column"),
+    ]
+    # the command palette offers these too (name, help, action on this pane)
+    PALETTE = [
+        ("Pin hunt candidate", "Pin / unpin the highlighted candidate of the trigger hunt (p)", "pin"),
+        ("Add hunt candidate", "Score a candidate trigger of your own (c)", "custom"),
+        ("Confirm hunt candidate", "Confirm the highlighted candidate by generation (g)", "confirm"),
+        ("Sort hunt ranking", "Cycle the sort column of the trigger hunt (s)", "sort"),
     ]
 
     def __init__(self, **kwargs: Any) -> None:
@@ -57,7 +67,71 @@ class HuntPane(Vertical):
             t.add_column(label, key=key)
         self._compare_columns()
         self._head()
-        self.app.pane_mounted(self)  # type: ignore[attr-defined]
+        self.tell_app_mounted()
+
+    def show(self, selection: Selection, store: Any) -> None:
+        """A language model's last hunt (a live hunt of another subject keeps the pane)."""
+        if selection.subject_id is None or (self.live and self.subject_id != selection.subject_id):
+            return
+        s = store.get_subject(selection.subject_id)
+        kl = latest_done(store.list_runs(subject_id=selection.subject_id), "kl")
+        if s["kind"] == "causal-lm" or kl:
+            self.set_subject(selection.subject_id, s["name"], kl["result"] if kl else None)
+
+    # -- actions (keys in the pane, and the command palette) --------------------------------------
+    def _ready(self) -> bool:
+        if self.subject_id is None:
+            self.app.notify("No trigger hunt: select a language model and press t.", severity="warning")
+            return False
+        return True
+
+    def action_pin(self) -> None:
+        if not self._ready():
+            return
+        cand = self.toggle_pin()
+        if cand is None:
+            self.app.notify("No candidate highlighted.", severity="warning")
+            return
+        pinned = cand in self.pinned
+        app: Any = self.app
+        app.log_event(f"{'pinned' if pinned else 'unpinned'} {cand!r}")
+        app.record(app.sel.case_id or 0, "hunt.pinned" if pinned else "hunt.unpinned",
+                   {"subject_id": self.subject_id, "candidate": cand}, what="pin")
+
+    def action_sort(self) -> None:
+        if self._ready():
+            self.app.notify(f"Sorted by {self.cycle_sort()}", timeout=2)
+
+    def action_confirm(self) -> None:
+        if not self._ready():
+            return
+        cand = self.highlighted()
+        if cand is None:
+            self.app.notify("No candidate highlighted.", severity="warning")
+            return
+        self._job("confirm", {"candidate": cand["candidate"], "token_ids": cand.get("token_ids"),
+                              "position": cand.get("position")}, f"confirm {cand['candidate']!r}")
+
+    def action_custom(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
+        if not self._ready():
+            return
+
+        def done(values: dict[str, str] | None) -> None:
+            if values and values.get("candidate"):
+                self._job("custom", {"candidate": values["candidate"]}, f"score {values['candidate']!r}")
+
+        self.app.push_screen(PromptScreen("Add a candidate trigger", [Field("candidate", "Candidate (a word or phrase)")],
+                                          submit="Score", required=("candidate",)), done)
+
+    def _job(self, kind: str, params: dict[str, Any], label: str) -> None:
+        from workbench.ui.tasks import Job
+
+        app: Any = self.app
+        s = app.store.get_subject(self.subject_id)
+        app.enqueue(Job(kind, s["case_id"], s["id"], path=s["path"], params={**params, "kl_params": dict(self.kl_params)},
+                        label=label))
 
     # -- state --------------------------------------------------------------------------------
     def set_subject(self, subject_id: int | None, name: str, last_result: dict[str, Any] | None) -> None:

@@ -11,9 +11,11 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from workbench.ui import render
+from workbench.ui.model import latest_done
+from workbench.ui.widgets.pane import Pane, Selection
 
 
-class NormsPane(VerticalScroll):
+class NormsPane(Pane, VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(id="norms-head")
         yield Static(id="norms-bars")
@@ -21,7 +23,24 @@ class NormsPane(VerticalScroll):
 
     def on_mount(self) -> None:
         self.show_none("Select an image-classifier subject with a Neural Cleanse run.")
-        self.app.pane_mounted(self)  # type: ignore[attr-defined]
+        self.tell_app_mounted()
+
+    def show(self, selection: Selection, store: Any) -> None:
+        """The selected run when it is a Neural Cleanse run, else the subject's latest one."""
+        if selection.subject_id is None:
+            self.show_none("Select an image-classifier subject to see its Neural Cleanse trigger norms.")
+            return
+        s = store.get_subject(selection.subject_id)
+        runs = store.list_runs(subject_id=selection.subject_id)
+        chosen = next((r for r in runs if r["id"] == selection.run_id), None)
+        nc = chosen if chosen and chosen["probe"] == "neural-cleanse" and chosen.get("result") else \
+            latest_done(runs, "neural-cleanse")
+        if nc:
+            self.show_run(nc, s["name"])
+        else:
+            self.show_none(f"{s['name']}: no finished Neural Cleanse run"
+                           + (" (press r to run probes)." if s["kind"] != "causal-lm" else
+                              " (a language model: see the trigger hunt, key 3)."))
 
     def show_none(self, message: str) -> None:
         self.query_one("#norms-head", Static).update(Text(message, style="grey62"))

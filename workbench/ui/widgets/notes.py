@@ -17,6 +17,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.timer import Timer
 from textual.widgets import Static, TextArea
 
+from workbench.ui.widgets.pane import Pane, Selection
+
 AUTOSAVE_S = 0.5
 
 
@@ -28,7 +30,9 @@ class NoteEditor(TextArea):
         self.app.query_one("#tree").focus()
 
 
-class NotesPane(Vertical):
+class NotesPane(Pane, Vertical):
+    always = True  # the note follows the selection at once: typing goes to what is selected
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.target: tuple[int, int | None] | None = None  # (case_id, subject_id)
@@ -49,11 +53,21 @@ class NotesPane(Vertical):
         yield Static(id="notes-status")
 
     def on_mount(self) -> None:
-        self.app.pane_mounted(self)  # type: ignore[attr-defined]
+        self.tell_app_mounted()
 
     @property
     def editor(self) -> TextArea:
         return self.query_one("#notes-editor", TextArea)
+
+    def show(self, selection: Selection, store: Any) -> None:
+        if selection.case_id is None:
+            return
+        if selection.subject_id is None:
+            case = store.get_case(selection.case_id)
+            self.set_target(store, selection.case_id, None, f"case {selection.case_id}: {case['title']}")
+        else:
+            s = store.get_subject(selection.subject_id)
+            self.set_target(store, selection.case_id, selection.subject_id, f"subject {s['name']}")
 
     def set_target(self, store: Any, case_id: int | None, subject_id: int | None, label: str) -> None:
         """Show the note of a case (``subject_id`` None) or of a subject; saves the previous one first."""

@@ -11,9 +11,12 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, RichLog, Static
 
 from workbench.ui import render
+from workbench.ui.widgets.pane import Pane, Selection
 
 
-class RunLogPane(Vertical):
+class RunLogPane(Pane, Vertical):
+    case_level = True
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.history: list[str] = []  # this session's events as plain text
@@ -27,7 +30,10 @@ class RunLogPane(Vertical):
         t = self.query_one("#runlog-table", DataTable)
         t.add_columns("run", "", "subject", "probe", "status", "verdict", "started", "duration",
                       "error / summary", "params")
-        self.app.pane_mounted(self)  # type: ignore[attr-defined]
+        self.tell_app_mounted()
+
+    def show(self, selection: Selection, store: Any) -> None:
+        self.show_case(store, selection.case_id)
 
     def show_case(self, store: Any, case_id: int | None) -> None:
         t = self.query_one("#runlog-table", DataTable)

@@ -10,12 +10,13 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from workbench.ui import render
 from vocabulary.layered import case_verdict, subject_verdict
+from workbench.ui import render
 from workbench.ui.model import latest_by_probe
+from workbench.ui.widgets.pane import Pane, Selection, column_widths
 
 
-class ScoresPane(Vertical):
+class ScoresPane(Pane, Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="scores-head")
         yield DataTable(id="scores-table", cursor_type="row", zebra_stripes=True)
@@ -24,7 +25,43 @@ class ScoresPane(Vertical):
 
     def on_mount(self) -> None:
         self.show_empty("Select a case or a subject in the case tree (or press n for a new case).")
-        self.app.pane_mounted(self)  # type: ignore[attr-defined]
+        self.tell_app_mounted()
+
+    def show(self, selection: Selection, store: Any) -> None:
+        self._shown = (selection, store)
+        if selection.case_id is None:
+            return
+        if selection.subject_id is None:
+            self.show_case(store, selection.case_id)
+        else:
+            self.show_subject(store, selection.subject_id, selection.run_id)
+
+    def on_resize(self) -> None:
+        shown = getattr(self, "_shown", None)
+        if shown is not None and self.size.width != getattr(self, "_fitted", None):
+            self.show(*shown)  # the columns follow the pane's width
+
+    def _width(self) -> int:
+        """Cells the table may use: the pane's width once laid out, else the screen's minus the case tree."""
+        width = self.size.width or max(40, self.app.size.width - 46)
+        self._fitted = self.size.width
+        return width
+
+    def _fill(self, headers: list[str], rows: list[tuple[list[Any], str]], *, flexible: int,
+              cap: dict[int, float] | None = None) -> None:
+        """Columns sized to the content and to the pane: the ``flexible`` column takes what is left, and a
+        column in ``cap`` takes at most that share of the width (long names are cut with an ellipsis)."""
+        total = self._width()
+        wanted = [max([len(h)] + [_cell_width(cells[i]) for cells, _ in rows]) for i, h in enumerate(headers)]
+        for i, share in (cap or {}).items():
+            wanted[i] = min(wanted[i], max(len(headers[i]), int(total * share)))
+        widths = column_widths(total, wanted, flexible)
+        t = self.query_one("#scores-table", DataTable)
+        t.clear(columns=True)
+        for h, w in zip(headers, widths):
+            t.add_column(h, width=w)
+        for cells, key in rows:
+            t.add_row(*(_trim_cell(c, w) for c, w in zip(cells, widths)), key=key)
 
     def show_empty(self, message: str) -> None:
         self.query_one("#scores-head", Static).update(Text(message, style="grey62"))
@@ -58,15 +95,15 @@ class ScoresPane(Vertical):
         all_v = [subject_verdict([r for r in runs if r["subject_id"] == s["id"]]) for s in subjects]
         overall = case_verdict(all_v)
         self.query_one("#scores-head", Static).update(self._head(f"Case {case_id}: {case['title']}", overall))
-        t = self.query_one("#scores-table", DataTable)
-        t.clear(columns=True)
-        t.add_columns("subject", "kind", "verdict", "risk", "runs", "evidence")
+        rows = []
         for s, v in zip(subjects, all_v):
             n = sum(1 for r in runs if r["subject_id"] == s["id"])
             risk = Text("—") if v["score"] is None else Text(f"{v['score']} {v['band']}",
                                                              style=render.BAND_STYLE.get(v["band"], ""))
-            t.add_row(f"[{s['id']}] {s['name']}", s["kind"], render.verdict_text(v["verdict"] if v["score"] is not None else None),
-                      risk, str(n), _trim(v["evidence"], 70), key=f"s{s['id']}")
+            verdict = render.verdict_text(v["verdict"] if v["score"] is not None else None)
+            rows.append(([f"[{s['id']}] {s['name']}", s["kind"] or "?", verdict, risk, str(n), v["evidence"]],
+                         f"s{s['id']}"))
+        self._fill(["subject", "kind", "verdict", "risk", "runs", "evidence"], rows, flexible=5, cap={0: 0.35})
         desc = case.get("description") or ""
         self.query_one("#scores-evidence", Static).update(Text(desc, style="grey70"))
         self.query_one("#scores-detail", Static).update(
@@ -79,18 +116,17 @@ class ScoresPane(Vertical):
         v = subject_verdict(runs)
         self.query_one("#scores-head", Static).update(
             self._head(f"{s['name']}  ({s['format']}, {s['kind']})  sha256 {s['sha256'][:16]}…", v))
-        t = self.query_one("#scores-table", DataTable)
-        t.clear(columns=True)
-        t.add_columns("", "probe", "verdict", "score", "risk", "duration", "summary")
         contrib = v.get("contributions") or {}
+        rows = []
         for probe, r in latest_by_probe(runs).items():
             score = Text(render.fmt_score(r.get("score")))
             if r.get("score") is not None and r["score"] >= 0.5:
                 score.stylize("bold red")
             c = contrib.get(probe)
-            t.add_row(render.status_text(r["status"]), probe, render.verdict_text(r.get("verdict")), score,
-                      "—" if c is None else str(c), render.fmt_duration(r.get("duration_s")), _trim(r.get("summary") or r.get("error") or "", 90),
-                      key=f"r{r['id']}")
+            rows.append(([render.status_text(r["status"]), probe, render.verdict_text(r.get("verdict")), score,
+                          "—" if c is None else str(c), render.fmt_duration(r.get("duration_s")),
+                          r.get("summary") or r.get("error") or ""], f"r{r['id']}"))
+        self._fill(["", "probe", "verdict", "score", "risk", "duration", "summary"], rows, flexible=6)
         ev = Text("Evidence: ", style="bold")
         ev.append(v["evidence"])
         self.query_one("#scores-evidence", Static).update(ev)
@@ -107,6 +143,20 @@ class ScoresPane(Vertical):
         else:
             detail.append(f"path {s['path']}", style="grey50")
         self.query_one("#scores-detail", Static).update(detail)
+
+
+def _cell_width(value: Any) -> int:
+    return Text(value).cell_len if isinstance(value, str) else value.cell_len
+
+
+def _trim_cell(value: Any, n: int) -> Any:
+    if isinstance(value, str):
+        return _trim(value, n)
+    if value.cell_len <= n:
+        return value
+    out = value.copy()
+    out.truncate(n, overflow="ellipsis")
+    return out
 
 
 def _trim(text: str, n: int) -> str:
