@@ -10,13 +10,15 @@ PIP_FLAGS := -q -c constraints.txt
 $(BIN)/workbench: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev,ray]'
 	touch $@
 
 setup: $(BIN)/workbench
 
 ## Run the whole test suite (the command .ci/run calls).
 test: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 ## Build the demo models and open the workbench on a demo case.

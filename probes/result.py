@@ -1,4 +1,4 @@
-"""The result every probe returns (the DESIGN.md probe contract)."""
+"""The result every probe returns (the probe contract, docs/adding-a-probe.md)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import Self
 
 __all__ = ["Verdict", "Severity", "Band", "BAND_UPPER", "VERDICT_SEVERITY", "one_line"]
 
@@ -23,37 +24,37 @@ class _Ordered(StrEnum):
         return list(type(self)).index(self)
 
     @classmethod
-    def parse(cls, value: object) -> _Ordered | None:
+    def parse(cls, value: object) -> Self | None:
         """The member named by ``value`` (a member or its string), or None for anything else."""
         try:
-            return cls(value)  # type: ignore[arg-type]
+            return cls(value)  # type: ignore[arg-type]  # any object; ValueError for a non-member
         except ValueError:
             return None
 
     @classmethod
-    def worst(cls, values: Iterable[object], default: object = None):
+    def worst(cls, values: Iterable[object], default: object = None) -> Self | None:
         """The most serious of ``values`` (strings or members; unknown ones are ignored)."""
         found = [m for m in (cls.parse(v) for v in values) if m is not None]
         if not found:
-            return cls(default) if default is not None else None
+            return cls.parse(default) if default is not None else None
         return max(found, key=lambda m: m.rank)
 
-    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+    def __lt__(self, other: object) -> bool:
         if isinstance(other, type(self)):
             return self.rank < other.rank
         return NotImplemented
 
-    def __le__(self, other: object) -> bool:  # type: ignore[override]
+    def __le__(self, other: object) -> bool:
         if isinstance(other, type(self)):
             return self.rank <= other.rank
         return NotImplemented
 
-    def __gt__(self, other: object) -> bool:  # type: ignore[override]
+    def __gt__(self, other: object) -> bool:
         if isinstance(other, type(self)):
             return self.rank > other.rank
         return NotImplemented
 
-    def __ge__(self, other: object) -> bool:  # type: ignore[override]
+    def __ge__(self, other: object) -> bool:
         if isinstance(other, type(self)):
             return self.rank >= other.rank
         return NotImplemented
@@ -105,8 +106,8 @@ class Band(_Ordered):
         return cls.HIGH
 
     @property
-    def lower(self) -> int:
-        """The smallest whole risk score in this band."""
+    def floor(self) -> int:
+        """The smallest whole risk score in this band (not ``lower``: that would shadow ``str.lower``)."""
         order = list(Band)
         return 0 if self is order[0] else BAND_UPPER[order[self.rank - 1]] + 1
 

@@ -119,7 +119,7 @@ def _ordered(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(r.get("probe"))
         out.append(r)
     pos = {p: i for i, p in enumerate(PIPELINE_ORDER)}
-    return sorted(out, key=lambda r: (pos.get(r.get("probe"), len(pos)), str(r.get("probe"))))
+    return sorted(out, key=lambda r: (pos.get(str(r.get("probe")), len(pos)), str(r.get("probe"))))
 
 
 def layered_verdict(results: list[dict[str, Any]], failed: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -152,13 +152,13 @@ def layered_verdict(results: list[dict[str, Any]], failed: Iterable[tuple[str, s
     else:
         driver, score_i = None, None
     decisive = [v for v in (Verdict(r["verdict"]) for r in done) if v.decisive]
-    verdict = Verdict.worst(decisive, default=Verdict.INCONCLUSIVE)
+    verdict = Verdict.worst(decisive) or Verdict.INCONCLUSIVE
     evidence = "; ".join(_evidence(r) for r in done)
     if static_failed is not None:
         evidence = f"static scan failed ({static_failed}); " + evidence
         if verdict is Verdict.CLEAN:  # unread files are never clean
             verdict = Verdict.INCONCLUSIVE
-            score_i = max(score_i or 0, Band.MEDIUM.lower)
+            score_i = max(score_i or 0, Band.MEDIUM.floor)
     return {"score": score_i, "band": band(score_i), "verdict": verdict.value, "evidence": evidence,
             "contributions": {k: int(round(v)) for k, v in contrib.items()}, "driver": driver}
 

@@ -62,7 +62,7 @@ class ScanReport:
     offers: list[dict[str, Any]] = field(default_factory=list)  # opt-in probes worth running next
 
     def to_dict(self) -> dict[str, Any]:
-        """The DESIGN.md ``scan --json`` object (plus ``offers``: opt-in probes the evidence calls for)."""
+        """The ``scan --json`` object (README "Commands") (plus ``offers``: opt-in probes the evidence calls for)."""
         v = self.verdict
         return {"subject": self.subject, "results": self.results,
                 "trust": {"score": v["score"], "band": v["band"]},

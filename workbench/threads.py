@@ -1,12 +1,12 @@
 """How many threads torch may use: ``--threads`` / ``$WORKBENCH_THREADS``, else a default that holds under load.
 
-Measured by ``benchmarks/threads.py`` on this project's 2-core machine: with the
-other core busy, torch's own default (one thread per core) made a Neural Cleanse
-scan several times slower than one thread, because its threads wait on each
-other for a core they do not get; on a quiet machine all cores gained little
-for the small models examiners usually scan here. The default therefore counts
-only the cores that are idle when the command starts (from the 1-minute load
-average) and never more than the machine has.
+Measured by ``benchmarks/threads.py`` on this project's 2-core machine (Neural Cleanse on a
+16x16 digits CNN): quiet, 1 thread 3.7 s and 2 threads 2.3 s; with the other core busy, 1 thread
+3.9 s and 2 threads 13.3 s, because torch's threads wait on each other for a core they do not get.
+The default therefore counts only the cores that are idle when the command starts (from the
+1-minute load average) and never more than the machine has: 3.8 s under that load. The load
+average lags by up to a minute, so right after heavy work it may still choose fewer threads than
+a quiet machine would allow (the cheaper mistake).
 """
 
 from __future__ import annotations

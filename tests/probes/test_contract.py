@@ -117,7 +117,7 @@ def test_one_ordered_vocabulary():
     assert Severity.CRITICAL > Severity.HIGH > Severity.MEDIUM > Severity.LOW > Severity.INFO
     assert [Band.of(s) for s in (0, 30, 31, 60, 61, 100)] == [Band.LOW, Band.LOW, Band.MEDIUM, Band.MEDIUM,
                                                               Band.HIGH, Band.HIGH]
-    assert Band.MEDIUM.lower == 31 and Band.HIGH.lower == 61 and Verdict("clean") == "clean"
+    assert Band.MEDIUM.floor == 31 and Band.HIGH.floor == 61 and Verdict("clean") == "clean"
 
 
 def _run(rid, probe, status, verdict=None, score=0.0, error=None):

@@ -1,6 +1,6 @@
 """A deterministic case file for snapshots and fast UI tests: no torch, fixed results and durations.
 
-The results follow the probes' ``to_dict()`` shapes (DESIGN.md "Probe names and the detail keys").
+The results follow the probes' ``to_dict()`` shapes (each probe module's ``run``).
 """
 
 from __future__ import annotations
