@@ -127,15 +127,40 @@ def hf_config(path: Path) -> dict:
         return {}
 
 
+_LM_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "phi"})
+_IMAGE_TYPES = frozenset({"resnet", "vit", "convnext"})
+
+
+def hf_kind(cfg: dict, *, full_mapping: bool = False) -> str | None:
+    """The subject kind a Hugging Face config describes (``image-classifier``, ``causal-lm``), or None: the one rule.
+
+    ``architectures`` decide when present; otherwise ``model_type`` is looked up in transformers' auto
+    mappings when ``full_mapping`` (the loader), or in a short list of common types (a cheap guess that
+    imports nothing, for ``subject add``).
+    """
+    archs = [str(a) for a in (cfg.get("architectures") or []) if isinstance(a, str)]
+    if any(a.endswith("ForImageClassification") for a in archs):
+        return "image-classifier"
+    if any("CausalLM" in a or "LMHeadModel" in a for a in archs):
+        return "causal-lm"
+    model_type = cfg.get("model_type")
+    if archs or not isinstance(model_type, str):
+        return None
+    if full_mapping:
+        from transformers.models.auto import modeling_auto
+
+        image_types, lm_types = (modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+                                 modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    else:
+        image_types, lm_types = _IMAGE_TYPES, _LM_TYPES
+    if model_type in image_types:
+        return "image-classifier"
+    if model_type in lm_types:
+        return "causal-lm"
+    return None
+
+
 def guess_kind(path: str | Path) -> str:
     """Cheap guess of the subject kind without loading: ``causal-lm``, ``image-classifier`` or ``unknown``."""
     p = Path(path)
-    if p.is_dir():
-        cfg = hf_config(p)
-        archs = " ".join(cfg.get("architectures") or [])
-        if "CausalLM" in archs or "LMHead" in archs or cfg.get("model_type") in {"gpt2", "llama", "mistral", "qwen2", "gpt_neox", "phi"}:
-            return "causal-lm"
-        if "ImageClassification" in archs or cfg.get("model_type") in {"resnet", "vit", "convnext"}:
-            return "image-classifier"
-        return "unknown"
-    return "unknown"
+    return (hf_kind(hf_config(p)) or "unknown") if p.is_dir() else "unknown"

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Protocol
 
 from probes.errors import Cancelled
-
-
-class Progress(Protocol):
-    def __call__(self, done: int, total: int, message: str = "") -> None: ...
 
 
 def null_progress(done: int, total: int, message: str = "") -> None:
@@ -23,4 +17,3 @@ def check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled("cancelled")
 
 
-ProgressFn = Callable[[int, int, str], None]

@@ -151,11 +151,9 @@ def check_zip(path: Path) -> None:
 
 
 def static_scan(path: Path):
-    """``(verdict, [finding text...])`` from :func:`probes.static_scan.scan_path`, or ``(None, [])`` if absent."""
-    try:
-        from probes.static_scan import scan_path
-    except ImportError:
-        return None, []
+    """``(verdict, [finding text...])`` from :func:`probes.static_scan.scan_path`."""
+    from probes.static_scan import scan_path
+
     try:
         result = scan_path(path)
     except Exception as exc:
@@ -336,19 +334,11 @@ def _check_hf_index(folder: Path, index: Path) -> None:
 
 
 def _hf_kind(p: Path, cfg: dict) -> str:
+    kind = formats.hf_kind(cfg, full_mapping=True)
+    if kind is not None:
+        return kind
     archs = [str(a) for a in (cfg.get("architectures") or []) if isinstance(a, str)]
-    if any(a.endswith("ForImageClassification") for a in archs):
-        return IMAGE_CLASSIFIER
-    if any("CausalLM" in a or "LMHeadModel" in a for a in archs):
-        return "causal-lm"
     model_type = cfg.get("model_type")
-    if not archs and isinstance(model_type, str):
-        from transformers.models.auto import modeling_auto
-
-        if model_type in modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-            return IMAGE_CLASSIFIER
-        if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            return "causal-lm"
     described = ", ".join(archs) or str(model_type or "unknown model type")
     raise ProbeError(f"{p}: config.json describes {described}; the workbench loads image classifiers "
                      "(*ForImageClassification) and causal language models")

@@ -189,3 +189,20 @@ def test_thread_policy(monkeypatch):
     assert threads.resolve_threads() == 1
     with pytest.raises(ValueError):
         threads.resolve_threads(0)
+
+
+def test_one_kind_rule_for_subject_add_and_the_loader():
+    # formats.guess_kind (subject add, no imports) and the loader used to carry two kind rules that disagreed
+    # (e.g. "GPT2LMHeadModel" vs a model_type list); both now read formats.hf_kind.
+    from probes import formats
+
+    cases = {
+        ("GPT2LMHeadModel",): "causal-lm", ("LlamaForCausalLM",): "causal-lm",
+        ("ViTForImageClassification",): "image-classifier", ("BertModel",): None,
+    }
+    for archs, kind in cases.items():
+        cfg = {"architectures": list(archs), "model_type": "vit"}
+        assert formats.hf_kind(cfg) == formats.hf_kind(cfg, full_mapping=True) == kind, archs
+    assert formats.hf_kind({"model_type": "llama"}) == formats.hf_kind({"model_type": "llama"}, full_mapping=True) == "causal-lm"
+    assert formats.hf_kind({"model_type": "resnet"}, full_mapping=True) == "image-classifier"
+    assert formats.hf_kind({"model_type": "wav2vec2"}, full_mapping=True) is None
