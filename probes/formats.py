@@ -10,6 +10,7 @@ import json
 import struct
 import tarfile
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
 
 # Formats
@@ -149,8 +150,8 @@ def hf_kind(cfg: dict, *, full_mapping: bool = False) -> str | None:
     if full_mapping:
         from transformers.models.auto import modeling_auto
 
-        image_types, lm_types = (modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-                                 modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        image_types: Collection[str] = modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.keys()
+        lm_types: Collection[str] = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.keys()
     else:
         image_types, lm_types = _IMAGE_TYPES, _LM_TYPES
     if model_type in image_types:
