@@ -6,7 +6,7 @@ from typing import Any
 
 from vocabulary.layered import subject_verdict
 
-__all__ = ["latest_by_probe", "latest_done", "dynamic_called_for", "subject_verdict", "data_paths_for"]
+__all__ = ["latest_by_probe", "latest_done", "selected_or_latest", "dynamic_called_for", "subject_verdict", "data_paths_for"]
 
 
 def latest_by_probe(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -23,6 +23,14 @@ def latest_done(runs: list[dict[str, Any]], probe: str | tuple[str, ...]) -> dic
         if r["probe"] in probes and r["status"] == "done" and r.get("result"):
             return r
     return None
+
+
+def selected_or_latest(runs: list[dict[str, Any]], run_id: int | None, probes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The selected run when it is a finished run of one of ``probes``, else the latest finished run of each."""
+    chosen = next((r for r in runs if r["id"] == run_id), None)
+    if chosen and chosen["probe"] in probes and chosen.get("result"):
+        return [chosen]
+    return [r for r in (latest_done(runs, p) for p in probes) if r]
 
 
 def dynamic_called_for(runs: list[dict[str, Any]]) -> bool:

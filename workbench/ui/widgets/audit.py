@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from workbench.ui import render
-from workbench.ui.model import latest_done
+from workbench.ui.model import selected_or_latest
 from workbench.ui.widgets.pane import Pane, Selection
 
 
@@ -30,12 +30,8 @@ class AuditPane(Pane, VerticalScroll):
             self.show_none("Select a subject to see its data audits.")
             return
         s = store.get_subject(selection.subject_id)
-        runs = store.list_runs(subject_id=selection.subject_id)
-        chosen = next((r for r in runs if r["id"] == selection.run_id), None)
-        if chosen and chosen["probe"] in ("spectral", "activation-clustering") and chosen.get("result"):
-            self.show_runs([chosen])
-            return
-        aud = [r for r in (latest_done(runs, "spectral"), latest_done(runs, "activation-clustering")) if r]
+        aud = selected_or_latest(store.list_runs(subject_id=selection.subject_id), selection.run_id,
+                                 ("spectral", "activation-clustering"))
         if aud:
             self.show_runs(aud)
         else:

@@ -11,7 +11,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from workbench.ui import render
-from workbench.ui.model import latest_done
+from workbench.ui.model import selected_or_latest
 from workbench.ui.widgets.pane import Pane, Selection
 
 
@@ -31,12 +31,10 @@ class NormsPane(Pane, VerticalScroll):
             self.show_none("Select an image-classifier subject to see its Neural Cleanse trigger norms.")
             return
         s = store.get_subject(selection.subject_id)
-        runs = store.list_runs(subject_id=selection.subject_id)
-        chosen = next((r for r in runs if r["id"] == selection.run_id), None)
-        nc = chosen if chosen and chosen["probe"] == "neural-cleanse" and chosen.get("result") else \
-            latest_done(runs, "neural-cleanse")
-        if nc:
-            self.show_run(nc, s["name"])
+        found = selected_or_latest(store.list_runs(subject_id=selection.subject_id), selection.run_id,
+                                   ("neural-cleanse",))
+        if found:
+            self.show_run(found[0], s["name"])
         else:
             self.show_none(f"{s['name']}: no finished Neural Cleanse run"
                            + (" (press r to run probes)." if s["kind"] != "causal-lm" else
