@@ -109,3 +109,11 @@ def test_threads_option_is_checked_and_used(digits_subjects):
     assert r.code == 2
     r = wb("scan", digits_subjects["clean"], "--probes", "static", "--json", "--threads", "1")
     assert r.code == 0, r.err
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "1.5"])
+def test_malformed_threads_setting_is_one_line_and_writes_nothing(digits_subjects, case_db, value):
+    r = wb("scan", digits_subjects["clean"], "--probes", "static", "--case", "1", "--db", case_db,
+           env={"WORKBENCH_THREADS": value})
+    assert r.code == 2 and "Traceback" not in r.err and "WORKBENCH_THREADS" in r.err, r.err
+    _nothing_written(case_db)
