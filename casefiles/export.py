@@ -7,13 +7,17 @@ what it found, what it means (MITRE ATLAS), and how to check the trail.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from casefiles import atlas
+from casefiles.characterise import Characterisation, characterise, read_prompts
 from vocabulary.layered import case_verdict, subject_verdict
 
 _MAX_TABLE_ROWS = 50
+LARGE_CASE = 100  # above this many subjects: a summary first, details of flagged subjects only
+_MAX_AUDIT_ROWS_LARGE = 200
 
 
 def _cell(value: Any) -> str:
@@ -130,12 +134,117 @@ def _subject_verdict_text(v: dict[str, Any] | None) -> str:
     return f"{v['verdict']}{risk}"
 
 
-def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, section after section; each section is a few lines
-    """The case report as markdown text (deterministic for the same bundle)."""
+@dataclass
+class ReportImage:
+    """A figure as the report cites it: where the renderer finds it, and what it shows."""
+
+    run_id: int
+    name: str
+    caption: str
+    src: str  # a relative path (markdown folder) or a data: URI (HTML)
+
+
+@dataclass
+class ReportOptions:
+    """What the report adds beyond the bundle: images, and where text of a run's inputs is read from."""
+
+    images: dict[int, list[ReportImage]] = field(default_factory=dict)  # by run id
+    prompts: Callable[[dict[str, Any]], str | None] = read_prompts
+    large_case: int = LARGE_CASE
+
+
+# Per-subject sections rendered under each subject's heading, in order: (subject, bundle) -> markdown lines.
+# Another feature adds its section by appending one function here (e.g. remediation).
+SUBJECT_SECTIONS: list[Callable[[dict[str, Any], dict[str, Any]], list[str]]] = []
+
+
+def _custody_lines(s: dict[str, Any], bundle: dict[str, Any]) -> list[str]:
+    out = []
+    cust = (s.get("metadata") or {}).get("custody") or {}
+    labels = {"source": "Source", "acquired_by": "Acquired by", "acquired_at": "Acquired at",
+              "claimed_origin": "Claimed origin / vendor", "provenance": "Provenance"}
+    out += [f"- {labels[k]}: {_cell(cust[k])}" for k in labels if cust.get(k)]
+    for a in bundle.get("audit", []):
+        if a.get("action") != "custody.changed":
+            continue
+        try:
+            d = json.loads(a.get("detail") or "{}")
+        except ValueError:
+            continue
+        if d.get("subject_id") == s["id"]:
+            out.append(f"- **Custody warning** ({a['ts']}, audit #{a['seq']}): {_cell(d.get('message'))}")
+    return out
+
+
+def _triage_lines(s: dict[str, Any], bundle: dict[str, Any]) -> list[str]:
+    t = (bundle.get("triage") or {}).get(s["id"])
+    if not isinstance(t, dict) or not t.get("per_class"):
+        return []
+    src = (t.get("data") or {}).get("source")
+    lines = ["", f"Triage on the clean data ({t.get('n')} inputs{', ' + src if src else ''}): "
+                 f"accuracy {100 * float(t.get('accuracy') or 0):.1f}%.", ""]
+    rows = t["per_class"][:_MAX_TABLE_ROWS]
+    lines += _table(["class", "n", "accuracy", "most confused with", "share"],
+                    ([r.get("class"), r.get("n"), r.get("accuracy"), r.get("most_confused_with"),
+                      r.get("confused_fraction")] for r in rows))
+    worst = min(t["per_class"], key=lambda r: r.get("accuracy") or 0.0)
+    if (worst.get("accuracy") or 1.0) < 0.8:
+        lines += ["", f"Class {worst['class']} is consistently misclassified (as {worst.get('most_confused_with')}): "
+                      "look at what these inputs share."]
+    return lines
+
+
+def _image_lines(images: list[ReportImage]) -> list[str]:
+    out = []
+    for im in images:
+        out += ["", f"![{im.caption}]({im.src})", "", f"*{im.caption}*"]
+    return out
+
+
+def _finding_lines(c: Characterisation, subject_names: dict[int, str]) -> list[str]:
+    who = subject_names.get(c.subject_id or -1, "case")
+    out = [f"### Finding: {who}, run {c.run_id} (`{c.probe}`, {c.verdict})", "", f"{c.title}", ""]
+    for head, part in (("Trigger identification", c.identification), ("Behaviour", c.behaviour),
+                       ("Impact", c.impact)):
+        out += [f"**{head}**", ""] + [f"- {k}: {_cell(v)}" for k, v in part.items()] + [""]
+    src = "measured by a remediation run" if c.remediation_source == "measured" else "options; none has run yet"
+    out += [f"**Remediation** ({src})", ""] + [f"- {x}" for x in c.remediation] + [""]
+    out += [f"**MITRE ATLAS**: {', '.join(c.atlas) if c.atlas else 'no technique'}", ""]
+    return out
+
+
+def _run_lines(r: dict[str, Any], subject_names: dict[int, str], artifacts: list[dict[str, Any]],
+               images: list[ReportImage]) -> list[str]:
+    result = r.get("result") or {}
+    dur = f"{r['duration_s']:.2f} s" if r.get("duration_s") is not None else "–"
+    lines = [f"### Run {r['id']}: `{r['probe']}` on {subject_names.get(r['subject_id'], 'case')}", "",
+             f"- Status: {r['status']}; verdict: **{r.get('verdict') or '–'}**; "
+             f"score: {_cell(r.get('score'))}; duration: {dur}",
+             f"- Started: {r['started']}; finished: {r.get('finished') or '–'}",
+             f"- Parameters: {_params_text(r.get('params') or {})}"]
+    if r.get("summary"):
+        lines.append(f"- Result: {r['summary']}")
+    if r.get("error"):
+        lines.append(f"- Error: {r['error']}")
+    lines += _result_extras(result)
+    lines += _per_class_table(result)
+    arts = [a for a in artifacts if a.get("run_id") == r["id"]]
+    if arts:
+        lines += ["", "Evidence stored in the case file:", ""]
+        lines += [f"- `{a['name']}` ({_human_size(a['size'])}, sha256 `{a['sha256']}`)" for a in arts]
+    lines += _image_lines(images)
+    lines.append("")
+    return lines
+
+
+def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None) -> str:  # noqa: C901 - one report, section after section; each section is a few lines
+    """The case report as markdown text (deterministic for the same bundle and options)."""
+    opts = options or ReportOptions()
     case, subjects, runs = bundle["case"], bundle["subjects"], bundle["runs"]
     notes, audit, verify = bundle["notes"], bundle["audit"], bundle["verify"]
     artifacts = bundle.get("artifacts", [])
     subject_names = {s["id"]: s["name"] for s in subjects}
+    large = len(subjects) > opts.large_case
     lines = [f"# Case {case['id']}: {case['title']}", ""]
     if case.get("description"):
         lines += [case["description"], ""]
@@ -149,8 +258,18 @@ def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, 
     flagged = [r for r in runs if r.get("verdict") in atlas.FLAGGED and r.get("status") == "done"]
     superseded = [r for r in flagged if r["id"] not in current]
     flagged = [r for r in flagged if r["id"] in current]
+    flagged_subjects = {r["subject_id"] for r in flagged}
+    if large:
+        counts: dict[str, int] = {}
+        for s in subjects:
+            key = _subject_verdict_text(verdicts.get(s["id"])).split(" (")[0]
+            counts[key] = counts.get(key, 0) + 1
+        lines += _table(["subject verdict", "subjects"], ([k, v] for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))) + [""]
+        lines.append(f"Large case: details follow for the {len(flagged_subjects)} flagged subject(s) only; "
+                     "every subject is listed in the index at the end.")
+        lines.append("")
     if flagged:
-        for r in flagged:
+        for r in flagged[:_MAX_TABLE_ROWS * 20 if large else None]:
             lines.append(f"- **{r['verdict']}** — {subject_names.get(r['subject_id'], '?')}, "
                          f"`{r['probe']}`: {r.get('summary') or ''}")
     elif runs:
@@ -163,49 +282,49 @@ def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, 
                      + ", ".join(f"run {r['id']} (`{r['probe']}` {r['verdict']})" for r in superseded) + ".")
     lines.append("")
 
+    if flagged:
+        lines += ["## Findings", ""]
+        for r in flagged:
+            lines += _finding_lines(characterise(r, runs, opts.prompts), subject_names)
+
     lines += ["## Subjects", ""]
     if not subjects:
         lines += ["None added.", ""]
-    for s in subjects:
+    shown = [s for s in subjects if s["id"] in flagged_subjects] if large else subjects
+    for s in shown:
         lines += [f"### Subject {s['id']}: {s['name']}", "",
                   f"- Path: `{s['path']}`", f"- SHA-256: `{s['sha256']}`",
                   f"- Format: {s['format']}; kind: {s['kind']}; size: {_human_size(s['size'])}",
-                  f"- Verdict: **{_subject_verdict_text(verdicts.get(s['id']))}**", ""]
+                  f"- Verdict: **{_subject_verdict_text(verdicts.get(s['id']))}**"]
+        lines += _custody_lines(s, bundle)
+        lines.append("")
         files = s.get("files") or []
         if len(files) > 1:
             lines += _table(["file", "size", "sha256"], ([f"`{f['path']}`", _human_size(f.get("size")), f"`{f['sha256']}`"]
                                                          for f in files[:_MAX_TABLE_ROWS]))
             lines.append("")
+        tri = _triage_lines(s, bundle)
+        if tri:
+            lines += tri[1:] + [""]
+        for section in SUBJECT_SECTIONS:
+            lines += section(s, bundle)
 
     lines += ["## Probe runs", ""]
-    if not runs:
+    shown_runs = [r for r in runs if r.get("subject_id") in flagged_subjects] if large else runs
+    if large:
+        lines += [f"Runs of flagged subjects only ({len(shown_runs)} of {len(runs)}); the JSON-lines export "
+                  "has every run.", ""]
+    if not shown_runs:
         lines += ["None.", ""]
-    for r in runs:
-        result = r.get("result") or {}
-        dur = f"{r['duration_s']:.2f} s" if r.get("duration_s") is not None else "–"
-        lines += [f"### Run {r['id']}: `{r['probe']}` on {subject_names.get(r['subject_id'], 'case')}", "",
-                  f"- Status: {r['status']}; verdict: **{r.get('verdict') or '–'}**; "
-                  f"score: {_cell(r.get('score'))}; duration: {dur}",
-                  f"- Started: {r['started']}; finished: {r.get('finished') or '–'}",
-                  f"- Parameters: {_params_text(r.get('params') or {})}"]
-        if r.get("summary"):
-            lines.append(f"- Result: {r['summary']}")
-        if r.get("error"):
-            lines.append(f"- Error: {r['error']}")
-        lines += _result_extras(result)
-        lines += _per_class_table(result)
-        arts = [a for a in artifacts if a.get("run_id") == r["id"]]
-        if arts:
-            lines += ["", "Evidence stored in the case file:", ""]
-            lines += [f"- `{a['name']}` ({_human_size(a['size'])}, sha256 `{a['sha256']}`)" for a in arts]
-        lines.append("")
+    for r in shown_runs:
+        lines += _run_lines(r, subject_names, artifacts, opts.images.get(r["id"], []))
 
     lines += ["## MITRE ATLAS mapping", ""]
     mapped: dict[str, list[str]] = {}
     for r in flagged:
         for t in atlas.techniques_for(r["probe"], r["verdict"]):
             mapped.setdefault(t, []).append(f"run {r['id']} (`{r['probe']}`)")
-    for f in bundle.get("findings", []):
+    for f in bundle.get("findings", []) if not large else []:
         if f.get("atlas"):
             mapped.setdefault(f["atlas"], []).append(f"finding: {f.get('title') or f.get('severity')}")
     if mapped:
@@ -226,7 +345,16 @@ def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, 
               f"- Rows: {verify['rows']}; head hash: `{verify['head']}`",
               f"- Integrity: {'verified, the hash chain is intact' if verify['ok'] else 'BROKEN'}"]
     lines += [f"  - {p}" for p in verify.get("problems", [])]
-    lines += ["", *_table(["#", "time", "actor", "action"], ([a["seq"], a["ts"], a["actor"], a["action"]] for a in audit)), ""]
+    shown_audit = audit[-_MAX_AUDIT_ROWS_LARGE:] if large else audit
+    if len(shown_audit) < len(audit):
+        lines += ["", f"The newest {len(shown_audit)} of {len(audit)} rows; the JSON-lines export has all of them."]
+    lines += ["", *_table(["#", "time", "actor", "action"], ([a["seq"], a["ts"], a["actor"], a["action"]]
+                                                             for a in shown_audit)), ""]
     lines.append("To check this report against the case file: `workbench case verify "
                  f"{case['id']} --head {verify['head']}` must say the trail is intact.")
+    if large:
+        lines += ["", "## Subject index", ""]
+        lines += _table(["id", "name", "format", "kind", "verdict", "sha256"],
+                        ([s["id"], s["name"], s["format"], s["kind"], _subject_verdict_text(verdicts.get(s["id"])),
+                          s["sha256"][:16]] for s in subjects))
     return "\n".join(lines) + "\n"

@@ -28,6 +28,13 @@ from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
 from vocabulary import one_line
 
 RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
+EXAMINER_ENV = "WORKBENCH_EXAMINER"
+
+
+def examiner_name() -> str:
+    """Who signs the audit rows: ``$WORKBENCH_EXAMINER`` (the CLI's ``--examiner``), else the OS user."""
+    name = " ".join(os.environ.get(EXAMINER_ENV, "").split())
+    return name or getpass.getuser()
 
 
 def now() -> str:
@@ -70,7 +77,7 @@ class CaseStore:
         except (sqlite3.Error, OSError) as exc:
             raise CaseFileError(f"cannot open case file {self.path}: {one_line(exc)}") from None
         self.db = Database(conn)
-        self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"
+        self.actor = actor or f"{examiner_name()}@{socket.gethostname()}"
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -215,8 +222,11 @@ class CaseStore:
                 "case_id": case_id, "name": name or Path(path).name, "path": str(path), "sha256": sha256,
                 "size": size, "format": format, "kind": kind, "files": json.dumps(files),
                 "metadata": json.dumps(metadata or {}), "added": now()}).last_pk
-            self._audit(case_id, "subject.added", {"subject_id": sid, "path": str(path), "sha256": sha256,
-                                                   "format": format, "kind": kind})
+            detail: dict[str, Any] = {"subject_id": sid, "path": str(path), "sha256": sha256, "format": format,
+                                      "kind": kind}
+            if (metadata or {}).get("custody"):
+                detail["custody"] = metadata["custody"]  # type: ignore[index]
+            self._audit(case_id, "subject.added", detail)
         return int(sid)
 
     def list_subjects(self, case_id: int) -> list[dict[str, Any]]:
@@ -284,6 +294,46 @@ class CaseStore:
                 "run_id": run_id, "probe": run["probe"], "verdict": result.get("verdict"),
                 "score": result.get("score"), "error": error,
                 "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in (artifacts or {}).items()}})
+
+    def add_artifacts(self, run_id: int, items: dict[str, bytes], *, media_type: str | None = None) -> int:
+        """Attach derived evidence (e.g. report figures) to a finished run; a name already stored with the same
+        bytes is skipped. Returns how many were added (one audit row lists their hashes)."""
+        run = self._get("runs", run_id, "run")
+        have = {(a["name"], a["sha256"]) for a in self.list_artifacts(run_id=run_id)}
+        todo = {n: d for n, d in items.items() if (n, hashlib.sha256(d).hexdigest()) not in have}
+        if not todo:
+            return 0
+        with self.write():
+            for name, data in todo.items():
+                self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                             "run_id": run_id, "name": name, "media_type": media_type or _media_type(name),
+                                             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                             "data": data, "created": now()})
+            self._audit(run["case_id"], "artifact.added", {
+                "run_id": run_id, "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in todo.items()}})
+        return len(todo)
+
+    def add_subject_artifact(self, subject_id: int, name: str, data: bytes) -> None:
+        """Evidence about a subject that no single run owns (e.g. the triage screen), hashed in the audit trail."""
+        subject = self.get_subject(subject_id)
+        digest = hashlib.sha256(data).hexdigest()
+        with self.write():
+            self.db["artifacts"].insert({"case_id": subject["case_id"], "subject_id": subject_id, "run_id": None,
+                                         "name": name, "media_type": _media_type(name), "sha256": digest,
+                                         "size": len(data), "data": data, "created": now()})
+            self._audit(subject["case_id"], "artifact.added", {"subject_id": subject_id, "artifacts": {name: digest}})
+
+    def subject_artifact(self, subject_id: int, name: str) -> bytes | None:
+        """The newest bytes of a subject-level artifact (None when absent)."""
+        rows = list(self.db.query("select data from artifacts where subject_id = ? and run_id is null and name = ? "
+                                  "order by id desc limit 1", [subject_id, name]))
+        return bytes(rows[0]["data"]) if rows else None
+
+    def artifact_data(self, run_id: int, name: str) -> bytes | None:
+        """The newest stored bytes of artifact ``name`` of a run (None when absent)."""
+        rows = list(self.db.query("select data from artifacts where run_id = ? and name = ? order by id desc limit 1",
+                                  [run_id, name]))
+        return bytes(rows[0]["data"]) if rows else None
 
     def list_runs(self, *, case_id: int | None = None, subject_id: int | None = None) -> list[dict[str, Any]]:
         where, args = [], []
@@ -400,7 +450,18 @@ class CaseStore:
         return {"case": case, "subjects": self.list_subjects(case_id), "runs": self.list_runs(case_id=case_id),
                 "findings": self.list_findings(case_id), "notes": self.list_notes(case_id),
                 "artifacts": self.list_artifacts(case_id=case_id), "audit": self.audit_rows(case_id),
-                "verify": self.verify(case_id).to_dict()}
+                "verify": self.verify(case_id).to_dict(), "triage": self._triage(case_id)}
+
+    def _triage(self, case_id: int) -> dict[int, dict[str, Any]]:
+        """Each subject's newest stored triage screen (per-class accuracy and confusion on the clean data)."""
+        out: dict[int, dict[str, Any]] = {}
+        for r in self.db.query("select subject_id, data from artifacts where case_id = ? and run_id is null and "
+                               "name = 'triage.json' order by id", [case_id]):
+            try:
+                out[int(r["subject_id"])] = json.loads(bytes(r["data"]).decode("utf-8"))
+            except (ValueError, TypeError):
+                continue
+        return out
 
 
 def _media_type(name: str) -> str:

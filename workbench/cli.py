@@ -79,8 +79,13 @@ def _print_json(obj: Any) -> None:
 # --------------------------------------------------------------------------------------------
 @app.callback(invoke_without_command=True)
 def main_callback(ctx: typer.Context, db: DbOpt = None, threads: ThreadsOpt = None,
+                  examiner: Annotated[Optional[str], typer.Option(
+                      "--examiner", envvar="WORKBENCH_EXAMINER", show_envvar=True,
+                      help="Examiner name signed on every audit row (default: the OS user).")] = None,
                   version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False) -> None:
     _use_threads(threads)
+    if examiner is not None:
+        os.environ["WORKBENCH_EXAMINER"] = examiner
     if version:
         from workbench import __version__
 
@@ -193,25 +198,28 @@ def case_show(case_id: Annotated[int, typer.Argument(help="Case id.")], db: DbOp
 
 @case_app.command("export")
 def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
-                output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the report here (default: stdout).")] = None,
-                db: DbOpt = None) -> None:
-    """Export the case as a markdown report (subjects, runs, findings, ATLAS mapping, notes, audit head)."""
-    import hashlib
+                fmt: Annotated[str, typer.Option("--format", "-f", help="html (one self-contained file), md (a folder: "
+                                                 "report.md + images/), cyclonedx (1.6 ML-BOM JSON) or jsonl "
+                                                 "(audit trail and runs, for archiving).")] = "md",
+                output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here (default: stdout; "
+                                                               "md on stdout has no images).")] = None,
+                no_figures: Annotated[bool, typer.Option("--no-figures", help="Leave the figures out (faster).")] = False,
+                db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Export the case: subjects, custody, findings characterised, figures, ATLAS mapping, notes, audit trail."""
+    from casefiles.report import check_destination, export_case
 
-    from casefiles.export import render_markdown
-
-    with _Guard(), _open_store(db, create=False) as store:
-        text = render_markdown(store.case_bundle(case_id))
-        if output is None:
-            sys.stdout.write(text)
+    with _Guard():
+        check_destination(fmt, output)  # a bad format or destination: one line, before the case file is opened
+        with _open_store(db, create=False) as store:
+            outcome, data = export_case(store, case_id, fmt, output, figures=not no_figures)
+        if data is not None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        elif as_json:
+            _print_json(outcome.to_dict())
         else:
-            try:
-                output.write_text(text, encoding="utf-8")
-            except OSError as exc:
-                fail(f"cannot write {output}: {exc.strerror or exc}")
-            typer.echo(f"report written to {output}", err=True)
-        store.record(case_id, "case.exported", {"sha256": hashlib.sha256(text.encode()).hexdigest(),
-                                                "output": str(output) if output else "stdout"})
+            typer.echo(f"{fmt} report written to {output} ({outcome.size:,} bytes, {outcome.figures} figure(s), "
+                       f"sha256 {outcome.sha256[:16]}…, {outcome.seconds:.2f} s)", err=True)
 
 
 @case_app.command("verify")
@@ -286,16 +294,25 @@ def note_add(case_id: Annotated[int, typer.Argument(help="Case id.")],
 @subject_app.command("add")
 def subject_add(case_id: Annotated[int, typer.Argument(help="Case id.")],
                 path: Annotated[Path, typer.Argument(help="A model file or a Hugging Face-style folder.")],
+                source: Annotated[Optional[str], typer.Option("--source", help="Where the files came from (URL, ticket, media id).")] = None,
+                acquired_by: Annotated[Optional[str], typer.Option("--acquired-by", help="Who acquired the files.")] = None,
+                acquired_at: Annotated[Optional[str], typer.Option("--acquired-at", help="When they were acquired (ISO date/time).")] = None,
+                origin: Annotated[Optional[str], typer.Option("--origin", help="Claimed origin or vendor.")] = None,
+                provenance: Annotated[Optional[str], typer.Option("--provenance", help="Free provenance text.")] = None,
                 db: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """Record a suspect model: path, sha256 of every file, size, detected format and kind. Nothing is loaded."""
+    """Record a suspect model: path, sha256 of every file, size, format, kind and custody. Nothing is loaded."""
+    from workbench.custody import custody_record
     from workbench.subject_files import describe
 
     with _Guard():
+        custody = custody_record(source=source, acquired_by=acquired_by, acquired_at=acquired_at,
+                                 claimed_origin=origin, provenance=provenance)
         info = describe(path)  # validate before opening (and so before writing) the case file
         with _open_store(db, create=False) as store:
             store.get_case(case_id)
             sid = store.add_subject(case_id, path=info.path, sha256=info.sha256, size=info.size,
-                                    format=info.format, kind=info.kind, files=info.files, name=info.name)
+                                    format=info.format, kind=info.kind, files=info.files, name=info.name,
+                                    metadata={"custody": custody} if custody else None)
         if as_json:
             _print_json({"id": sid, **info.to_dict()})
         else:

@@ -75,6 +75,10 @@ def run_probe(target: Any, ctx: RunContext, *, store=None, case_id: int | None =
     name = ctx.probe
     spec = registry.get(name)
     record = recorded_params(ctx)
+    if store is not None and subject_id is not None:
+        refused = _custody_refusal(store, case_id, subject_id, name, record)
+        if refused is not None:
+            return refused
     run_id = store.start_run(case_id, subject_id, name, record) if store is not None else None
     t0 = time.perf_counter()
     status, result, error, artifacts = "done", None, None, {}
@@ -96,3 +100,18 @@ def run_probe(target: Any, ctx: RunContext, *, store=None, case_id: int | None =
         store.finish_run(run_id, status=status, result=result, error=error, duration_s=duration,
                          findings=findings_from(result) if result else None, artifacts=artifacts)
     return JobOutcome(name, status, result, error, run_id, duration)
+
+
+def _custody_refusal(store, case_id: int | None, subject_id: int, name: str,
+                     record: dict[str, Any]) -> JobOutcome | None:
+    """Re-hash the subject's files first: a file changed since it was added is refused, recorded as a failed run."""
+    from workbench.custody import check_subject
+
+    check = check_subject(store.get_subject(subject_id))
+    if check.ok:
+        return None
+    cid = case_id if case_id is not None else store.get_subject(subject_id)["case_id"]
+    store.record(cid, "custody.changed", check.to_dict())
+    run_id = store.start_run(cid, subject_id, name, record)
+    store.finish_run(run_id, status="failed", error=check.message, duration_s=0.0)
+    return JobOutcome(name, "failed", None, check.message, run_id, 0.0)

@@ -166,8 +166,12 @@ def _record_subject(store, case_id: int | None, s: SubjectInfo) -> int:
     existing = store.find_subject(case_id, s.sha256)
     if existing:
         return int(existing["id"])
-    return int(store.add_subject(case_id, path=s.path, sha256=s.sha256, size=s.size, format=s.format, kind=s.kind,
-                                 files=s.files, name=s.name))
+    sid = int(store.add_subject(case_id, path=s.path, sha256=s.sha256, size=s.size, format=s.format, kind=s.kind,
+                                files=s.files, name=s.name))
+    from workbench.custody import path_changed
+
+    path_changed(store, case_id, sid)
+    return sid
 
 
 def _load_refusal(static_ran: bool, static: dict[str, Any] | None) -> str | None:
@@ -248,6 +252,13 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None, 
     subject_dict["kind"] = subject.kind
     if store is not None and subject_id is not None:
         store.set_subject_kind(subject_id, subject.kind)
+    if store is not None and subject_id is not None and prepared.data is not None:
+        from workbench.triage import record_triage
+
+        try:
+            record_triage(store, subject_id, subject, prepared.data)
+        except Exception as exc:  # noqa: BLE001 - the screen is an extra; a failure is noted, never fatal
+            errors.append({"probe": "triage", "status": "skipped", "error": explain(exc)})
     names = model_requested or registry.applicable(subject.kind, have_data=prepared.data is not None,
                                                    have_audit=prepared.audit is not None)
     for name in (n for n in names if registry.get(n).needs == "model"):
