@@ -114,12 +114,17 @@ def _strip(r: dict[str, Any], c: Characterisation) -> None:
         "confidence": f"false rejection {_pct(r.get('frr'))}, false acceptance {_or(_pct(r.get('far')))}",
     }
     flips = _dict(r.get("trigger_flip_rate"))
-    c.behaviour = {"clean vs triggered": _or(", ".join(f"{k}: {_pct(v)}" for k, v in flips.items()) or None,
-                                             "no trigger to stamp"),
+    groups = _dict(r.get("groups"))
+    ent = ", ".join(f"{k} inputs mean entropy {_num(_dict(v).get('entropy_mean'))} bits"
+                    for k, v in groups.items() if _dict(v).get("entropy_mean") is not None)
+    flip = flips.get("stamped")
+    target = r.get("trigger_target")
+    c.behaviour = {"clean vs triggered": _or(ent or None, "no groups stored"),
                    "position sensitivity": NOT_MEASURED, "robustness": NOT_MEASURED}
-    c.impact = {"target": _or(None if r.get("trigger_target") is None else f"class {r['trigger_target']}"),
-                "attack success": _or(_pct(r.get("far_stamped"))), "clean-accuracy cost": NOT_MEASURED,
-                "natural occurrence": NOT_MEASURED}
+    c.impact = {"target": _or(None if target is None else f"class {target}"),
+                "attack success": _or(None if flip is None else f"the trigger sends {_pct(flip)} of stamped clean "
+                                                                 f"inputs to the target", "no trigger to stamp"),
+                "clean-accuracy cost": NOT_MEASURED, "natural occurrence": NOT_MEASURED}
 
 
 def _audit(r: dict[str, Any], c: Characterisation) -> None:

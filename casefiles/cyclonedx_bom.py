@@ -42,13 +42,17 @@ def build_bom(bundle: dict[str, Any]):
         VulnerabilitySource,
     )
 
-    from workbench import __version__
+    try:
+        from importlib.metadata import PackageNotFoundError, version
 
+        tool_version = version("trojan-workbench")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        tool_version = "unknown"
     case = bundle["case"]
     bom = Bom()
     bom.metadata.timestamp = _when(case.get("updated")) or bom.metadata.timestamp
     tools = ToolRepository()
-    tools.components.add(Component(name="trojan-workbench", type=ComponentType.APPLICATION, version=__version__))
+    tools.components.add(Component(name="trojan-workbench", type=ComponentType.APPLICATION, version=tool_version))
     bom.metadata.tools = tools
     bom.metadata.properties.add(Property(name="workbench:case", value=f"{case['id']}: {case['title']}"))
     bom.metadata.properties.add(Property(name="workbench:audit-head", value=str(bundle["verify"]["head"])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 
@@ -177,13 +178,25 @@ async def test_export_and_verify(syn, tmp_path, monkeypatch):
     app = WorkbenchApp(syn["db"])
     async with app.run_test(size=(150, 45)) as pilot:
         await pilot.pause()
+        await pilot.press("e")  # the export dialog offers html (the default) and md
+        await pilot.pause()
+        assert app.screen.query_one("#field-format", Input).value == "html"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (tmp_path / f"case-{syn['case_id']}.html").exists())
+        page = (tmp_path / f"case-{syn['case_id']}.html").read_text()
+        assert page.startswith("<!DOCTYPE html>") and "digits-cnn.ts.pt" in page and "neural-cleanse" in page
         await pilot.press("e")
         await pilot.pause()
-        assert app.screen.query_one(Input).value == str(tmp_path / f"case-{syn['case_id']}.md")
+        app.screen.query_one("#field-format", Input).value = "md"
         await pilot.press("enter")
-        await pilot.pause()
-        report = (tmp_path / f"case-{syn['case_id']}.md").read_text()
+        folder = tmp_path / f"case-{syn['case_id']}-report"
+        await wait_for(pilot, lambda: (folder / "report.md").exists())
+        report = (folder / "report.md").read_text()
         assert "digits-cnn.ts.pt" in report and "neural-cleanse" in report
+        refs = re.findall(r"\]\((images/[^)]+)\)", report)
+        assert refs  # the neural-cleanse run's norms at least
+        for ref in refs:  # every image the report cites is in the folder
+            assert (folder / ref).stat().st_size > 0
         await pilot.press("v")
         await pilot.pause()
         assert app.last_verify.ok

@@ -8,7 +8,6 @@ queue) above the footer. Every long task runs in a thread worker (see
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from pathlib import Path
@@ -53,7 +52,7 @@ class WorkbenchApp(App[int]):
                 tooltip="Pick probes that apply to the selected subject (or every subject of the case) and queue them"),
         Binding("t", "trigger_hunt", "Trigger hunt", id="hunt.start",
                 tooltip="Start a live KL trigger hunt on the selected language model"),
-        Binding("e", "export", "Export", id="case.export", tooltip="Export the case as a markdown report"),
+        Binding("e", "export", "Export", id="case.export", tooltip="Export the case: one HTML page, or a markdown folder with images"),
         Binding("v", "verify", "Verify", id="case.verify", tooltip="Verify the case's hash-chained audit trail"),
         Binding("escape", "cancel", "Cancel", id="jobs.cancel",
                 tooltip="Cancel the running probe and drop the queued ones"),
@@ -70,7 +69,7 @@ class WorkbenchApp(App[int]):
         ("Run probes", "Pick and queue probes for the selected subject(s) (r)", "run_probes"),
         ("Start trigger hunt", "Live KL trigger hunt on the selected language model (t)", "trigger_hunt"),
         *[(name, help_, f"hunt('{action}')") for name, help_, action in HuntPane.PALETTE],
-        ("Export case", "Write the case as a markdown report (e)", "export"),
+        ("Export case", "Write the case as an HTML page or a markdown folder with figures (e)", "export"),
         ("Verify audit trail", "Check the case's hash-chained audit trail (v)", "verify"),
         ("Cancel jobs", "Cancel the running probe and drop the queue (Esc)", "cancel"),
         ("Reload case file", "Re-read the case file (F5)", "reload"),
@@ -499,31 +498,39 @@ class WorkbenchApp(App[int]):
             return
 
         def done(values: dict[str, str] | None) -> None:
-            if values and values.get("path"):
-                self.export_case(case_id, Path(values["path"]).expanduser())
+            if not values:
+                return
+            fmt = (values.get("format") or "html").lower().removeprefix(".")
+            fmt = {"markdown": "md", "htm": "html"}.get(fmt, fmt)
+            if fmt not in ("html", "md"):
+                self.notify(f"Export format must be html or md, not {fmt!r}", severity="error")
+                return
+            default = Path.cwd() / (f"case-{case_id}.html" if fmt == "html" else f"case-{case_id}-report")
+            self.export_case(case_id, Path(values["path"]).expanduser() if values.get("path") else default, fmt)
 
-        self.push_screen(PromptScreen(f"Export case {case_id} as markdown",
-                                      [Field("path", "Report file", value=str(Path.cwd() / f"case-{case_id}.md"),
-                                             path=True)], submit="Export", required=("path",)), done)
+        self.push_screen(PromptScreen(
+            f"Export case {case_id}",
+            [Field("format", "Format: html (one self-contained page) or md (folder: report.md + images/)",
+                   value="html"),
+             Field("path", "Write to (blank: case-N.html, or the folder case-N-report/)", path=True)],
+            submit="Export", note="Figures are drawn once and kept in the case file; Enter exports."), done)
 
-    def export_case(self, case_id: int, dest: Path) -> Path | None:
-        from casefiles.export import render_markdown
+    def export_case(self, case_id: int, dest: Path, fmt: str = "md") -> Path | None:
+        from casefiles.report import export_case
 
         notes = self.pane(NotesPane)
         if notes is not None:
             notes.flush()
         try:
-            text = render_markdown(self.store.case_bundle(case_id))
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(text, encoding="utf-8")
-            self.store.record(case_id, "case.exported", {"sha256": hashlib.sha256(text.encode()).hexdigest(),
-                                                         "output": str(dest)})
+            outcome, _ = export_case(self.store, case_id, fmt, dest)
         except (OSError, CaseFileError) as exc:
             self.notify(f"Export failed: {getattr(exc, 'strerror', None) or exc}", severity="error")
             self.log_event(f"export of case {case_id} failed: {exc}", "bold red")
             return None
         self.notify(f"Report written to {dest}", title="Exported")
-        self.log_event(f"case {case_id} exported to {dest} ({len(text):,} characters)", "green")
+        self.log_event(f"case {case_id} exported to {dest} ({fmt}, {outcome.size:,} bytes, "
+                       f"{outcome.figures} figures)", "green")
         return dest
 
     def action_verify(self) -> None:
