@@ -187,8 +187,8 @@ def _triage_lines(s: dict[str, Any], bundle: dict[str, Any]) -> list[str]:
     lines += _table(["class", "n", "accuracy", "most confused with", "share"],
                     ([r.get("class"), r.get("n"), r.get("accuracy"), r.get("most_confused_with"),
                       r.get("confused_fraction")] for r in rows))
-    worst = min(t["per_class"], key=lambda r: r.get("accuracy") or 0.0)
-    if (worst.get("accuracy") or 1.0) < 0.8:
+    worst = min(t["per_class"], key=lambda r: float(r.get("accuracy") or 0.0))
+    if float(worst.get("accuracy") or 0.0) < 0.8:
         lines += ["", f"Class {worst['class']} is consistently misclassified (as {worst.get('most_confused_with')}): "
                       "look at what these inputs share."]
     return lines
