@@ -101,7 +101,16 @@ def _result_extras(result: dict[str, Any]) -> list[str]:
 
 def subject_verdicts(runs: list[dict[str, Any]], subjects: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """Each subject's verdict from its latest run per probe (the same function every view uses)."""
-    return {s["id"]: subject_verdict([r for r in runs if r.get("subject_id") == s["id"]]) for s in subjects}
+    by_subject = _runs_by_subject(runs)
+    return {s["id"]: subject_verdict(by_subject.get(s["id"], [])) for s in subjects}
+
+
+def _runs_by_subject(runs: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Runs grouped by subject id, in their order (one pass: large cases have tens of thousands of runs)."""
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in runs:
+        out.setdefault(r.get("subject_id"), []).append(r)
+    return out
 
 
 def overall_verdict(runs: list[dict[str, Any]], subjects: list[dict[str, Any]] | None = None) -> str:
@@ -117,8 +126,7 @@ def overall_verdict(runs: list[dict[str, Any]], subjects: list[dict[str, Any]] |
 def _current_run_ids(runs: list[dict[str, Any]]) -> set[int]:
     """Ids of the runs that count: the latest finished run of each probe on each subject."""
     ids: set[int] = set()
-    for sid in dict.fromkeys(r.get("subject_id") for r in runs):
-        mine = [r for r in runs if r.get("subject_id") == sid]
+    for mine in _runs_by_subject(runs).values():
         newest: dict[str, int] = {}
         for r in mine:
             if r.get("status") == "done":

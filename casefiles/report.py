@@ -152,14 +152,23 @@ def ensure_figures(store: Any, bundle: dict[str, Any], *, large_case: int) -> tu
 
 
 def _images(figs: dict[int, list[tuple[str, str, bytes]]], how: str) -> dict[int, list[ReportImage]]:
+    """Image references: a path in the markdown folder, or (html) a placeholder swapped for a data: URI after the
+    markdown is rendered (markdown-it is slow on 100 kB link destinations)."""
     out: dict[int, list[ReportImage]] = {}
     for rid, items in figs.items():
-        for name, caption, png in items:
+        for name, caption, _png in items:
             short = name.split("-", 2)[-1]
-            src = (f"images/run-{rid}-{short}" if how == "path"
-                   else "data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+            src = f"images/run-{rid}-{short}" if how == "path" else f"twb-embed/run-{rid}-{short}"
             out.setdefault(rid, []).append(ReportImage(rid, name, caption, src))
     return out
+
+
+def _embed(page: str, figs: dict[int, list[tuple[str, str, bytes]]]) -> str:
+    for rid, items in figs.items():
+        for name, _caption, png in items:
+            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            page = page.replace(f'src="twb-embed/run-{rid}-{name.split("-", 2)[-1]}"', f'src="{uri}"')
+    return page
 
 
 # -- renderers --------------------------------------------------------------------------------
@@ -265,7 +274,8 @@ def export_case(store: Any, case_id: int, fmt: str, output: Path | None, *, figu
         how = "path" if fmt == "md" else "data"
         text = render_markdown(bundle, ReportOptions(images=_images(figs, how), large_case=large))
         if fmt == "html":
-            data = render_html(text, f"Case {bundle['case']['id']}: {bundle['case']['title']}").encode("utf-8")
+            page = render_html(text, f"Case {bundle['case']['id']}: {bundle['case']['title']}")
+            data = _embed(page, figs).encode("utf-8")
         else:
             data = text.encode("utf-8")
     elif fmt == "jsonl":
