@@ -17,8 +17,6 @@ what ``case export`` printed before figures and formats existed.
 
 from __future__ import annotations
 
-import _setup  # noqa: F401 - puts the checkout on sys.path
-
 import argparse
 import hashlib
 import io
@@ -29,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _setup  # noqa: F401  (the checkout on sys.path)
 import numpy as np
 
 
