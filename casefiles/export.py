@@ -209,9 +209,10 @@ def _image_lines(images: list[ReportImage]) -> list[str]:
     return out
 
 
-def _finding_lines(c: Characterisation, subject_names: dict[int, str]) -> list[str]:
+def _finding_lines(c: Characterisation, subject_names: dict[int, str], images: list[ReportImage]) -> list[str]:
     who = subject_names.get(c.subject_id or -1, "case")
-    out = [f"### Finding: {who}, run {c.run_id} (`{c.probe}`, {c.verdict})", "", f"{c.title}", ""]
+    out = [f"### Finding: {who}, run {c.run_id} (`{c.probe}`, {c.verdict})", "", f"{c.title}"]
+    out += _image_lines(images) + [""]
     for head, part in (("Trigger identification", c.identification), ("Behaviour", c.behaviour),
                        ("Impact", c.impact)):
         out += [f"**{head}**", ""] + [f"- {k}: {_cell(v)}" for k, v in part.items()] + [""]
@@ -293,7 +294,7 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     if flagged:
         lines += ["## Findings", ""]
         for r in flagged:
-            lines += _finding_lines(characterise(r, runs, opts.prompts), subject_names)
+            lines += _finding_lines(characterise(r, runs, opts.prompts), subject_names, opts.images.get(r["id"], []))
 
     lines += ["## Subjects", ""]
     if not subjects:
@@ -324,8 +325,11 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
                   "has every run.", ""]
     if not shown_runs:
         lines += ["None.", ""]
+    flagged_ids = {r["id"] for r in flagged}
     for r in shown_runs:
-        lines += _run_lines(r, subject_names, artifacts, opts.images.get(r["id"], []))
+        lines += _run_lines(r, subject_names, artifacts, [] if r["id"] in flagged_ids else opts.images.get(r["id"], []))
+        if r["id"] in flagged_ids and opts.images.get(r["id"]):
+            lines[-1:] = ["", f"Figures: with the finding of run {r['id']} above.", ""]
 
     lines += ["## MITRE ATLAS mapping", ""]
     mapped: dict[str, list[str]] = {}
