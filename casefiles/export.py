@@ -195,6 +195,10 @@ def _triage_lines(s: dict[str, Any], bundle: dict[str, Any]) -> list[str]:
     lines += _table(["class", "n", "accuracy", "most confused with", "share"],
                     ([r.get("class"), r.get("n"), r.get("accuracy"), r.get("most_confused_with"),
                       r.get("confused_fraction")] for r in rows))
+    conf, classes = t.get("confusion"), t.get("classes") or []
+    if isinstance(conf, list) and conf and len(conf) <= 20 and len(classes) == len(conf):
+        lines += ["", "Confusion (rows: true class, columns: predicted):", ""]
+        lines += _table(["true \\ predicted", *map(str, classes)], ([c, *row] for c, row in zip(classes, conf, strict=False)))
     worst = min(t["per_class"], key=lambda r: float(r.get("accuracy") or 0.0))
     if float(worst.get("accuracy") or 0.0) < 0.8:
         lines += ["", f"Class {worst['class']} is consistently misclassified (as {worst.get('most_confused_with')}): "

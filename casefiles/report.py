@@ -143,6 +143,8 @@ def ensure_figures(store: Any, bundle: dict[str, Any], *, large_case: int) -> tu
             return store.artifact_data(rid, name)
 
         figs = F.figures_for_run(run, stored, loader)
+        if not figs:  # nothing to draw for this run (cheap to find out again next time; nothing stored)
+            continue
         index = [{"name": f.name, "caption": f.caption, "sha256": hashlib.sha256(f.png).hexdigest()} for f in figs]
         store.add_artifacts(rid, {**{f.name: f.png for f in figs},
                                   index_name: json.dumps(index, sort_keys=True).encode()})
@@ -266,9 +268,11 @@ def export_case(store: Any, case_id: int, fmt: str, output: Path | None, *, figu
     figs: dict[int, list[tuple[str, str, bytes]]] = {}
     drawn = 0
     want_figures = figures and fmt in ("html", "md") and not (fmt == "md" and output is None)
-    if want_figures:
-        figs, drawn = ensure_figures(store, store.case_bundle(case_id), large_case=large)
     bundle = store.case_bundle(case_id)
+    if want_figures:
+        figs, drawn = ensure_figures(store, bundle, large_case=large)
+        if drawn:  # the new figures are artifacts with an audit row: the report lists them
+            bundle = store.case_bundle(case_id)
     files: list[str] = []
     if fmt in ("html", "md"):
         how = "path" if fmt == "md" else "data"

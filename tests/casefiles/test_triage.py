@@ -46,3 +46,4 @@ def test_triage_is_stored_and_the_report_names_the_misclassified_class(tmp_path)
         assert any(a["action"] == "artifact.added" for a in s.audit_rows(cid)) and s.verify(cid).ok
     assert "Triage on the clean data (60 inputs, clean.npz): accuracy 66.7%." in text
     assert "Class 2 is consistently misclassified (as 0)" in text
+    assert "| 2 | 20 | 0 | 0 |" in text  # the confusion row of class 2: all predicted 0
