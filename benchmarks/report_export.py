@@ -72,7 +72,7 @@ def build_large(db: Path, n: int, seed: int = 0) -> int:
     for i in range(1, n + 1):
         sha = hashlib.sha256(f"model-{i}".encode()).hexdigest()
         subjects.append({"id": i, "case_id": cid, "name": f"org{i % 97}/model-{i}", "path": f"/registry/org{i % 97}/model-{i}",
-                         "sha256": sha, "size": int(rng.integers(1e5, 1e9)), "format": "safetensors",
+                         "sha256": sha, "size": int(rng.integers(100_000, 1_000_000_000)), "format": "safetensors",
                          "kind": "image-classifier", "files": json.dumps([{"path": "model.safetensors", "sha256": sha}]),
                          "metadata": "{}", "added": ts})
         audit("subject.added", {"subject_id": i, "sha256": sha})
@@ -108,11 +108,11 @@ def build_large(db: Path, n: int, seed: int = 0) -> int:
                              "size": len(data), "data": data, "created": ts})
             audit("run.done", {"run_id": run_id, "probe": "neural-cleanse"})
     with store.write():
-        store.db["subjects"].insert_all(subjects, batch_size=2000)
-        store.db["runs"].insert_all(runs, batch_size=2000)
-        store.db["artifacts"].insert_all(arts, batch_size=500)
-        store.db["audit"].insert_all(audit_rows, batch_size=2000)
-        store.db["cases"].update(cid, {"audit_head": prev, "audit_count": seq, "updated": ts})
+        store.db.table("subjects").insert_all(subjects, batch_size=2000)
+        store.db.table("runs").insert_all(runs, batch_size=2000)
+        store.db.table("artifacts").insert_all(arts, batch_size=500)
+        store.db.table("audit").insert_all(audit_rows, batch_size=2000)
+        store.db.table("cases").update(cid, {"audit_head": prev, "audit_count": seq, "updated": ts})
     assert store.verify(cid).ok
     store.close()
     return cid
