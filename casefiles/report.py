@@ -63,7 +63,12 @@ def check_destination(fmt: str, output: Path | None) -> None:
     if output is None:
         return
     parent = output.parent if str(output.parent) else Path(".")
-    if fmt == "md":
+    if fmt == "md" and _md_file(output):
+        if output.is_dir():
+            raise ExportError(f"cannot write {output}: it is a folder")
+        if (parent / "images").exists() and not (parent / "images").is_dir():
+            raise ExportError(f"cannot write {parent / 'images'}: a file is in the way of the images folder")
+    elif fmt == "md":
         if output.exists() and not output.is_dir():
             raise ExportError(f"cannot write {output}: the markdown export is a folder and a file is in the way")
     elif output.is_dir():
@@ -227,6 +232,22 @@ def _atomic_file(dest: Path, data: bytes) -> None:
         raise
 
 
+def _md_file(output: Path) -> bool:
+    """``-o report.md``: one markdown file (images in ``images/`` beside it) rather than a report folder."""
+    return output.suffix.lower() == ".md"
+
+
+def _write_md_file(dest: Path, report: bytes, images: dict[str, bytes]) -> list[str]:
+    """The markdown file at ``dest`` and its images in ``images/`` beside it (each written atomically)."""
+    folder = (dest.parent if str(dest.parent) else Path(".")) / "images"
+    if images:
+        folder.mkdir(exist_ok=True)
+    for name, data in images.items():
+        _atomic_file(folder / name, data)
+    _atomic_file(dest, report)
+    return [dest.name, *(f"images/{n}" for n in images)]
+
+
 def _write_folder(dest: Path, report: bytes, images: dict[str, bytes]) -> list[str]:
     """report.md + images/ into ``dest`` (built in a temporary sibling first; an earlier export there is replaced)."""
     parent = dest.parent if str(dest.parent) else Path(".")
@@ -296,7 +317,7 @@ def export_case(store: Any, case_id: int, fmt: str, output: Path | None, *, figu
         elif fmt == "md":
             images = {f"run-{rid}-{name.split('-', 2)[-1]}": png
                       for rid, items in figs.items() for name, _, png in items}
-            files = _write_folder(output, data, images)
+            files = (_write_md_file if _md_file(output) else _write_folder)(output, data, images)
             where = str(output)
         else:
             _atomic_file(output, data)

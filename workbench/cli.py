@@ -200,7 +200,7 @@ def case_show(case_id: Annotated[int, typer.Argument(help="Case id.")], db: DbOp
 def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
                 fmt: Annotated[str, typer.Option("--format", "-f", help="html (one self-contained file), md (a folder: "
                                                  "report.md + images/), cyclonedx (1.6 ML-BOM JSON) or jsonl "
-                                                 "(audit trail and runs, for archiving).")] = "md",
+                                                 "(audit trail and runs, for archiving); -o X.md writes one markdown file with images/ beside it.")] = "md",
                 output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write here (default: stdout; "
                                                                "md on stdout has no images).")] = None,
                 no_figures: Annotated[bool, typer.Option("--no-figures", help="Leave the figures out (faster).")] = False,

@@ -218,3 +218,13 @@ def test_render_cyclonedx_is_deterministic(tmp_path):
     a, b = render_cyclonedx(bundle), render_cyclonedx(bundle)
     strip = re.compile(r'"(serialNumber|timestamp)": "[^"]*"')
     assert strip.sub("", a) == strip.sub("", b)
+
+
+def test_md_to_a_file_path_keeps_the_single_file_export(tmp_path):
+    s, cid, _ = build(tmp_path)
+    (tmp_path / "out").mkdir()
+    with s:
+        out, _ = export_case(s, cid, "md", tmp_path / "out" / "case.md")
+    text = (tmp_path / "out" / "case.md").read_text()
+    refs = re.findall(r"\]\((images/[^)]+)\)", text)
+    assert refs and all((tmp_path / "out" / r).is_file() for r in refs) and out.files[0] == "case.md"
