@@ -159,6 +159,7 @@ class ReportOptions:
     images: dict[int, list[ReportImage]] = field(default_factory=dict)  # by run id
     prompts: Callable[[dict[str, Any]], str | None] = read_prompts
     large_case: int = LARGE_CASE
+    note: str = ""  # a line under the summary (e.g. which subjects have figures in a large case)
 
 
 # Per-subject sections rendered under each subject's heading, in order: (subject, bundle) -> markdown lines.
@@ -279,7 +280,7 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
             counts[key] = counts.get(key, 0) + 1
         lines += _table(["subject verdict", "subjects"], ([k, v] for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))) + [""]
         lines.append(f"Large case: details follow for the {len(flagged_subjects)} flagged subject(s) only; "
-                     "every subject is listed in the index at the end.")
+                     "every subject is listed in the index at the end." + (f" {opts.note}" if opts.note else ""))
         lines.append("")
     if flagged:
         for r in flagged[:_MAX_TABLE_ROWS * 20 if large else None]:

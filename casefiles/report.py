@@ -297,7 +297,9 @@ def export_case(store: Any, case_id: int, fmt: str, output: Path | None, *, figu
     files: list[str] = []
     if fmt in ("html", "md"):
         how = "path" if fmt == "md" else "data"
-        text = render_markdown(bundle, ReportOptions(images=_images(figs, how), large_case=large))
+        note = (f"Figures are drawn for the first {MAX_FIGURE_SUBJECTS} flagged subjects."
+                if want_figures and len(bundle["subjects"]) > large else "")
+        text = render_markdown(bundle, ReportOptions(images=_images(figs, how), large_case=large, note=note))
         if fmt == "html":
             page = render_html(text, f"Case {bundle['case']['id']}: {bundle['case']['title']}")
             data = _embed(page, figs).encode("utf-8")
