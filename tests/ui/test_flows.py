@@ -182,7 +182,7 @@ async def test_export_and_verify(syn, tmp_path, monkeypatch):
         await pilot.pause()
         assert app.screen.query_one("#field-format", Input).value == "html"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: (tmp_path / f"case-{syn['case_id']}.html").exists())
+        await wait_for(pilot, lambda: app.last_export == tmp_path / f"case-{syn['case_id']}.html", rounds=1200)
         page = (tmp_path / f"case-{syn['case_id']}.html").read_text()
         assert page.startswith("<!DOCTYPE html>") and "digits-cnn.ts.pt" in page and "neural-cleanse" in page
         await pilot.press("e")
@@ -190,7 +190,7 @@ async def test_export_and_verify(syn, tmp_path, monkeypatch):
         app.screen.query_one("#field-format", Input).value = "md"
         await pilot.press("enter")
         folder = tmp_path / f"case-{syn['case_id']}-report"
-        await wait_for(pilot, lambda: (folder / "report.md").exists())
+        await wait_for(pilot, lambda: app.last_export == folder, rounds=1200)
         report = (folder / "report.md").read_text()
         assert "digits-cnn.ts.pt" in report and "neural-cleanse" in report
         refs = re.findall(r"\]\((images/[^)]+)\)", report)

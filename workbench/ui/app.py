@@ -86,6 +86,7 @@ class WorkbenchApp(App[int]):
         self.probe_params = dict(probe_params or {})
         self.kl_params = dict(kl_params or {})
         self.db_path = Path(db_path)
+        self.last_export: Path | None = None  # the newest finished export (tests wait on it)
         self.store = CaseStore(self.db_path)
         self.sub_title = str(self.db_path)
         self.start_case, self.start_subject = case_id, subject_id
@@ -515,23 +516,37 @@ class WorkbenchApp(App[int]):
              Field("path", "Write to (blank: case-N.html, or the folder case-N-report/)", path=True)],
             submit="Export", note="Figures are drawn once and kept in the case file; Enter exports."), done)
 
-    def export_case(self, case_id: int, dest: Path, fmt: str = "md") -> Path | None:
-        from casefiles.report import export_case
-
+    def export_case(self, case_id: int, dest: Path, fmt: str = "md") -> None:
+        """Export in a thread (the first export of a case draws its figures, a few seconds) on its own connection."""
         notes = self.pane(NotesPane)
         if notes is not None:
             notes.flush()
+        self.notify(f"Exporting case {case_id} as {fmt} …", title="Export")
+        self._export_worker(case_id, dest, fmt)
+
+    @work(thread=True, exit_on_error=False, group="export")
+    def _export_worker(self, case_id: int, dest: Path, fmt: str) -> None:
+        from casefiles.report import export_case
+        from workbench.ui.tasks import open_store
+
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            outcome, _ = export_case(self.store, case_id, fmt, dest)
+            with open_store(self.db_path) as store:
+                outcome, _ = export_case(store, case_id, fmt, dest)
         except (OSError, CaseFileError) as exc:
-            self.notify(f"Export failed: {getattr(exc, 'strerror', None) or exc}", severity="error")
-            self.log_event(f"export of case {case_id} failed: {exc}", "bold red")
-            return None
+            self.call_from_thread(self._export_failed, case_id, exc)
+            return
+        self.call_from_thread(self._export_done, case_id, dest, fmt, outcome)
+
+    def _export_failed(self, case_id: int, exc: Exception) -> None:
+        self.notify(f"Export failed: {getattr(exc, 'strerror', None) or exc}", severity="error")
+        self.log_event(f"export of case {case_id} failed: {exc}", "bold red")
+
+    def _export_done(self, case_id: int, dest: Path, fmt: str, outcome: Any) -> None:
+        self.last_export = dest
         self.notify(f"Report written to {dest}", title="Exported")
         self.log_event(f"case {case_id} exported to {dest} ({fmt}, {outcome.size:,} bytes, "
-                       f"{outcome.figures} figures)", "green")
-        return dest
+                       f"{outcome.figures} figures, {outcome.seconds:.1f} s)", "green")
 
     def action_verify(self) -> None:
         case_id = self._need_case()
