@@ -1,0 +1,205 @@
+"""Keras model configs (v3 ``.keras`` zip ``config.json``, legacy HDF5 ``model_config``, ``keras_metadata.pb``).
+
+A Keras config is JSON that ``load_model`` turns into objects: it imports the
+``module`` each object names and, for ``Lambda`` layers and ``__lambda__`` functions,
+unmarshals and runs the stored bytecode (CVE-2024-3660). This module walks the JSON
+(never imports, never unmarshals) and reports:
+
+* ``keras-lambda``: a Lambda layer or ``__lambda__`` function, with the layer name
+  and the names its bytecode refers to (read by :mod:`probes.static_scan.bytecode`);
+* ``keras-import``: an object whose ``module`` is outside Keras' own namespaces
+  (critical when that module/name is a dangerous callable, as CVE-2025-1550 used);
+* ``keras-safe-mode-bypass``: Keras' own functions that undo ``safe_mode`` or touch
+  files/the network from a config (``enable_unsafe_deserialization``, ``get_file``…);
+* ``keras-external-model``: ``TFSMLayer`` and other layers that load an external
+  SavedModel or file at load time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from probes.static_scan import finding
+from probes.static_scan.bytecode import DANGEROUS_NAMES, MarshalError, decode_b64_code, read_code, strings_in
+
+KERAS_NAMESPACES = ("keras", "keras_nlp", "keras_hub", "keras_cv", "tf_keras", "tensorflow.keras",
+                    "tensorflow.python.keras", "keras_core")
+# Keras' own callables a config can name that defeat safe_mode or reach files/the network
+KERAS_GADGETS = {
+    "enable_unsafe_deserialization": "turns safe_mode off for the rest of the load, so a later Lambda runs "
+                                     "(CVE-2025-9906 family)",
+    "get_file": "downloads a file / writes to a path chosen by the config (CVE-2025-8747 family)",
+    "load_model": "loads another model file from a path chosen by the config",
+    "load_weights": "reads a weights file from a path chosen by the config",
+    "save_model": "writes a model file to a path chosen by the config",
+    "load_img": "reads a file from a path chosen by the config",
+    "save_img": "writes a file to a path chosen by the config",
+    "deserialize_keras_object": "deserialises a nested object outside the normal layer walk",
+    "register_keras_serializable": "registers a class while loading",
+    "get_custom_objects": "reaches the global custom-object registry",
+    "import_module": "imports an arbitrary module",
+}
+EXTERNAL_LAYERS = {"TFSMLayer": "filepath", "SavedModelLayer": "filepath", "KerasLayer": "handle"}
+_MAX_NODES = 200_000
+
+
+def in_keras_namespace(module: str) -> bool:
+    return any(module == ns or module.startswith(ns + ".") for ns in KERAS_NAMESPACES)
+
+
+def is_keras_zip(names: list[str]) -> bool:
+    """A Keras v3 ``.keras`` archive: ``config.json`` at the root plus ``metadata.json`` or the weights file."""
+    s = set(names)
+    return "config.json" in s and bool({"metadata.json", "model.weights.h5", "model.weights.npz"} & s)
+
+
+def scan_json_bytes(sc: Any, loc: Any, data: bytes, what: str) -> None:
+    """Parse a Keras config's JSON text and check it; unparseable JSON is inconclusive."""
+    try:
+        cfg = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        sc.fail(loc, f"{what} is not valid JSON: {str(exc)[:120]}")
+        return
+    check(sc, loc, cfg, what)
+
+
+def check(sc: Any, loc: Any, cfg: Any, what: str) -> int:
+    """Walk a parsed Keras config; returns the number of findings added."""
+    before = len(sc.findings)
+    seen = [0]
+    done: set[bytes] = set()
+
+    def walk(obj: Any, path: str, depth: int) -> None:
+        seen[0] += 1
+        if depth > 200 or seen[0] > _MAX_NODES:
+            if seen[0] == _MAX_NODES + 1 or depth == 201:
+                sc.fail(loc, f"{what}: config too large or deeply nested to check completely")
+            return
+        if isinstance(obj, dict):
+            _check_object(sc, loc, obj, path, what, done)
+            for k, v in obj.items():
+                walk(v, f"{path}/{k}", depth + 1)
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{path}/{i}", depth + 1)
+
+    walk(cfg, "", 0)
+    return len(sc.findings) - before
+
+
+def _layer_name(obj: dict) -> str:
+    conf = obj.get("config")
+    if isinstance(conf, dict) and isinstance(conf.get("name"), str):
+        return conf["name"]
+    return str(obj.get("name") or "?")
+
+
+def _code_strings(obj: Any, out: list, depth: int = 0) -> None:
+    """Every base64-marshalled code object anywhere under ``obj`` (Keras 2 and 3 layouts alike)."""
+    if depth > 30 or len(out) > 20:
+        return
+    if isinstance(obj, str):
+        raw = decode_b64_code(obj)
+        if raw is not None:
+            out.append(raw)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _code_strings(v, out, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _code_strings(v, out, depth + 1)
+
+
+def _report_lambda(sc: Any, loc: Any, obj: dict, path: str, what: str, label: str, done: set[bytes]) -> None:
+    codes: list[bytes] = []
+    _code_strings(obj.get("config"), codes)
+    if codes and all(c in done for c in codes):
+        return  # already reported with the Lambda layer that holds it
+    done.update(codes)
+    if not codes:
+        conf = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+        fn = conf.get("function") if isinstance(conf, dict) else None
+        if isinstance(fn, dict):
+            return  # a serialised function object: the generic walk checks its module/name
+        fmod = conf.get("module") if isinstance(conf, dict) else None
+        if isinstance(fn, str) and isinstance(fmod, str) and not in_keras_namespace(fmod):
+            _report_import(sc, loc, fmod, fn, path, what, obj, via=f"{label} function")
+            return
+        finding.add(sc, loc, "medium", "keras-lambda",
+                    f"{label} in {what} with no readable bytecode (function {fn!r}); Keras resolves it by name at load",
+                    where=path, node=obj, name=str(fn) if fn else None)
+        return
+    for raw in codes:
+        try:
+            info = read_code(raw)
+            names = info.all_names()
+            consts = info.all_consts()
+            how = f"bytecode ({info.layout} layout) refers to"
+        except MarshalError:
+            names, consts = strings_in(raw), []
+            how = "bytecode (layout not recognised; identifier strings) contains"
+        bad = [n for n in names if n in DANGEROUS_NAMES or n.startswith("__")]
+        sev = "critical" if bad else "high"
+        shown = ", ".join(names[:20]) or "no names"
+        extra = f"; string constants {', '.join(repr(c[:60]) for c in consts[:6])}" if consts else ""
+        finding.add(sc, loc, sev, "keras-lambda",
+                    f"{label} {_layer_name(obj)!r} in {what} carries marshalled Python bytecode that runs when the "
+                    f"model is loaded with safe_mode=False (CVE-2024-3660); {how}: {shown}{extra}",
+                    where=path, node=obj, name=_layer_name(obj),
+                    module="Lambda" if label.startswith("Lambda") else "__lambda__",
+                    opcode="marshal")
+
+
+def _report_import(sc: Any, loc: Any, module: str, name: str, path: str, what: str, obj: dict, via: str) -> None:
+    from probes.static_scan import policy
+
+    reason = policy.is_critical(module, name)
+    if reason:
+        finding.add(sc, loc, "critical", "keras-import",
+                    f"{via} in {what} imports {module}.{name} ({reason}); Keras imports the named module while "
+                    "loading (CVE-2025-1550 family)", module=module, name=name, where=path, node=obj)
+    else:
+        finding.add(sc, loc, "medium", "keras-import",
+                    f"{via} in {what} names {module}.{name}, outside Keras' own namespaces: loading imports "
+                    "third-party code (review that the package is trusted)", module=module, name=name,
+                    where=path, node=obj)
+
+
+def _check_object(sc: Any, loc: Any, obj: dict, path: str, what: str, done: set[bytes]) -> None:
+    cls = obj.get("class_name")
+    if not isinstance(cls, str):
+        return
+    module = obj.get("module")
+    conf = obj.get("config")
+    if cls == "Lambda":
+        _report_lambda(sc, loc, obj, path, what, "Lambda layer", done)
+    elif cls == "__lambda__":
+        _report_lambda(sc, loc, obj, path, what, "__lambda__ function", done)
+    target = conf if cls == "function" and isinstance(conf, str) else cls
+    if isinstance(module, str) and module and not in_keras_namespace(module) and cls != "Lambda":
+        if module in ("builtins", "__builtin__") and cls.startswith("__") and target == cls:
+            pass  # Keras' own markers (__tuple__, __bytes__...) use no module import
+        else:
+            _report_import(sc, loc, module, target, path, what, obj, via=f"object {cls!r}")
+    elif isinstance(module, str) and in_keras_namespace(module) and target in KERAS_GADGETS:
+        finding.add(sc, loc, "high", "keras-safe-mode-bypass",
+                    f"{what} calls Keras' own {module}.{target}: {KERAS_GADGETS[target]}",
+                    module=module, name=target, where=path, node=obj)
+    elif not module and target in KERAS_GADGETS and cls == "function":
+        finding.add(sc, loc, "high", "keras-safe-mode-bypass",
+                    f"{what} names the function {target!r}: {KERAS_GADGETS[target]}", name=target, where=path, node=obj)
+    reg = obj.get("registered_name")
+    if isinstance(reg, str) and ">" in reg and not module:
+        pkg = reg.split(">", 1)[0]
+        if not in_keras_namespace(pkg):
+            finding.add(sc, loc, "medium", "keras-import",
+                        f"{what} uses the custom registered object {reg!r}: it loads only if that package's code "
+                        "is imported (review it)", name=reg, where=path, node=obj)
+    if cls in EXTERNAL_LAYERS:
+        key = EXTERNAL_LAYERS[cls]
+        target_path = conf.get(key) if isinstance(conf, dict) else None
+        finding.add(sc, loc, "high", "keras-external-model",
+                    f"{cls} {_layer_name(obj)!r} in {what} loads the external model {target_path!r} at load time; "
+                    "its graph is not part of this file and is not covered by safe_mode", name=cls, where=path,
+                    node=obj)

@@ -1,0 +1,124 @@
+"""Dispatch from the pickle scanner to the readers of other frameworks' formats (files and archive members).
+
+Formats are sniffed once from magic bytes (:func:`probes.formats.detect_other`), with
+the usual file names as the tie-breaker for protobufs (which have no magic); the
+reader for each lives in its own module (keras_config, hdf5, savedmodel, onnx_model,
+gguf_file, chat_template, archives).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from probes import formats
+from probes.static_scan import archives, chat_template, finding, keras_config
+
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json",
+                       "processor_config.json")
+
+
+def scan_format(sc: Any, buf, start: int, end: int, loc: Any, fmt: str, path: Path | None) -> None:
+    """Scan ``buf[start:end]`` known to be of ``fmt`` (one of formats.OTHER_MODEL_FORMATS)."""
+    if fmt == formats.GGUF:
+        from probes.static_scan import gguf_file
+
+        gguf_file.scan(sc, loc, buf, start, end)
+    elif fmt == formats.HDF5:
+        from probes.static_scan import hdf5
+
+        hdf5.scan(sc, loc, path if path is not None and loc.member is None else buf[start:end], end - start)
+    elif fmt == formats.ONNX:
+        from probes.static_scan import onnx_model
+
+        onnx_model.scan(sc, loc, buf, start, end)
+    elif fmt in (formats.TF_SAVEDMODEL, formats.TF_GRAPHDEF, formats.KERAS_METADATA):
+        from probes.static_scan import savedmodel
+
+        savedmodel.scan(sc, loc, buf, start, end, fmt)
+    elif fmt == formats.TAR:
+        archives.scan_tar(sc, loc, buf, start, end)
+    elif fmt == formats.SEVENZ:
+        archives.scan_7z(sc, loc)
+    else:
+        sc.fail(loc, f"no reader for format {fmt}")
+
+
+def scan_member(sc: Any, buf, a: int, b: int, loc: Any, name: str, container: str) -> bool:
+    """Scan an archive member if it is another framework's file; False to let the pickle scanner take it."""
+    if archives.depth_of(loc) > archives.MAX_DEPTH:
+        finding.add(sc, loc, "medium", "archive-depth", f"member nested more than {archives.MAX_DEPTH} archive "
+                    "levels deep; not read", offset=0)
+        sc.fail(loc, f"archive nesting deeper than {archives.MAX_DEPTH}")
+        return True
+    base = name.rsplit("/", 1)[-1]
+    head = bytes(buf[a:min(b, a + 4096)])
+    if container == formats.KERAS and name == "config.json":
+        keras_config.scan_json_bytes(sc, loc, bytes(buf[a:b]), "Keras config.json")
+        return True
+    if container == formats.KERAS and name == "metadata.json":
+        return True
+    if head.startswith(b"PK\x03\x04"):
+        return _nested_zip(sc, buf, a, b, loc)
+    if archives.is_tar(head):
+        archives.scan_tar(sc, loc, buf, a, b)
+        return True
+    fmt = formats.detect_other(head, base)
+    if fmt is not None and not (fmt == formats.ONNX and head[:1] == b"\x80"):
+        scan_format(sc, buf, a, b, loc, fmt, None)
+        return True
+    if check_text(sc, buf, a, b, loc, base, in_folder=True):
+        return True
+    return False
+
+
+def _nested_zip(sc: Any, buf, a: int, b: int, loc: Any) -> bool:
+    """A zip inside an archive: a Keras archive is scanned as one (its config checked), others as plain zips."""
+    import io
+    import zipfile
+
+    data = bytes(buf[a:b])
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False  # the pickle scanner reports the malformed zip
+    if not keras_config.is_keras_zip(names):
+        return False
+    from probes.static_scan.scanner import Loc
+
+    sc.scan_zip(data, 0, len(data), Loc(loc.file, loc.member, 0), formats.KERAS, nested=True)
+    return True
+
+
+def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_folder: bool) -> bool:
+    """Text side files with executable content: chat templates, Hydra/NeMo YAML; True if ``name`` is one."""
+    if name == "chat_template.jinja":
+        chat_template.check(sc, loc, _decode(buf, start, end), name)
+        return True
+    if name in CHAT_TEMPLATE_FILES or name.endswith(".chat_template.json"):
+        try:
+            cfg = json.loads(_decode(buf, start, end))
+        except (ValueError, RecursionError) as exc:
+            sc.fail(loc, f"{name} is not valid JSON: {str(exc)[:100]}")
+            return True
+        tpl = cfg.get("chat_template") if isinstance(cfg, dict) else None
+        if isinstance(tpl, str):
+            chat_template.check(sc, loc, tpl, f"{name} chat_template")
+        elif isinstance(tpl, list):  # named templates: [{"name": ..., "template": ...}]
+            for t in tpl:
+                if isinstance(t, dict) and isinstance(t.get("template"), str):
+                    chat_template.check(sc, loc, t["template"], f"{name} chat_template {t.get('name')!r}")
+        if name == "tokenizer_config.json" and isinstance(cfg, dict) and cfg.get("auto_map"):
+            finding.add(sc, loc, "medium", "remote-code",
+                        f"tokenizer_config.json auto_map names custom code {cfg['auto_map']!r} "
+                        "(runs only with trust_remote_code)")
+        return True
+    if name.endswith((".yaml", ".yml")):
+        archives.check_yaml_targets(sc, loc, buf, start, end, name)
+        return True
+    return False
+
+
+def _decode(buf, start: int, end: int) -> str:
+    return bytes(buf[start:end]).decode("utf-8", "replace")
