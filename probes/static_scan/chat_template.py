@@ -49,18 +49,17 @@ def check(sc: Any, loc: Any, source: str, what: str, *, offset: int | None = Non
         return 0
     lines = source.splitlines()
     before = len(sc.findings)
-    reported: set[tuple[int, str]] = set()
+    per_line: dict[int, list] = {}  # line -> [severity, reasons, targets]: one finding per template line
 
     def report(node: Any, sev: str, why: str, target: str) -> None:
         line = getattr(node, "lineno", 0) or 0
-        if (line, target) in reported:
-            return
-        reported.add((line, target))
-        text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-        finding.add(sc, loc, sev, "chat-template-injection",
-                    f"{what} line {line}: {why}; a runtime that renders it outside a sandbox runs code "
-                    "(CVE-2024-34359 family)", offset=offset, name=target, opcode="jinja", where=f"{what}:{line}",
-                    node=text[:400])
+        entry = per_line.setdefault(line, [sev, [], []])
+        if sev == "high":
+            entry[0] = "high"
+        if why not in entry[1]:
+            entry[1].append(why)
+        if target not in entry[2]:
+            entry[2].append(target)
 
     def root_name(n: Any) -> str | None:
         while isinstance(n, (nodes.Getattr, nodes.Getitem, nodes.Call, nodes.Filter)):
@@ -108,4 +107,10 @@ def check(sc: Any, loc: Any, source: str, what: str, *, offset: int | None = Non
                     and any(isinstance(a, nodes.Const) and isinstance(a.value, str) and "{0." in a.value
                             for a in n.args):
                 report(n, "high", "str.format with attribute fields (format-string escape)", "format")
+    for line, (sev, whys, targets) in sorted(per_line.items()):
+        text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+        finding.add(sc, loc, sev, "chat-template-injection",
+                    f"{what} line {line}: {'; '.join(whys[:6])} - a runtime that renders it outside a sandbox runs "
+                    "code (CVE-2024-34359 family)", offset=offset, name=",".join(targets[:6]), opcode="jinja",
+                    where=f"{what}:{line}", node=text[:400])
     return len(sc.findings) - before

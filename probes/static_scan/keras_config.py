@@ -79,20 +79,20 @@ def check(sc: Any, loc: Any, cfg: Any, what: str) -> int:
         if isinstance(obj, dict):
             _check_object(sc, loc, obj, path, what, done)
             for k, v in obj.items():
-                walk(v, f"{path}/{k}", depth + 1)
+                walk(v, f"{path.rstrip('/')}/{k}", depth + 1)
         elif isinstance(obj, list):
             for i, v in enumerate(obj):
-                walk(v, f"{path}/{i}", depth + 1)
+                walk(v, f"{path.rstrip('/')}/{i}", depth + 1)
 
-    walk(cfg, "", 0)
+    walk(cfg, "/", 0)
     return len(sc.findings) - before
 
 
-def _layer_name(obj: dict) -> str:
+def _layer_name(obj: dict, path: str = "") -> str:
     conf = obj.get("config")
     if isinstance(conf, dict) and isinstance(conf.get("name"), str):
         return conf["name"]
-    return str(obj.get("name") or "?")
+    return str(obj.get("name") or path or "?")
 
 
 def _code_strings(obj: Any, out: list, depth: int = 0) -> None:
@@ -144,9 +144,9 @@ def _report_lambda(sc: Any, loc: Any, obj: dict, path: str, what: str, label: st
         shown = ", ".join(names[:20]) or "no names"
         extra = f"; string constants {', '.join(repr(c[:60]) for c in consts[:6])}" if consts else ""
         finding.add(sc, loc, sev, "keras-lambda",
-                    f"{label} {_layer_name(obj)!r} in {what} carries marshalled Python bytecode that runs when the "
+                    f"{label} {_layer_name(obj, path)!r} in {what} carries marshalled Python bytecode that runs when the "
                     f"model is loaded with safe_mode=False (CVE-2024-3660); {how}: {shown}{extra}",
-                    where=path, node=obj, name=_layer_name(obj),
+                    where=path, node=obj, name=_layer_name(obj, path),
                     module="Lambda" if label.startswith("Lambda") else "__lambda__",
                     opcode="marshal")
 
@@ -200,6 +200,6 @@ def _check_object(sc: Any, loc: Any, obj: dict, path: str, what: str, done: set[
         key = EXTERNAL_LAYERS[cls]
         target_path = conf.get(key) if isinstance(conf, dict) else None
         finding.add(sc, loc, "high", "keras-external-model",
-                    f"{cls} {_layer_name(obj)!r} in {what} loads the external model {target_path!r} at load time; "
+                    f"{cls} {_layer_name(obj, path)!r} in {what} loads the external model {target_path!r} at load time; "
                     "its graph is not part of this file and is not covered by safe_mode", name=cls, where=path,
                     node=obj)

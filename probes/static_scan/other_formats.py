@@ -9,6 +9,8 @@ gguf_file, chat_template, archives).
 from __future__ import annotations
 
 import json
+import mmap
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,16 @@ def _nested_zip(sc: Any, buf, a: int, b: int, loc: Any) -> bool:
 
 def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_folder: bool) -> bool:
     """Text side files with executable content: chat templates, Hydra/NeMo YAML; True if ``name`` is one."""
+    if name == "config.json":  # a Keras folder (unzipped .keras) keeps its model config here
+        try:
+            cfg = json.loads(_decode(buf, start, end))
+        except (ValueError, RecursionError):
+            return False
+        if isinstance(cfg, dict) and isinstance(cfg.get("class_name"), str) and "config" in cfg:
+            finding.set_format(sc, loc, "keras-config")
+            keras_config.check(sc, loc, cfg, "Keras config.json")
+            return True
+        return False
     if name == "chat_template.jinja":
         chat_template.check(sc, loc, _decode(buf, start, end), name)
         return True
@@ -118,6 +130,25 @@ def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_fo
         archives.check_yaml_targets(sc, loc, buf, start, end, name)
         return True
     return False
+
+
+_TF_VARIABLES = re.compile(r"^[\w.-]+\.(index|data-\d{5}-of-\d{5})$")
+
+
+def side_file(path: Path, head: bytes) -> str | None:
+    """Raw data files of a model folder: TF checkpoint shards next to a SavedModel, ONNX external-data files."""
+    name = path.name
+    if _TF_VARIABLES.match(name) and (path.parent.name == "variables" or any(path.parent.glob("*.index"))):
+        return "tf-variables"
+    needle = name.encode("utf-8")
+    for onnx_file in list(path.parent.glob("*.onnx"))[:16]:
+        try:
+            with open(onnx_file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                if mm.find(needle) >= 0:
+                    return "onnx-external-data"
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _decode(buf, start: int, end: int) -> str:

@@ -141,7 +141,7 @@ class _Graph:
                 token = n["attr"].get("token")
                 finding.add(self.sc, self.loc, "critical", "tf-python-op",
                             f"{op} node {n['name']!r} ({where}) {PYTHON_OPS[op]}"
-                            + (f"; token {token!r}" if token else ""), offset=off, opcode=op, name=n["name"],
+                            + (f"; token {token!r}" if token else ""), offset=off, opcode=op, module=op, name=n["name"],
                             where=where, node=node)
             elif op in FILE_READ_OPS or op in FILE_WRITE_OPS or op in NETWORK_OPS:
                 kind = ("reads files" if op in FILE_READ_OPS else "writes files" if op in FILE_WRITE_OPS
@@ -149,17 +149,17 @@ class _Graph:
                 shown = f"; constant path(s) {paths[:4]!r}" if paths else ""
                 finding.add(self.sc, self.loc, "high", "tf-file-op",
                             f"{op} node {n['name']!r} ({where}) {kind} when the graph runs{shown}",
-                            offset=off, opcode=op, name=n["name"], where=where, node=node)
+                            offset=off, opcode=op, module=op, name=n["name"], where=where, node=node)
             elif op == "PrintV2" and str(n["attr"].get("output_stream", "")).startswith("file://"):
                 finding.add(self.sc, self.loc, "high", "tf-file-op",
                             f"PrintV2 node {n['name']!r} ({where}) writes to {n['attr']['output_stream']!r}",
-                            offset=off, opcode=op, name=n["name"], where=where, node=node)
+                            offset=off, opcode=op, module=op, name=n["name"], where=where, node=node)
             elif op in CHECKPOINT_OPS:
                 bad = [s for i in CHECKPOINT_OPS[op] for s in (args.get(i) or []) if _outside(s)]
                 if bad:
                     finding.add(self.sc, self.loc, "high", "tf-path-outside",
                                 f"{op} node {n['name']!r} ({where}) saves/restores at {bad[:3]!r}, outside the model "
-                                "folder", offset=off, opcode=op, name=n["name"], where=where, node=node)
+                                "folder", offset=off, opcode=op, module=op, name=n["name"], where=where, node=node)
 
 
 def _attr_value(buf, span: tuple[int, int]) -> Any:

@@ -189,6 +189,12 @@ class Scanner:
             if self._rec:
                 self._rec.format = inert
             return
+        side = other_formats.side_file(Path(loc.file), head) if in_folder and loc.member is None else None
+        if side:  # raw tensor data another model file of the folder points at: no parser runs code on it
+            if self._rec:
+                self._rec.format = side
+            self.hunt(buf, start, end, loc, f"{side} file")
+            return
         if _is_text(head):
             if self._rec:
                 self._rec.format = "text"
@@ -731,7 +737,7 @@ class Scanner:
         if data[:4] == b"PK\x03\x04":
             return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
         if archives.is_tar(data[:512]):
-            return archives.scan_tar(self, data, 0, len(data), mloc)
+            return archives.scan_tar(self, mloc, data, 0, len(data))
         sims, pos, err = self.scan_pickle_stream(data, 0, len(data), mloc)
         if not sims:
             if looks_like_pickle(data, 0, len(data)) or not data:
