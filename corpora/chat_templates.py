@@ -200,5 +200,11 @@ HOSTILE = {
     "computed-getitem": ("{{ messages[('__cla' ~ 'ss__')] }}" + QWEN2, "malicious"),
     "computed-attr-filter": ("{% set a = '__cla' ~ 'ss__' %}{{ messages|attr(a) }}" + LLAMA3, "suspicious"),
     "map-attribute": ("{{ messages|map(attribute='__class__')|list }}", "malicious"),
+    "hex-escaped-dunders": ("{{ request['application']['\\x5f\\x5fglobals\\x5f\\x5f']['\\x5f\\x5fbuiltins\\x5f\\x5f']"
+                            "['eval']('1') }}", "malicious"),
+    "getattr-global": ("{{ getattr(getattr('', '__class__'), '__mro__') }}", "malicious"),
+    "catch-warnings-loop": ("{% for c in [].__class__.__base__.__subclasses__() %}{% if c.__name__ == 'catch_warnings' %}"
+                            "{{ c()._module.__builtins__['__import__']('os').getpid() }}{% endif %}{% endfor %}",
+                            "malicious"),
     "builtins-item": ("{{ range.__init__.__globals__['__builtins__']['__import__']('os') }}", "malicious"),
 }

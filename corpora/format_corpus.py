@@ -334,6 +334,27 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
         "keras v3 custom registered class (review)", "suspicious")
     add(write("keras_v3_bad_json.keras", _keras_zip(b'{"module": "keras", "class_name": "Sequential", ')), "benign",
         "keras v3 unparseable config", "inconclusive")
+    src_lambda = {"class_name": "Lambda", "name": "lambda_src",
+                  "config": {"name": "lambda_src", "function": [base64.b64encode(
+                      b"__import__('os').getpid()").decode(), None, None], "function_type": "lambda"}}
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w") as z:  # no metadata.json: the config alone marks it as Keras
+        z.writestr("config.json", json.dumps({"class_name": "Functional", "config": {"layers": [src_lambda]}}))
+    add(write("keras_config_only_source_lambda.keras", bio.getvalue()), "malicious",
+        "keras Lambda with base64 source text, config-only zip", "malicious", "Lambda.lambda_src")
+    builtins_layer = {"class_name": "Dense", "name": "evil_dense", "module": "builtins", "config": {"units": 1}}
+    fn_module = {"class_name": "Dense", "name": "dense_fn", "config": {"units": 1, "fn_module": "subprocess"}}
+    add(write("keras_v3_builtins_module.keras", _keras_zip({"class_name": "Sequential", "config": {
+        "layers": [builtins_layer]}})), "malicious", "keras layer module builtins", "malicious")
+    add(write("keras_v3_fn_module.keras", _keras_zip({"class_name": "Sequential", "config": {
+        "layers": [fn_module]}})), "malicious", "keras fn_module subprocess", "malicious")
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w") as z:
+        z.writestr("config.json", json.dumps(_v3_model([_dense()])))
+        z.writestr("metadata.json", "{}")
+        z.writestr("run.SH", "#!/bin/sh\necho hi\n")
+    add(write("keras_v3_script_member.keras", bio.getvalue()), "benign", "keras zip with a shell script member (review)",
+        "suspicious")
     folder = dest / "keras_folder_lambda"
     folder.mkdir(exist_ok=True)
     (folder / "config.json").write_text(json.dumps(_v3_model([lam])))
@@ -412,6 +433,15 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
     add(saved_model_dir("savedmodel_keras_lambda", _saved_model(_benign_graph_nodes()),
                         _keras_metadata([dense_meta, k2lam])), "malicious",
         "tf savedmodel keras_metadata.pb Lambda", "malicious", "Lambda.lambda")
+    add(saved_model_dir("savedmodel_loadlibrary", _saved_model(_benign_graph_nodes() + _str_const("lib", "evil.so")
+                                                               + _node("load", "LoadLibraryV2", ("lib",)))),
+        "malicious", "tf savedmodel LoadLibrary", "malicious")
+    add(saved_model_dir("savedmodel_string_payload", _saved_model(_benign_graph_nodes() + _node(
+        "payload_node", "Const", (), _attr("payload", _f(2, "os.system('/bin/echo exploit')"))))), "malicious",
+        "tf savedmodel Const string payload", "malicious")
+    no_version = _f(2, _f(2, _node("Const", "Const") + _node("suspicious_op", "PyFunc")))  # no schema version
+    add(saved_model_dir("savedmodel_pyfunc_noversion", no_version), "malicious",
+        "tf savedmodel PyFunc, no schema version", "malicious")
     add(write("frozen_benign.pb", _benign_graph_nodes()), "benign", "tf frozen graph", "clean")
     add(write("frozen_matchingfiles.pb", _benign_graph_nodes() + _str_const("pat", "/home/*/.aws/*")
               + _node("glob", "MatchingFiles", ("pat",))), "malicious", "tf frozen graph MatchingFiles", "malicious")
@@ -487,6 +517,22 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
         "hf folder tokenizer_config chat_template injection", "malicious")
     add(hf_folder("hf_template_jinja_ssti", chat_templates.HOSTILE["subclasses-walk"][0], True), "malicious",
         "hf folder chat_template.jinja injection", "malicious")
+    for name, tpl in (("hex_bypass.json", chat_templates.HOSTILE["hex-escaped-dunders"][0]),
+                      ("getattr_bypass.json", chat_templates.HOSTILE["getattr-global"][0])):
+        add(write(f"templates/{name}", json.dumps({"tokenizer_class": "GPT2Tokenizer", "chat_template": tpl}).encode()),
+            "malicious", f"tokenizer config JSON {name} chat template injection", "malicious")
+    add(write("templates/multiple_templates.json", json.dumps({
+        "chat_template": chat_templates.PHI3,
+        "custom_chat_template": "{{ self.__init__.__globals__['os'].system('echo evil') }}"}).encode()),
+        "malicious", "custom_chat_template key injection", "malicious")
+    add(write("templates/benign_chatml.json", json.dumps({"chat_template": chat_templates.QWEN2}).encode()),
+        "benign", "tokenizer config JSON chat template", "clean")
+    add(write("templates/malicious_standalone.j2", b"{% for m in messages %}{{ m.content }}{% endfor %}\n"
+              b"{{ cycler.__init__.__globals__.os.getpid() }}\n"), "malicious", "standalone .j2 template injection",
+        "malicious")
+    add(write("templates/benign_chat.j2", chat_templates.LLAMA3.encode()), "benign", "standalone .j2 template", "clean")
+    add(write("templates/malicious_config.yaml", b"model_name: evil\nchat_template: \"{{ config.__class__.__init__"
+              b".__globals__['os'].getpid() }}\"\n"), "malicious", "YAML config chat template injection", "malicious")
     d = dest / "hf_onnx_folder"
     d.mkdir(exist_ok=True)
     (d / "config.json").write_text(json.dumps({"model_type": "bert"}))

@@ -232,6 +232,20 @@ def strings_in(data: bytes) -> list[str]:
 _B64 = re.compile(r"^[A-Za-z0-9+/=\s]{16,}$")
 
 
+def decode_b64_source(text: str) -> str | None:
+    """The text if ``text`` is base64 of printable Python-like source (some tools store lambdas so), else None."""
+    compact = re.sub(r"\s", "", text)
+    if len(compact) < 8 or len(compact) % 4 or not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", compact):
+        return None
+    try:
+        raw = base64.b64decode(text.replace("\n", "").replace(" ", ""), validate=False)
+        src = raw.decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    printable = sum(ch.isprintable() or ch in "\n\t" for ch in src)
+    return src if src and printable / len(src) > 0.95 and re.search(r"[A-Za-z_]\w*", src) else None
+
+
 def decode_b64_code(text: str) -> bytes | None:
     """The bytes of ``text`` if it is base64 of a marshalled code object (Keras ``func_dump``), else None."""
     if len(text) < 16 or not _B64.match(text):

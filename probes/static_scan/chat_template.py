@@ -23,6 +23,8 @@ BAD_ATTRS = frozenset({"mro", "popen", "system", "import_module", "func_globals"
                        "f_back", "gi_frame", "gi_code", "cr_frame", "tb_frame", "co_code", "im_func", "im_self",
                        "func_code", "eval", "exec", "_TemplateReference__context", "getattr", "environ",
                        "check_output", "spawn", "load_module", "get_data", "_module", "__import__"})
+CALL_GADGETS = frozenset({"getattr", "setattr", "delattr", "eval", "exec", "compile", "__import__", "open", "globals",
+                          "locals", "vars", "breakpoint", "input", "help"})
 _GADGET_ATTR_OK = {"namespace": set(), "loop": {"index", "index0", "first", "last", "length", "revindex",
                                                  "revindex0", "cycle", "depth", "depth0", "previtem", "nextitem",
                                                  "changed"}}
@@ -101,7 +103,13 @@ def check(sc: Any, loc: Any, source: str, what: str, *, offset: int | None = Non
                 report(n, "medium", "uses 'self' (the template reference object)", "self")
         elif isinstance(n, nodes.Call):
             base = root_name(n.node)
-            if isinstance(n.node, nodes.Name) and n.node.name in ("cycler", "joiner", "lipsum"):
+            dunder_args = [a.value for a in n.args if isinstance(a, nodes.Const) and isinstance(a.value, str)
+                           and a.value.startswith("__") and a.value.endswith("__")]
+            if isinstance(n.node, nodes.Name) and n.node.name in CALL_GADGETS:
+                report(n, "high", f"calls {n.node.name!r}, a Python builtin no Jinja template has", n.node.name)
+            elif dunder_args:
+                report(n, "high", f"passes the dunder name {dunder_args[0]!r} to a call", dunder_args[0])
+            elif isinstance(n.node, nodes.Name) and n.node.name in ("cycler", "joiner", "lipsum"):
                 report(n, "medium", f"calls the Jinja global {n.node.name!r}, not used by chat templates", n.node.name)
             elif base and isinstance(n.node, nodes.Getattr) and n.node.attr in ("format", "format_map") \
                     and any(isinstance(a, nodes.Const) and isinstance(a.value, str) and "{0." in a.value

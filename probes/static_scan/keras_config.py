@@ -21,7 +21,14 @@ import json
 from typing import Any
 
 from probes.static_scan import finding
-from probes.static_scan.bytecode import DANGEROUS_NAMES, MarshalError, decode_b64_code, read_code, strings_in
+from probes.static_scan.bytecode import (
+    DANGEROUS_NAMES,
+    MarshalError,
+    decode_b64_code,
+    decode_b64_source,
+    read_code,
+    strings_in,
+)
 
 KERAS_NAMESPACES = ("keras", "keras_nlp", "keras_hub", "keras_cv", "tf_keras", "tensorflow.keras",
                     "tensorflow.python.keras", "keras_core")
@@ -111,12 +118,49 @@ def _code_strings(obj: Any, out: list, depth: int = 0) -> None:
             _code_strings(v, out, depth + 1)
 
 
+def _source_strings(obj: Any, out: list, depth: int = 0) -> None:
+    """Base64 strings that decode to source text (not marshal) under a Lambda's function field."""
+    if depth > 30 or len(out) > 20:
+        return
+    if isinstance(obj, str):
+        src = decode_b64_source(obj)
+        if src is not None:
+            out.append(src)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _source_strings(v, out, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _source_strings(v, out, depth + 1)
+
+
 def _report_lambda(sc: Any, loc: Any, obj: dict, path: str, what: str, label: str, done: set[bytes]) -> None:
     codes: list[bytes] = []
     _code_strings(obj.get("config"), codes)
     if codes and all(c in done for c in codes):
         return  # already reported with the Lambda layer that holds it
     done.update(codes)
+    sources: list[str] = []
+    if not codes:
+        conf0 = obj.get("config")
+        _source_strings(conf0.get("function") if isinstance(conf0, dict) else None, sources)
+        _source_strings(conf0.get("code") if isinstance(conf0, dict) else None, sources)
+        _source_strings(conf0.get("value") if isinstance(conf0, dict) else None, sources)
+    for src in sources:
+        key = src.encode()
+        if key in done:
+            return
+        done.add(key)
+        names = strings_in(key)
+        bad = [n for n in names if n in DANGEROUS_NAMES or (n.startswith("__") and n.endswith("__"))]
+        finding.add(sc, loc, "critical" if bad else "high", "keras-lambda",
+                    f"{label} {_layer_name(obj, path)!r} in {what} stores a base64-encoded function "
+                    f"({len(src)} characters of source text) that Keras decodes and runs at load"
+                    + (f"; it refers to {', '.join(bad[:10])}" if bad else "") + f": {src[:160]!r}",
+                    where=path, node=obj, name=_layer_name(obj, path),
+                    module="Lambda" if label.startswith("Lambda") else "__lambda__", opcode="base64")
+    if sources:
+        return
     if not codes:
         conf = obj.get("config") if isinstance(obj.get("config"), dict) else {}
         fn = conf.get("function") if isinstance(conf, dict) else None
@@ -154,7 +198,9 @@ def _report_lambda(sc: Any, loc: Any, obj: dict, path: str, what: str, label: st
 def _report_import(sc: Any, loc: Any, module: str, name: str, path: str, what: str, obj: dict, via: str) -> None:
     from probes.static_scan import policy
 
-    reason = policy.is_critical(module, name)
+    reason = policy.is_critical(module, name) or policy.is_critical(module, "") or (
+        "Python builtins (eval, exec, __import__, getattr...)" if module.split(".")[0] in policy.BUILTIN_MODULES
+        else None)
     if reason:
         finding.add(sc, loc, "critical", "keras-import",
                     f"{via} in {what} imports {module}.{name} ({reason}); Keras imports the named module while "
@@ -189,9 +235,15 @@ def _check_object(sc: Any, loc: Any, obj: dict, path: str, what: str, done: set[
     elif not module and target in KERAS_GADGETS and cls == "function":
         finding.add(sc, loc, "high", "keras-safe-mode-bypass",
                     f"{what} names the function {target!r}: {KERAS_GADGETS[target]}", name=target, where=path, node=obj)
+    if isinstance(conf, dict):
+        for key in ("fn_module", "function_module"):
+            fm = conf.get(key)
+            if isinstance(fm, str) and fm and not in_keras_namespace(fm):
+                fname = str(conf["function"]) if isinstance(conf.get("function"), str) else ""
+                _report_import(sc, loc, fm, fname, f"{path}/config/{key}", what, obj, via=f"{key} of {cls!r}")
     reg = obj.get("registered_name")
-    if isinstance(reg, str) and ">" in reg and not module:
-        pkg = reg.split(">", 1)[0]
+    if isinstance(reg, str) and (">" in reg or "." in reg) and not module and reg != cls:
+        pkg = reg.split(">", 1)[0] if ">" in reg else reg.rsplit(".", 1)[0]
         if not in_keras_namespace(pkg):
             finding.add(sc, loc, "medium", "keras-import",
                         f"{what} uses the custom registered object {reg!r}: it loads only if that package's code "

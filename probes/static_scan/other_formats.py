@@ -17,6 +17,9 @@ from typing import Any
 from probes import formats
 from probes.static_scan import archives, chat_template, finding, keras_config
 
+EXECUTABLE_SUFFIXES = (".py", ".sh", ".bash", ".bat", ".cmd", ".ps1", ".exe", ".dll", ".so", ".dylib", ".vbs",
+                       ".js", ".jar")
+TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2", ".template", ".tmpl")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json",
                        "processor_config.json")
 
@@ -56,6 +59,10 @@ def scan_member(sc: Any, buf, a: int, b: int, loc: Any, name: str, container: st
         return True
     base = name.rsplit("/", 1)[-1]
     head = bytes(buf[a:min(b, a + 4096)])
+    if base.lower().endswith(EXECUTABLE_SUFFIXES) or head[:4] in (b"\x7fELF", b"MZ\x90\x00") or head[:2] == b"#!":
+        finding.add(sc, loc, "medium", "archive-executable",
+                    f"archive member {name!r} is a script or native executable; a loader does not need it, an "
+                    "unpacking step may run it", offset=0, where=name)
     if container == formats.KERAS and name == "config.json":
         keras_config.scan_json_bytes(sc, loc, bytes(buf[a:b]), "Keras config.json")
         return True
@@ -105,22 +112,35 @@ def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_fo
             keras_config.check(sc, loc, cfg, "Keras config.json")
             return True
         return False
-    if name == "chat_template.jinja":
+    if name == "chat_template.jinja" or name.lower().endswith(TEMPLATE_SUFFIXES):
         chat_template.check(sc, loc, _decode(buf, start, end), name)
         return True
-    if name in CHAT_TEMPLATE_FILES or name.endswith(".chat_template.json"):
+    is_json = name.lower().endswith(".json")
+    is_yaml = name.lower().endswith((".yaml", ".yml"))
+    if (is_json or is_yaml) and _find(buf, start, end, b"template"):
         try:
-            cfg = json.loads(_decode(buf, start, end))
+            if is_json:
+                cfg = json.loads(_decode(buf, start, end))
+            else:
+                import yaml
+
+                cfg = yaml.safe_load(_decode(buf, start, end))
         except (ValueError, RecursionError) as exc:
-            sc.fail(loc, f"{name} is not valid JSON: {str(exc)[:100]}")
+            if name in CHAT_TEMPLATE_FILES:
+                sc.fail(loc, f"{name} is not valid JSON: {str(exc)[:100]}")
+                return True
+            return False
+        except Exception as exc:  # yaml.YAMLError and friends: a config a loader cannot read either
+            sc.fail(loc, f"{name} is not valid YAML: {str(exc)[:100]}")
             return True
-        tpl = cfg.get("chat_template") if isinstance(cfg, dict) else None
-        if isinstance(tpl, str):
-            chat_template.check(sc, loc, tpl, f"{name} chat_template")
-        elif isinstance(tpl, list):  # named templates: [{"name": ..., "template": ...}]
-            for t in tpl:
-                if isinstance(t, dict) and isinstance(t.get("template"), str):
-                    chat_template.check(sc, loc, t["template"], f"{name} chat_template {t.get('name')!r}")
+        found = _templates(cfg)
+        for key, tpl in found:
+            chat_template.check(sc, loc, tpl, f"{name} {key}")
+        if is_yaml:
+            archives.check_yaml_targets(sc, loc, buf, start, end, name)
+            return True
+        if not found and name not in CHAT_TEMPLATE_FILES:
+            return False
         if name == "tokenizer_config.json" and isinstance(cfg, dict) and cfg.get("auto_map"):
             finding.add(sc, loc, "medium", "remote-code",
                         f"tokenizer_config.json auto_map names custom code {cfg['auto_map']!r} "
@@ -149,6 +169,30 @@ def side_file(path: Path, head: bytes) -> str | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def _find(buf, start: int, end: int, needle: bytes) -> bool:
+    if isinstance(buf, mmap.mmap):
+        return buf.find(needle, start, end) >= 0
+    return bytes(buf[start:end]).find(needle) >= 0
+
+
+def _templates(cfg: Any) -> list[tuple[str, str]]:
+    """Every chat template in a tokenizer/processor config: ``chat_template`` (string or named list) and any
+    other top-level key whose name holds ``template`` with a Jinja-looking string value."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(cfg, dict):
+        return out
+    for key, v in cfg.items():
+        if not isinstance(key, str) or "template" not in key.lower():
+            continue
+        if isinstance(v, str) and ("{{" in v or "{%" in v or key == "chat_template"):
+            out.append((key, v))
+        elif isinstance(v, list):  # named templates: [{"name": ..., "template": ...}]
+            for t in v:
+                if isinstance(t, dict) and isinstance(t.get("template"), str):
+                    out.append((f"{key} {t.get('name')!r}", t["template"]))
+    return out
 
 
 def _decode(buf, start: int, end: int) -> str:

@@ -19,6 +19,14 @@ from typing import Any
 from probes.static_scan import finding, keras_config
 from probes.static_scan import protowire as pw
 
+NATIVE_OPS = {
+    "LoadLibrary": "loads a native shared library (arbitrary machine code) into the loading process",
+    "LoadLibraryV2": "loads a native shared library (arbitrary machine code) into the loading process",
+}
+DESERIALIZE_OPS = frozenset({"ParseTensor", "DeserializeSparse", "DeserializeManySparse", "DecodeProtoV2",
+                             "DeserializeIterator", "DatasetFromGraph"})
+_CODE_STRING = re.compile(r"(\bos\.(system|popen|exec\w*|spawn\w*)|\bsubprocess\.|__import__|\beval\s*\(|\bexec\s*\("
+                          r"|\bpickle\.loads|\bmarshal\.loads|/bin/(ba)?sh\b|\bcurl\s+http|\bwget\s+http)")
 PYTHON_OPS = {
     "PyFunc": "runs a Python function of the loading process (tf.py_function / tf.numpy_function)",
     "PyFuncStateless": "runs a Python function of the loading process (tf.numpy_function, stateless)",
@@ -137,12 +145,30 @@ class _Graph:
             where = f"{self.scope}/node {n['name']!r}"
             off = n["offset"] - self.loc.base
             paths = [s for v in const_in.values() for s in v]
+            strs = [v for v in n["attr"].values() if isinstance(v, str)]
+            for v in n["attr"].values():
+                if isinstance(v, dict):
+                    strs += [x for x in v.get("strings", []) if isinstance(x, str)]
+                elif isinstance(v, list):
+                    strs += [x for x in v if isinstance(x, str)]
+            code_like = [v for v in strs + paths if _CODE_STRING.search(v)]
             if op in PYTHON_OPS:
                 token = n["attr"].get("token")
+                refs = [v for v in strs if re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", v)]
                 finding.add(self.sc, self.loc, "critical", "tf-python-op",
                             f"{op} node {n['name']!r} ({where}) {PYTHON_OPS[op]}"
-                            + (f"; token {token!r}" if token else ""), offset=off, opcode=op, module=op, name=n["name"],
-                            where=where, node=node)
+                            + (f"; token {token!r}" if token else "")
+                            + (f"; references {', '.join(refs[:4])}" if refs else ""), offset=off, opcode=op,
+                            module=op, name=n["name"], where=where, node=node)
+            elif op in NATIVE_OPS:
+                finding.add(self.sc, self.loc, "critical", "tf-native-op",
+                            f"{op} node {n['name']!r} ({where}) {NATIVE_OPS[op]}"
+                            + (f"; constant path(s) {paths[:4]!r}" if paths else ""), offset=off, opcode=op,
+                            module=op, name=n["name"], where=where, node=node)
+            elif op in DESERIALIZE_OPS:
+                finding.add(self.sc, self.loc, "medium", "tf-file-op",
+                            f"{op} node {n['name']!r} ({where}) deserialises data embedded in or fed to the graph",
+                            offset=off, opcode=op, module=op, name=n["name"], where=where, node=node)
             elif op in FILE_READ_OPS or op in FILE_WRITE_OPS or op in NETWORK_OPS:
                 kind = ("reads files" if op in FILE_READ_OPS else "writes files" if op in FILE_WRITE_OPS
                         else "reaches the network")
@@ -154,7 +180,12 @@ class _Graph:
                 finding.add(self.sc, self.loc, "high", "tf-file-op",
                             f"PrintV2 node {n['name']!r} ({where}) writes to {n['attr']['output_stream']!r}",
                             offset=off, opcode=op, module=op, name=n["name"], where=where, node=node)
-            elif op in CHECKPOINT_OPS:
+            if code_like and op not in PYTHON_OPS:
+                finding.add(self.sc, self.loc, "high", "tf-string-payload",
+                            f"node {n['name']!r} ({where}) carries a string that looks like a shell/Python payload: "
+                            f"{code_like[0][:120]!r}", offset=off, opcode=op, module=op, name=n["name"], where=where,
+                            node=node)
+            if op in CHECKPOINT_OPS:
                 bad = [s for i in CHECKPOINT_OPS[op] for s in (args.get(i) or []) if _outside(s)]
                 if bad:
                     finding.add(self.sc, self.loc, "high", "tf-path-outside",

@@ -65,7 +65,9 @@ def test_families_are_covered(scanned):
                    "ReadFile/WriteFile", "PyFunc", "SaveV2", "keras_metadata.pb", "MatchingFiles",
                    "onnx external data absolute", "'..'", "subgraph", "custom operator", "oversized",
                    "chat template injection", "chat_template.jinja", "nemo tar with pickle", "Hydra",
-                   "tar.gz", "zip wrapping a tar", "nested 5 deep", "symlink", "7z"):
+                   "tar.gz", "zip wrapping a tar", "nested 5 deep", "symlink", "7z", "base64 source text",
+                   "module builtins", "fn_module", "shell script member", "LoadLibrary", "Const string payload",
+                   "no schema version", "custom_chat_template", "standalone .j2", "YAML config chat template"):
         assert needle in fams, needle
 
 
@@ -117,7 +119,7 @@ def test_sarif_locates_every_new_format(scanned):
     for rid in ("keras-lambda", "keras-import", "keras-safe-mode-bypass", "keras-external-model", "hdf5-external-link",
                 "hdf5-virtual-dataset", "hdf5-external-storage", "tf-file-op", "tf-python-op", "tf-path-outside",
                 "onnx-external-data", "onnx-custom-op", "onnx-tensor-size", "chat-template-injection",
-                "hydra-target", "archive-path-traversal"):
+                "hydra-target", "archive-path-traversal", "tf-native-op", "tf-string-payload", "archive-executable"):
         assert rid in rules, rid
     described = {r["id"]: r["shortDescription"]["text"] for r in log["runs"][0]["tool"]["driver"]["rules"]}
     assert all(described[rid] != rid for rid in rules), "every rule has a description"
