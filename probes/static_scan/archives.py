@@ -124,18 +124,38 @@ def check_yaml_targets(sc: Any, loc: Any, buf, a: int, b: int, what: str) -> Non
     from probes.static_scan import policy
 
     data = bytes(buf[a:min(b, a + (8 << 20))])
-    for m in _TARGET_RE.finditer(data):
-        target = m.group(1).decode()
+    targets: list[str] = [m.group(1).decode() for m in _TARGET_RE.finditer(data)]
+    try:
+        import yaml
+
+        def walk(o: Any, depth: int = 0) -> None:
+            if depth > 64:
+                return
+            if isinstance(o, dict):
+                for k, v in o.items():
+                    if k in ("_target_", "target_") and isinstance(v, str) and v not in targets:
+                        targets.append(v)
+                    walk(v, depth + 1)
+            elif isinstance(o, list):
+                for v in o:
+                    walk(v, depth + 1)
+
+        for doc in yaml.safe_load_all(data.decode("utf-8", "replace")):
+            walk(doc)
+    except Exception:  # noqa: BLE001 - unparseable YAML: the line scan above still counts
+        pass
+    for target in targets:
         module, _, name = target.rpartition(".")
         if not module:
             continue
-        reason = policy.is_critical(module, name)
-        off = a + m.start(1) - loc.base
+        reason = policy.is_critical(module, name) or policy.is_critical(module, "")
+        pos = data.find(target.encode())
+        off = a + max(pos, 0) - loc.base
         if reason:
             finding.add(sc, loc, "critical", "hydra-target",
                         f"{what}: _target_ {target} ({reason}); Hydra/NeMo instantiate calls it while restoring",
-                        offset=off, module=module, name=name, where=f"_target_ {target}", node=m.group(0).decode())
+                        offset=off, module=module, name=name, where=f"_target_ {target}", node=f"_target_: {target}")
         elif not target.startswith(TRUSTED_TARGET_PREFIXES):
             finding.add(sc, loc, "medium", "hydra-target",
                         f"{what}: _target_ {target} is outside NeMo/torch; instantiating it imports third-party code",
-                        offset=off, module=module, name=name, where=f"_target_ {target}", node=m.group(0).decode())
+                        offset=off, module=module, name=name, where=f"_target_ {target}", node=f"_target_: {target}")

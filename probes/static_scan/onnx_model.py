@@ -19,7 +19,8 @@ from probes.static_scan import protowire as pw
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training",
                               "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental",
-                              "com.ms.internal.nhwc", "ai.onnx.contrib"})
+                              "com.ms.internal.nhwc"})
+PYTHON_OPS = frozenset({"PyOp", "PythonOp", "PyFunc", "PythonFunction", "PyTorchOp"})
 _BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 8: 0, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64,
          15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8, 25: 2, 26: 2, 27: 6, 28: 6}
 OVERSIZED_BYTES = 1 << 38  # 256 GiB: no real single tensor is declared that large
@@ -115,6 +116,11 @@ class _Walker:
         op = pw.text(buf, pw.first(m, 4, (0, 0)))
         domain = pw.text(buf, pw.first(m, 7, (0, 0)))
         nw = f"{where}/node {name or op!r}"
+        if op in PYTHON_OPS:
+            finding.add(self.sc, self.loc, "high", "onnx-custom-op",
+                        f"operator {domain or 'ai.onnx'}::{op} (node {name!r}, {where}) runs Python code registered "
+                        "by the runtime (onnxruntime-extensions PyOp style)", offset=span[0] - self.loc.base,
+                        module=domain or "ai.onnx", name=op, opcode=op, where=nw, node={"node": name, "op_type": op})
         if domain not in STANDARD_DOMAINS and (domain, op) not in self.local_funcs:
             key = (domain, op)
             if key not in self.custom_seen:
