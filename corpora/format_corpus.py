@@ -287,6 +287,23 @@ def _onnx_model(*, external: str | None = None, custom_domain: str | None = None
     return onnx, model
 
 
+def write_sparse_onnx(path: Path, data_bytes: int) -> None:
+    """An ONNX model whose one initializer holds ``data_bytes`` of raw data stored as a file hole (no disk used):
+    the shape of a real multi-GB ONNX file, for header-speed measurements."""
+    n = data_bytes // 4
+    node = _f(1, _f(1, "X") + _f(1, "W") + _f(2, "Y") + _f(3, "matmul") + _f(4, "MatMul"))
+    tensor_head = _f(1, n) + _f(2, 1) + _f(8, "W")
+    raw_tag = _varint(9 << 3 | 2) + _varint(n * 4)
+    tensor_len = len(tensor_head) + len(raw_tag) + n * 4
+    graph_head = node + _f(2, "big") + _varint(5 << 3 | 2) + _varint(tensor_len) + tensor_head + raw_tag
+    graph_len = len(graph_head) + n * 4
+    model_head = _f(1, 8) + _f(2, "format-corpus") + _f(8, _f(1, "") + _f(2, 17)) + _varint(7 << 3 | 2) \
+        + _varint(graph_len) + graph_head
+    with open(path, "wb") as fh:
+        fh.write(model_head)
+        fh.truncate(len(model_head) + n * 4)
+
+
 def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one block per family
     """Write every subject under ``dest``; one entry each."""
     dest = Path(dest)

@@ -152,15 +152,15 @@ def test_real_templates_parse_clean_and_hostile_ones_do_not():
 @pytest.mark.parametrize("kind", ["gguf", "onnx", "safetensors"])
 def test_one_gigabyte_file_headers_scan_under_a_second(tmp_path, kind):
     """A sparse 1 GiB file: only the header/metadata is read (the data is holes, never touched)."""
-    from corpora.format_corpus import _gguf, _onnx_model
+    from corpora.format_corpus import _gguf, write_sparse_onnx
 
     size = 1 << 30
     p = tmp_path / f"big.{kind}"
     if kind == "gguf":
         _gguf(p, chat_templates.LLAMA3)
     elif kind == "onnx":
-        onnx, m = _onnx_model(external="big.bin")
-        onnx.save(m, str(p))
+        write_sparse_onnx(p, size)
+        size = p.stat().st_size
     else:
         import json
         import struct
@@ -179,4 +179,4 @@ def test_one_gigabyte_file_headers_scan_under_a_second(tmp_path, kind):
     finally:
         os.unlink(p)
     assert dt < 1.0, dt
-    assert r["verdict"] in ("clean", "suspicious", "inconclusive")  # trailing zeros may be noted, never malicious
+    assert r["verdict"] == "clean", r["summary"]
