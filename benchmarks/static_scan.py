@@ -195,7 +195,7 @@ def header_table(dest: Path, repeat: int) -> None:
     import struct
 
     from corpora.chat_templates import LLAMA3
-    from corpora.format_corpus import _gguf, write_sparse_onnx
+    from corpora.format_corpus import write_sparse_gguf, write_sparse_onnx
 
     size = 1 << 30
     print()
@@ -204,7 +204,8 @@ def header_table(dest: Path, repeat: int) -> None:
         p = dest / f"big.{kind}"
         total = size
         if kind == "gguf":
-            _gguf(p, LLAMA3)
+            write_sparse_gguf(p, size, LLAMA3)
+            total = p.stat().st_size
         elif kind == "onnx":
             write_sparse_onnx(p, size)
             total = p.stat().st_size

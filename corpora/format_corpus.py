@@ -287,6 +287,27 @@ def _onnx_model(*, external: str | None = None, custom_domain: str | None = None
     return onnx, model
 
 
+def write_sparse_gguf(path: Path, data_bytes: int, template: str | None = None) -> None:
+    """A GGUF whose one F32 tensor declares ``data_bytes`` of data stored as a file hole (a multi-GB model's shape)."""
+    import gguf
+    import numpy as np
+
+    n = data_bytes // 4
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("sparse")
+    if template:
+        w.add_chat_template(template)
+    w.add_tensor_info("token_embd.weight", (n,), np.dtype(np.float32), n * 4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as fh:
+        fh.seek(0, 2)
+        head = fh.tell()
+        fh.truncate((head + 31) // 32 * 32 + n * 4)
+
+
 def write_sparse_onnx(path: Path, data_bytes: int) -> None:
     """An ONNX model whose one initializer holds ``data_bytes`` of raw data stored as a file hole (no disk used):
     the shape of a real multi-GB ONNX file, for header-speed measurements."""
@@ -510,6 +531,11 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
     _gguf(dest / "gguf_named_template.gguf", chat_templates.QWEN2,
           extra_kv={"tokenizer.chat_template.tool_use": chat_templates.HOSTILE["lipsum-globals"][0]})
     add(dest / "gguf_named_template.gguf", "malicious", "gguf named chat template injection", "malicious")
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w") as z:
+        z.writestr("archive/data.pkl", _payload_pickle("touch gguf_polyglot_marker"))
+    add(write("gguf_zip_polyglot.gguf", (dest / "gguf_llama3.gguf").read_bytes() + bio.getvalue()), "malicious",
+        "gguf with an appended zip holding a pickle (polyglot)", "malicious", "posix.system")
     add(write("gguf_truncated.gguf", (dest / "gguf_llama3.gguf").read_bytes()[:200]), "benign", "gguf truncated",
         "inconclusive")
 

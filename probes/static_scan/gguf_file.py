@@ -96,8 +96,13 @@ def _scan(sc: Any, loc: Any, buf, start: int, end: int) -> None:
     if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
         raise GGUFError(f"implausible counts ({n_tensors} tensors, {n_kv} metadata keys)")
     alignment = 32
+    keys: set[str] = set()
     for _ in range(n_kv):
         key, _at = r.string()
+        if key in keys:
+            finding.add(sc, loc, "medium", "gguf-structure", f"metadata key {key!r} occurs twice; readers disagree "
+                        "on which value they use", offset=_at - loc.base, where=key)
+        keys.add(key)
         vtype = r.unpack("<I")
         at = r.pos
         keep = key.startswith("tokenizer.chat_template") or key == "general.alignment"
@@ -133,8 +138,30 @@ def _scan(sc: Any, loc: Any, buf, start: int, end: int) -> None:
         spans.append((off, off + (n // bs[0]) * bs[1], name, at))
     data_start = (r.pos - start + alignment - 1) // alignment * alignment + start
     size = end - data_start
+    last = 0
     for a, b, name, at in spans:
+        last = max(last, b)
         if b > size:
             finding.add(sc, loc, "medium", "gguf-structure",
                         f"tensor {name!r} spans bytes {a}-{b} of the data section, past its end ({size} bytes)",
                         offset=at - loc.base, where=f"tensor {name}")
+    tail = data_start + last if spans else r.pos
+    while tail < end and tail - (data_start + last if spans else r.pos) < alignment and buf[tail] == 0:
+        tail += 1  # alignment padding
+    if tail < end:
+        _trailing(sc, loc, buf, tail, end)
+
+
+def _trailing(sc: Any, loc: Any, buf, pos: int, end: int) -> None:
+    """Bytes after the last tensor: no GGUF reader uses them; an appended zip/pickle is a polyglot."""
+    if bytes(buf[pos:pos + 4]) == b"PK\x03\x04":
+        from probes.static_scan.scanner import Loc
+
+        finding.add(sc, loc, "medium", "trailing-data", f"a zip archive is appended after the GGUF tensor data at "
+                    f"offset {pos - loc.base}: a zip reader (torch.load, numpy) opens this file as that archive",
+                    offset=pos - loc.base)
+        data = bytes(buf[pos:end])
+        sub = Loc(loc.file, f"{loc.member + '!' if loc.member else ''}(appended zip @{pos - loc.base})", 0)
+        sc.scan_zip(data, 0, len(data), sub, "zip", nested=True)
+        return
+    sc._trailing(buf, pos, end, loc, "after the GGUF tensor data")

@@ -67,7 +67,7 @@ def test_families_are_covered(scanned):
                    "chat template injection", "chat_template.jinja", "nemo tar with pickle", "Hydra",
                    "tar.gz", "zip wrapping a tar", "nested 5 deep", "symlink", "7z", "base64 source text",
                    "module builtins", "fn_module", "shell script member", "LoadLibrary", "Const string payload",
-                   "no schema version", "custom_chat_template", "standalone .j2", "YAML config chat template"):
+                   "no schema version", "custom_chat_template", "standalone .j2", "YAML config chat template", "polyglot"):
         assert needle in fams, needle
 
 
@@ -152,12 +152,13 @@ def test_real_templates_parse_clean_and_hostile_ones_do_not():
 @pytest.mark.parametrize("kind", ["gguf", "onnx", "safetensors"])
 def test_one_gigabyte_file_headers_scan_under_a_second(tmp_path, kind):
     """A sparse 1 GiB file: only the header/metadata is read (the data is holes, never touched)."""
-    from corpora.format_corpus import _gguf, write_sparse_onnx
+    from corpora.format_corpus import write_sparse_gguf, write_sparse_onnx
 
     size = 1 << 30
     p = tmp_path / f"big.{kind}"
     if kind == "gguf":
-        _gguf(p, chat_templates.LLAMA3)
+        write_sparse_gguf(p, size, chat_templates.LLAMA3)
+        size = p.stat().st_size
     elif kind == "onnx":
         write_sparse_onnx(p, size)
         size = p.stat().st_size
