@@ -84,7 +84,7 @@ def scan(sc: Any, loc: Any, buf, start: int, end: int) -> None:
         sc.fail(loc, f"malformed GGUF header: {exc}")
 
 
-def _scan(sc: Any, loc: Any, buf, start: int, end: int) -> None:
+def _scan(sc: Any, loc: Any, buf, start: int, end: int) -> None:  # noqa: C901 - header, metadata, tensor table in file order
     r = _R(buf, start + 4, end)
     version = r.unpack("<I")
     if version not in (1, 2, 3):
