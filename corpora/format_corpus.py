@@ -414,8 +414,20 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
     add(dest / "keras_h5_lambda_function.h5", "malicious", "keras legacy Lambda by name from module os",
         "malicious", "os.system")
 
+    src_fn = {"class_name": "Lambda", "config": {"name": "lambda_text",
+                                                 "function": "lambda x: eval('__import__(\"os\").getpid()')"}}
+    _legacy_h5(dest / "keras_h5_lambda_source_text.h5", [_k2_dense(), src_fn])
+    add(dest / "keras_h5_lambda_source_text.h5", "malicious", "keras legacy Lambda as plain source text", "malicious",
+        "Lambda.lambda_text")
+
     import h5py
     import numpy as np
+
+    with h5py.File(dest / "keras_h5_bad_structure.h5", "w") as f:
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {
+            "layers": [{"class_name": "TimeDistributed", "config": "layers hidden in a string"}]}})
+    add(dest / "keras_h5_bad_structure.h5", "benign", "keras h5 model_config not shaped as Keras writes it",
+        "inconclusive")
 
     def ext_link(f):
         f["model_weights/leak"] = h5py.ExternalLink("/etc/passwd", "/data")

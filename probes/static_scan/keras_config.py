@@ -18,6 +18,7 @@ unmarshals and runs the stored bytecode (CVE-2024-3660). This module walks the J
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from probes.static_scan import finding
@@ -68,7 +69,43 @@ def scan_json_bytes(sc: Any, loc: Any, data: bytes, what: str) -> None:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         sc.fail(loc, f"{what} is not valid JSON: {str(exc)[:120]}")
         return
-    check(sc, loc, cfg, what)
+    check_model(sc, loc, cfg, what)
+
+
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
+
+
+def structure_problem(cfg: Any, depth: int = 0) -> str | None:
+    """Why a model config is not shaped as Keras writes it (so parts of it could hide from a walk), or None."""
+    if depth > 64:
+        return "models nested deeper than 64"
+    if not isinstance(cfg, dict):
+        return f"model config is a {type(cfg).__name__}, not an object"
+    if cfg.get("class_name") not in MODEL_CLASSES:
+        return None  # a layer or a subclassed model: its own config shape is its own
+    conf = cfg.get("config")
+    if not isinstance(conf, dict):
+        return f"{cfg['class_name']} config is a {type(conf).__name__}, not an object"
+    layers = conf.get("layers")
+    if not isinstance(layers, list):
+        return f"{cfg['class_name']} config has no layers list"
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            return f"layer {i} is a {type(layer).__name__}, not an object"
+        if "config" in layer and not isinstance(layer["config"], dict):
+            return f"layer {i} ({layer.get('class_name')!r}) config is a {type(layer['config']).__name__}"
+        inner = structure_problem(layer, depth + 1)
+        if inner:
+            return f"layer {i}: {inner}"
+    return None
+
+
+def check_model(sc: Any, loc: Any, cfg: Any, what: str) -> int:
+    """A whole model config: its structure (not as Keras writes it: inconclusive) and every object in it."""
+    problem = structure_problem(cfg)
+    if problem:
+        sc.fail(loc, f"{what}: {problem}")
+    return check(sc, loc, cfg, what)
 
 
 def check(sc: Any, loc: Any, cfg: Any, what: str) -> int:
@@ -167,6 +204,17 @@ def _report_lambda(sc: Any, loc: Any, obj: dict, path: str, what: str, label: st
         if isinstance(fn, dict):
             return  # a serialised function object: the generic walk checks its module/name
         fmod = conf.get("module") if isinstance(conf, dict) else None
+        if isinstance(fn, list) and fn and isinstance(fn[0], str):
+            fn = fn[0]
+        if isinstance(fn, str) and re.search(r"[^\w.]", fn.strip()):  # source text, not a function name
+            names = strings_in(fn.encode("utf-8", "replace"))
+            bad = [n for n in names if n in DANGEROUS_NAMES or (n.startswith("__") and n.endswith("__"))]
+            finding.add(sc, loc, "critical" if bad else "high", "keras-lambda",
+                        f"{label} {_layer_name(obj, path)!r} in {what} stores its function as source text"
+                        + (f" referring to {', '.join(bad[:10])}" if bad else "") + f": {fn[:160]!r}",
+                        where=path, node=obj, name=_layer_name(obj, path),
+                        module="Lambda" if label.startswith("Lambda") else "__lambda__", opcode="source")
+            return
         if isinstance(fn, str) and isinstance(fmod, str) and not in_keras_namespace(fmod):
             _report_import(sc, loc, fmod, fn, path, what, obj, via=f"{label} function")
             return

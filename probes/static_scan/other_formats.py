@@ -109,7 +109,7 @@ def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_fo
             return False
         if isinstance(cfg, dict) and isinstance(cfg.get("class_name"), str) and "config" in cfg:
             finding.set_format(sc, loc, "keras-config")
-            keras_config.check(sc, loc, cfg, "Keras config.json")
+            keras_config.check_model(sc, loc, cfg, "Keras config.json")
             return True
         return False
     if name == "chat_template.jinja" or name.lower().endswith(TEMPLATE_SUFFIXES):
