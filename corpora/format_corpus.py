@@ -363,6 +363,13 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
     get_file = {"module": "keras.utils", "class_name": "function", "config": "get_file", "registered_name": "get_file"}
     add(write("keras_v3_get_file.keras", _keras_zip(_v3_model([_dense("d2", get_file)]))), "malicious",
         "keras v3 safe_mode bypass (get_file gadget)", "malicious", "keras.utils.get_file")
+    import h5py
+
+    wbio = io.BytesIO()
+    with h5py.File(wbio, "w") as f:
+        f.create_group("layers/dense/vars")["0"] = h5py.ExternalLink("/etc/passwd", "/x")
+    add(write("keras_v3_weights_external_link.keras", _keras_zip(_v3_model([_dense()]), wbio.getvalue())),
+        "malicious", "keras v3 weights h5 with an external link", "malicious")
     tfsm = _v3("TFSMLayer", "tfsm", {"filepath": "/tmp/attacker_savedmodel", "call_endpoint": "serve"})
     add(write("keras_v3_tfsmlayer.keras", _keras_zip(_v3_model([tfsm]))), "malicious",
         "keras v3 TFSMLayer external SavedModel", "malicious")

@@ -47,6 +47,17 @@ class _BufFile:
         self.pos = stop
         return data
 
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
 
 def depth_of(loc: Any) -> int:
     """How many archive levels deep ``loc`` is (0: a file on disk)."""

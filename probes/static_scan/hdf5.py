@@ -47,13 +47,17 @@ def _text(v: Any) -> str | None:
 
 
 def scan(sc: Any, loc: Any, source: Any, size: int) -> None:
-    """Scan an HDF5 file given as a path or as bytes (an archive member)."""
+    """Scan an HDF5 file given as a path, as bytes, or as ``(buffer, start, end)`` (an archive member in place)."""
     import h5py
 
     finding.set_format(sc, loc, "hdf5")
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
             f = h5py.File(io.BytesIO(bytes(source)), "r")
+        elif isinstance(source, tuple):  # (buffer, start, end): an archive member read in place, not copied
+            from probes.static_scan.archives import _BufFile
+
+            f = h5py.File(_BufFile(*source), "r")
         else:
             f = h5py.File(str(source), "r", locking=False)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:

@@ -33,7 +33,7 @@ def scan_format(sc: Any, buf, start: int, end: int, loc: Any, fmt: str, path: Pa
     elif fmt == formats.HDF5:
         from probes.static_scan import hdf5
 
-        hdf5.scan(sc, loc, path if path is not None and loc.member is None else buf[start:end], end - start)
+        hdf5.scan(sc, loc, path if path is not None and loc.member is None else (buf, start, end), end - start)
     elif fmt == formats.ONNX:
         from probes.static_scan import onnx_model
 

@@ -181,3 +181,34 @@ def test_one_gigabyte_file_headers_scan_under_a_second(tmp_path, kind):
         os.unlink(p)
     assert dt < 1.0, dt
     assert r["verdict"] == "clean", r["summary"]
+
+
+def test_model_folders_are_identified_by_content(scanned):
+    """A SavedModel, a Keras folder and HF folders with ONNX/GGUF are model folders (never "no model files")."""
+    from workbench.subject_files import describe
+
+    dest, _ = scanned
+    for name in ("savedmodel_benign", "savedmodel_readwrite", "keras_folder_lambda", "hf_onnx_folder",
+                 "hf_template_benign", "onnx_external_inside"):
+        info = describe(dest / name)
+        assert info.files, name
+    fmts = {f["path"]: f["format"] for f in describe(dest / "savedmodel_benign").files}
+    assert fmts["saved_model.pb"] == "tf-savedmodel" and fmts["keras_metadata.pb"] == "keras-metadata"
+
+
+def test_cli_scan_of_a_savedmodel_folder_gives_a_verdict(scanned, tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    dest, _ = scanned
+    r = CliRunner().invoke(app, ["scan", str(dest / "savedmodel_readwrite"), "--probes", "static",
+                                 "--sarif", str(tmp_path / "out.sarif")])
+    assert r.exit_code == 0, r.output
+    assert "malicious" in r.output and "ReadFile" in r.output
+    import json
+
+    sarif = json.loads((tmp_path / "out.sarif").read_text())
+    res = [x for x in sarif["runs"][0]["results"] if x["ruleId"] == "tf-file-op"]
+    assert res and res[0]["locations"][0]["physicalLocation"]["region"]["byteOffset"] > 0
+    assert "node 'read'" in res[0]["locations"][0]["logicalLocations"][0]["fullyQualifiedName"]
