@@ -83,20 +83,18 @@ def scan_member(sc: Any, buf, a: int, b: int, loc: Any, name: str, container: st
 
 
 def _nested_zip(sc: Any, buf, a: int, b: int, loc: Any) -> bool:
-    """A zip inside an archive: a Keras archive is scanned as one (its config checked), others as plain zips."""
-    import io
+    """A zip inside an archive (a torch checkpoint in a .nemo, a .keras in a tar), read in place - never copied -
+    and classified by its names like a top-level zip, so torch and Keras rules apply inside wrappers too."""
     import zipfile
 
-    data = bytes(buf[a:b])
-    try:
-        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return False  # the pickle scanner reports the malformed zip
-    if not keras_config.is_keras_zip(names):
-        return False
-    from probes.static_scan.scanner import Loc
+    from probes.static_scan.scanner import Loc, _classify_names
 
-    sc.scan_zip(data, 0, len(data), Loc(loc.file, loc.member, 0), formats.KERAS, nested=True)
+    try:
+        names = zipfile.ZipFile(archives._BufFile(buf, a, b)).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return False  # the pickle scanner reports the malformed zip
+    fmt = _classify_names(names)
+    sc.scan_zip(buf, a, b, Loc(loc.file, loc.member, 0), fmt, nested=True)
     return True
 
 
