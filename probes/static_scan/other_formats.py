@@ -115,7 +115,7 @@ def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_fo
         return True
     is_json = name.lower().endswith(".json")
     is_yaml = name.lower().endswith((".yaml", ".yml"))
-    if (is_json or is_yaml) and _find(buf, start, end, b"template"):
+    if (is_json and _find(buf, start, end, b'template"')) or (is_yaml and _find(buf, start, end, b"template")):
         try:
             if is_json:
                 cfg = json.loads(_decode(buf, start, end))
