@@ -93,22 +93,28 @@ _ONNX_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 
 def detect_other(head: bytes, name: str) -> str | None:
     """Formats of other frameworks, from magic bytes (protobufs: their first fields, then the usual file name)."""
-    if head.startswith(b"GGUF"):
+    b0 = head[:1]
+    if b0 == b"G" and head.startswith(b"GGUF"):
         return GGUF
-    if head.startswith(_HDF5_MAGIC) or any(head[o:o + 8] == _HDF5_MAGIC for o in (512, 1024, 2048) if len(head) >= o + 8):
+    if (b0 == b"\x89" and head.startswith(_HDF5_MAGIC)) or (
+            len(head) >= 520 and _HDF5_MAGIC in (head[512:520], head[1024:1032], head[2048:2056])):
         return HDF5
-    if head.startswith(_SEVENZ_MAGIC):
+    if b0 == b"7" and head.startswith(_SEVENZ_MAGIC):
         return SEVENZ
-    if name == "keras_metadata.pb":
-        return KERAS_METADATA
-    if name == "saved_model.pb" or head[:3] in (b"\x08\x01\x12", b"\x08\x02\x12"):
-        return TF_SAVEDMODEL
-    if len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 30 and head[2] in _ONNX_TAGS:
-        return ONNX
-    if name.endswith(".onnx"):
-        return ONNX
-    if name.endswith(".pb") and head[:1] == b"\x0a":
-        return TF_GRAPHDEF
+    if b0 == b"\x08":
+        if head[:3] in (b"\x08\x01\x12", b"\x08\x02\x12"):
+            return TF_SAVEDMODEL
+        if len(head) >= 3 and 3 <= head[1] <= 30 and head[2] in _ONNX_TAGS:
+            return ONNX
+    if name.endswith(".pb") or name.endswith(".onnx"):
+        if name == "keras_metadata.pb":
+            return KERAS_METADATA
+        if name == "saved_model.pb":
+            return TF_SAVEDMODEL
+        if name.endswith(".onnx"):
+            return ONNX
+        if b0 == b"\x0a":
+            return TF_GRAPHDEF
     return None
 
 

@@ -153,13 +153,16 @@ def check_text(sc: Any, buf, start: int, end: int, loc: Any, name: str, *, in_fo
 _TF_VARIABLES = re.compile(r"^[\w.-]+\.(index|data-\d{5}-of-\d{5})$")
 
 
-def side_file(path: Path, head: bytes) -> str | None:
+def side_file(sc: Any, path: Path, head: bytes) -> str | None:
     """Raw data files of a model folder: TF checkpoint shards next to a SavedModel, ONNX external-data files."""
     name = path.name
     if _TF_VARIABLES.match(name) and (path.parent.name == "variables" or any(path.parent.glob("*.index"))):
         return "tf-variables"
+    cache = sc.__dict__.setdefault("_onnx_in_dir", {})  # one listing per folder, not per file
+    if path.parent not in cache:
+        cache[path.parent] = sorted(path.parent.glob("*.onnx"))[:16]
     needle = name.encode("utf-8")
-    for onnx_file in list(path.parent.glob("*.onnx"))[:16]:
+    for onnx_file in cache[path.parent]:
         try:
             with open(onnx_file, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 if mm.find(needle) >= 0:

@@ -189,7 +189,7 @@ class Scanner:
             if self._rec:
                 self._rec.format = inert
             return
-        side = other_formats.side_file(Path(loc.file), head) if in_folder and loc.member is None else None
+        side = other_formats.side_file(self, Path(loc.file), head) if in_folder and loc.member is None else None
         if side:  # raw tensor data another model file of the folder points at: no parser runs code on it
             if self._rec:
                 self._rec.format = side
