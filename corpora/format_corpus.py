@@ -243,7 +243,7 @@ def _gguf(path: Path, template: str | None, *, extra_kv: dict | None = None) -> 
 
 
 def _onnx_model(*, external: str | None = None, custom_domain: str | None = None, oversized: bool = False,
-                subgraph_external: str | None = None):
+                subgraph_external: str | None = None, custom_op: str = "RunShell"):
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -260,7 +260,7 @@ def _onnx_model(*, external: str | None = None, custom_domain: str | None = None
     inits = [w]
     opsets = [helper.make_opsetid("", 17)]
     if custom_domain:
-        nodes.append(helper.make_node("RunShell", ["Y"], ["Z"], name="custom", domain=custom_domain))
+        nodes.append(helper.make_node(custom_op, ["Y"], ["Z"], name="custom", domain=custom_domain))
         opsets.append(helper.make_opsetid(custom_domain, 1))
     if oversized:
         big = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 20, 1 << 10])
@@ -531,6 +531,10 @@ def build_format_corpus(dest: Path) -> list[CorpusEntry]:  # noqa: C901 - one bl
     d.mkdir(exist_ok=True)
     onnx.save(_onnx_model(custom_domain="com.attacker.ops")[1], str(d / "model.onnx"))
     add(d / "model.onnx", "malicious", "onnx custom operator domain (review)", "suspicious")
+    d = dest / "onnx_python_op"
+    d.mkdir(exist_ok=True)
+    onnx.save(_onnx_model(custom_domain="ai.onnx.contrib", custom_op="PyOp")[1], str(d / "model.onnx"))
+    add(d / "model.onnx", "malicious", "onnx Python custom op (PyOp)", "malicious")
     d = dest / "onnx_oversized"
     d.mkdir(exist_ok=True)
     onnx.save(_onnx_model(oversized=True)[1], str(d / "model.onnx"))

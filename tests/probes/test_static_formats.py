@@ -67,7 +67,7 @@ def test_families_are_covered(scanned):
                    "chat template injection", "chat_template.jinja", "nemo tar with pickle", "Hydra",
                    "tar.gz", "zip wrapping a tar", "nested 5 deep", "symlink", "7z", "base64 source text",
                    "module builtins", "fn_module", "shell script member", "LoadLibrary", "Const string payload",
-                   "no schema version", "custom_chat_template", "standalone .j2", "YAML config chat template", "polyglot", "plain source text", "not shaped as Keras"):
+                   "no schema version", "custom_chat_template", "standalone .j2", "YAML config chat template", "polyglot", "plain source text", "not shaped as Keras", "PyOp"):
         assert needle in fams, needle
 
 
