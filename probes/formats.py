@@ -24,6 +24,15 @@ JOBLIB_COMPRESSED = "joblib-compressed"  # zlib/gzip/bz2/xz/lz4 stream holding a
 NUMPY = "npy"
 NPZ = "npz"
 ZIP = "zip"  # some other zip
+KERAS = "keras"  # Keras v3 .keras zip: config.json + metadata.json + weights
+HDF5 = "hdf5"  # HDF5 (legacy Keras .h5, h5-based .keras, Keras v3 weights)
+ONNX = "onnx"
+GGUF = "gguf"
+TF_SAVEDMODEL = "tf-savedmodel"  # saved_model.pb
+TF_GRAPHDEF = "tf-graphdef"  # frozen GraphDef .pb
+KERAS_METADATA = "keras-metadata"  # keras_metadata.pb of a Keras SavedModel
+TAR = "tar"  # a tar that is not torch's (NeMo .nemo, wrappers)
+SEVENZ = "7z"
 HF_FOLDER = "hf-folder"
 FOLDER = "folder"
 EMPTY = "empty"
@@ -31,6 +40,8 @@ UNKNOWN = "unknown"
 
 PICKLE_FORMATS = {PICKLE, TORCH_ZIP, TORCHSCRIPT, TORCH_LEGACY, TORCH_TAR, JOBLIB_COMPRESSED, NUMPY, NPZ}
 WEIGHT_FORMATS = {SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, TORCH_LEGACY, TORCH_TAR, PICKLE, JOBLIB_COMPRESSED}
+# model files of other frameworks: the static scan reads them; a folder holding one is a model folder
+OTHER_MODEL_FORMATS = {KERAS, HDF5, ONNX, GGUF, TF_SAVEDMODEL, TF_GRAPHDEF, KERAS_METADATA, TAR, SEVENZ}
 
 _NPY_MAGIC = b"\x93NUMPY"
 _COMPRESSED_MAGICS = {
@@ -70,7 +81,41 @@ def _classify_zip(path: Path) -> str:
         return TORCHSCRIPT
     if any(n.endswith("data.pkl") for n in names):
         return TORCH_ZIP
+    if "config.json" in names and {"metadata.json", "model.weights.h5", "model.weights.npz"} & set(names):
+        return KERAS
     return ZIP
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_SEVENZ_MAGIC = b"7z\xbc\xaf\x27\x1c"
+_ONNX_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
+
+
+def detect_other(head: bytes, name: str) -> str | None:
+    """Formats of other frameworks, from magic bytes (protobufs: their first fields, then the usual file name)."""
+    b0 = head[:1]
+    if b0 == b"G" and head.startswith(b"GGUF"):
+        return GGUF
+    if (b0 == b"\x89" and head.startswith(_HDF5_MAGIC)) or (
+            len(head) >= 520 and _HDF5_MAGIC in (head[512:520], head[1024:1032], head[2048:2056])):
+        return HDF5
+    if b0 == b"7" and head.startswith(_SEVENZ_MAGIC):
+        return SEVENZ
+    if b0 == b"\x08":
+        if head[:3] in (b"\x08\x01\x12", b"\x08\x02\x12"):
+            return TF_SAVEDMODEL
+        if len(head) >= 3 and 3 <= head[1] <= 30 and head[2] in _ONNX_TAGS:
+            return ONNX
+    if name.endswith(".pb") or name.endswith(".onnx"):
+        if name == "keras_metadata.pb":
+            return KERAS_METADATA
+        if name == "saved_model.pb":
+            return TF_SAVEDMODEL
+        if name.endswith(".onnx"):
+            return ONNX
+        if b0 == b"\x0a":
+            return TF_GRAPHDEF
+    return None
 
 
 def detect_file(path: str | Path) -> str:
@@ -85,6 +130,9 @@ def detect_file(path: str | Path) -> str:
         return NUMPY
     if _looks_like_safetensors(p, head):
         return SAFETENSORS
+    other = detect_other(head, p.name)
+    if other:
+        return other
     if len(head) >= 262 and head[257:262] == b"ustar":
         try:
             with tarfile.open(p) as tf:
@@ -93,7 +141,7 @@ def detect_file(path: str | Path) -> str:
                 return TORCH_TAR
         except (tarfile.TarError, OSError):
             pass
-        return UNKNOWN
+        return TAR
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         # A torch legacy file starts with a pickled magic number (a LONG1 int).
         if head[2:3] == b"\x8a" and head[3:4] == b"\x0a" and head[4:14] == (0x1950A86A20F9469CFC6C).to_bytes(10, "little"):

@@ -12,7 +12,7 @@ from probes import formats
 from probes.errors import ProbeError
 
 _MODEL_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz",
-                   ".h5", ".onnx", ".msgpack", ".gguf", ".sav", ".model"}
+                   ".h5", ".hdf5", ".keras", ".onnx", ".msgpack", ".gguf", ".sav", ".model", ".pb", ".nemo", ".tflite"}
 _MAX_FILES = 10_000
 
 
@@ -78,10 +78,11 @@ def describe(path: str | Path) -> SubjectInfo:
         raise ProbeError(f"cannot read {exc.filename or p}: permission denied") from None
     except OSError as exc:
         raise ProbeError(f"cannot read {p}: {exc.strerror or exc}") from None
-    model_files = [f for f in files if f["format"] in formats.WEIGHT_FORMATS
+    model_files = [f for f in files if f["format"] in formats.WEIGHT_FORMATS | formats.OTHER_MODEL_FORMATS
                    or Path(f["path"]).suffix.lower() in _MODEL_SUFFIXES]
     if not model_files:
-        raise ProbeError(f"no model files in folder {p} (looked for safetensors, pickle/torch checkpoints, joblib, numpy)")
+        raise ProbeError(f"no model files in folder {p} (looked for safetensors, pickle/torch checkpoints, joblib, "
+                         "numpy, Keras, HDF5, SavedModel, ONNX, GGUF, NeMo/tar)")
     manifest = "\n".join(f"{f['path']} {f['sha256']}" for f in files)
     return SubjectInfo(str(p), p.name, hashlib.sha256(manifest.encode()).hexdigest(),
                        sum(f["size"] for f in files), formats.detect(p), formats.guess_kind(p), files)

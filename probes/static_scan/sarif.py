@@ -45,6 +45,27 @@ RULES = {
     "remote-code": "Model folder ships or references custom code",
     "symlink-outside": "Symlink pointing outside the model folder",
     "inconclusive": "Content could not be parsed; the scan is inconclusive for it",
+    "keras-lambda": "Keras Lambda layer / __lambda__ function with marshalled Python bytecode",
+    "keras-import": "Keras config names a module outside Keras' own namespaces",
+    "keras-safe-mode-bypass": "Keras config calls a Keras function that defeats safe_mode or touches files",
+    "keras-external-model": "Keras layer that loads an external SavedModel/file (TFSMLayer)",
+    "hdf5-external-link": "HDF5 external link to another file",
+    "hdf5-virtual-dataset": "HDF5 virtual dataset whose source is another file",
+    "hdf5-external-storage": "HDF5 dataset whose raw data lives in an external file",
+    "tf-python-op": "TensorFlow graph op that runs Python (PyFunc, EagerPyFunc)",
+    "tf-native-op": "TensorFlow graph op that loads a native library (LoadLibrary)",
+    "tf-string-payload": "TensorFlow graph string attribute that looks like a shell/Python payload",
+    "archive-executable": "Script or native executable inside a model archive",
+    "tf-file-op": "TensorFlow graph op that reads or writes files or reaches the network",
+    "tf-path-outside": "TensorFlow save/restore or asset path outside the model folder",
+    "onnx-external-data": "ONNX external data outside the model folder",
+    "onnx-custom-op": "ONNX operator from a custom domain (needs a native custom-op library)",
+    "onnx-tensor-size": "ONNX tensor size implausible or inconsistent with its data",
+    "gguf-structure": "GGUF header/tensor table inconsistency",
+    "chat-template-injection": "Jinja chat template with sandbox-escape constructs",
+    "hydra-target": "Hydra/NeMo _target_ that instantiation imports and calls",
+    "archive-depth": "Archive nested deeper than the scan follows",
+    "archive-members": "Archive with more members than the scan reads",
 }
 
 
@@ -97,10 +118,13 @@ def to_sarif(results: list[dict]) -> dict[str, Any]:
             loc: dict[str, Any] = {"artifactLocation": {"uri": artifacts[idx]["location"]["uri"], "index": idx}}
             if f.get("offset") is not None:
                 loc["region"] = {"byteOffset": int(f["offset"]), "byteLength": 1}
+            where: dict[str, Any] = {"physicalLocation": loc}
+            if f.get("where"):  # a path inside the format: JSON pointer, graph node, template line
+                where["logicalLocations"] = [{"fullyQualifiedName": str(f["where"]), "kind": "element"}]
             r = {
                 "ruleId": rid, "ruleIndex": rule(rid), "level": LEVELS.get(sev, "warning"),
                 "message": {"text": text},
-                "locations": [{"physicalLocation": loc}],
+                "locations": [where],
                 "partialFingerprints": {"findingKey/v1": f"{f.get('member') or ''}|{f.get('offset')}|{rid}|{what}"},
                 "properties": {"severity": sev, "security-severity": SECURITY_SEVERITY.get(sev, "5.0"),
                                "opcode": f.get("opcode"), "module": f.get("module"), "name": f.get("name"),

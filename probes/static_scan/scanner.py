@@ -26,7 +26,7 @@ from typing import Any
 from probes import formats
 from probes.errors import ProbeError
 from probes.progress import check_cancel
-from probes.static_scan import policy
+from probes.static_scan import archives, other_formats, policy
 from probes.static_scan.pickle_sim import PickleParseError, PickleSim, SGlobal, SList, looks_like_pickle
 from vocabulary import Severity
 
@@ -171,6 +171,8 @@ class Scanner:
             self.scan_torch_tar(path, buf, loc)
         elif fmt == formats.PICKLE:
             self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
+        elif fmt in formats.OTHER_MODEL_FORMATS:
+            other_formats.scan_format(self, buf, start, end, loc, fmt, path)
         else:  # UNKNOWN, or a tar that is not torch's
             self.scan_unknown(buf, start, end, loc, in_folder=in_folder, path=path)
 
@@ -187,6 +189,12 @@ class Scanner:
             if self._rec:
                 self._rec.format = inert
             return
+        side = other_formats.side_file(self, Path(loc.file), head) if in_folder and loc.member is None else None
+        if side:  # raw tensor data another model file of the folder points at: no parser runs code on it
+            if self._rec:
+                self._rec.format = side
+            self.hunt(buf, start, end, loc, f"{side} file")
+            return
         if _is_text(head):
             if self._rec:
                 self._rec.format = "text"
@@ -196,8 +204,9 @@ class Scanner:
                          "Python source in a model folder: loading with trust_remote_code would run it")
             if in_folder and name == "config.json":
                 self._check_hf_config(buf, start, end, loc)
+            known = other_formats.check_text(self, buf, start, end, loc, name, in_folder=in_folder)
             hidden = self.hunt(buf, start, end, loc, "text file")
-            if not hidden and not in_folder:
+            if not hidden and not in_folder and not known:
                 self.fail(loc, "text file, not a model format")
             return
         self.fail(loc, "unknown binary format (not pickle, zip, safetensors, numpy, joblib or torch)")
@@ -319,8 +328,9 @@ class Scanner:
         if in_folder and loc.file.endswith(".py"):
             self.add(loc, None, None, None, None, "medium", "remote-code",
                      "Python source in a model folder: loading with trust_remote_code would run it")
+        known = other_formats.check_text(self, buf, start, end, loc, Path(loc.file).name, in_folder=in_folder)
         hidden = self.hunt(buf, start, end, loc, "text file")
-        if not hidden and not in_folder:
+        if not hidden and not in_folder and not known:
             self.fail(loc, "text file, not a model format")
 
     def _trailing(self, buf, pos: int, end: int, loc: Loc, where: str) -> None:
@@ -454,6 +464,8 @@ class Scanner:
     def _scan_member(self, buf, a: int, b: int, loc: Loc, kind: str | None, name: str, fmt: str) -> None:
         if kind == "data":
             return  # raw tensor bytes, read by torch as storage; never unpickled
+        if kind is None and b > a and other_formats.scan_member(self, buf, a, b, loc, name, fmt):
+            return
         if kind == "meta" or (kind == "code" and not name.endswith(".pkl")):
             head = bytes(buf[a:min(b, a + 4096)])
             if looks_like_pickle(buf, a, b) and not _is_text(head):
@@ -724,6 +736,8 @@ class Scanner:
             return self.scan_npy(data, 0, len(data), mloc)
         if data[:4] == b"PK\x03\x04":
             return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
+        if archives.is_tar(data[:512]):
+            return archives.scan_tar(self, mloc, data, 0, len(data))
         sims, pos, err = self.scan_pickle_stream(data, 0, len(data), mloc)
         if not sims:
             if looks_like_pickle(data, 0, len(data)) or not data:
@@ -748,6 +762,8 @@ def _classify_names(names: list[str]) -> str:
         return formats.TORCHSCRIPT
     if any(n.endswith("data.pkl") for n in names):
         return formats.TORCH_ZIP
+    if "config.json" in names and {"metadata.json", "model.weights.h5", "model.weights.npz"} & set(names):
+        return formats.KERAS
     return formats.ZIP
 
 

@@ -47,3 +47,8 @@ def test_notes(snap_compare, syn, key):
 
 def test_probe_picker(snap_compare, syn):
     assert snap_compare(make(syn, subject_id=syn["img"]), press=["r"], terminal_size=SIZE)
+
+
+def test_static_findings(snap_compare, syn):
+    """A subject whose static scan has findings: the Scores pane lists them one per row."""
+    assert snap_compare(make(syn, subject_id=syn["pkl"]), terminal_size=SIZE)

@@ -1,8 +1,10 @@
-"""Scores: the layered risk (trust score and band), every probe's verdict and score, the evidence line."""
+"""Scores: the layered risk (trust score and band), every probe's verdict and score, the evidence line, and the
+static scan's findings one per row (Enter shows the opcodes or config/graph node around a finding)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -21,6 +23,9 @@ class ScoresPane(Pane, Vertical):
         yield Static(id="scores-head")
         yield DataTable(id="scores-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="scores-evidence")
+        findings: DataTable = DataTable(id="scores-findings", cursor_type="row", zebra_stripes=True)
+        findings.display = False  # shown only for a subject whose static scan has findings
+        yield findings
         yield Static(id="scores-detail")
 
     def on_mount(self) -> None:
@@ -106,6 +111,7 @@ class ScoresPane(Pane, Vertical):
         self._fill(["subject", "kind", "verdict", "risk", "runs", "evidence"], rows, flexible=5, cap={0: 0.35})
         desc = case.get("description") or ""
         self.query_one("#scores-evidence", Static).update(Text(desc, style="grey70"))
+        self._show_findings(None)
         self.query_one("#scores-detail", Static).update(
             Text(f"{len(subjects)} subject(s), {len(runs)} run(s). Enter on a subject in the tree opens it.",
                  style="grey50"))
@@ -130,6 +136,10 @@ class ScoresPane(Pane, Vertical):
         ev = Text("Evidence: ", style="bold")
         ev.append(v["evidence"])
         self.query_one("#scores-evidence", Static).update(ev)
+        static = store.get_run(run_id) if run_id is not None else None
+        if static is None or static.get("probe") != "static":
+            static = latest_by_probe(runs).get("static")
+        self._show_findings(static)
         detail = Text()
         if run_id is not None:
             r = store.get_run(run_id)
@@ -143,6 +153,49 @@ class ScoresPane(Pane, Vertical):
         else:
             detail.append(f"path {s['path']}", style="grey50")
         self.query_one("#scores-detail", Static).update(detail)
+
+
+    FINDING_HEADERS = ["severity", "file", "member", "offset", "opcode", "target", "why"]
+
+    def _show_findings(self, run: dict[str, Any] | None) -> None:
+        """The static run's findings, one per row (file, member, offset, opcode, target, severity, why)."""
+        t = self.query_one("#scores-findings", DataTable)
+        result = (run or {}).get("result") or {}
+        self._findings: list[dict[str, Any]] = list(result.get("findings") or [])[:2000]
+        t.display = bool(self._findings)
+        if not self._findings:
+            return
+        t.clear(columns=True)
+        total = self._width()
+        rows = [[Text(str(f.get("severity") or "?"), style=_SEV_STYLE.get(str(f.get("severity")), "")),
+                 Path(str(f.get("file") or "")).name, str(f.get("member") or ""),
+                 "" if f.get("offset") is None else str(f["offset"]), str(f.get("opcode") or ""),
+                 ".".join(x for x in (f.get("module"), f.get("name")) if x) or str(f.get("where") or ""),
+                 str(f.get("explanation") or f.get("rule") or "")] for f in self._findings]
+        wanted = [max([len(h)] + [_cell_width(r[i]) for r in rows]) for i, h in enumerate(self.FINDING_HEADERS)]
+        for i, share in ((1, 0.15), (2, 0.15), (5, 0.2)):
+            wanted[i] = min(wanted[i], max(len(self.FINDING_HEADERS[i]), int(total * share)))
+        widths = column_widths(total, wanted, 6)
+        for h, w in zip(self.FINDING_HEADERS, widths):
+            t.add_column(h, width=w)
+        for i, cells in enumerate(rows):
+            t.add_row(*(_trim_cell(c, w) for c, w in zip(cells, widths)), key=f"f{i}")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id != "scores-findings":
+            return
+        event.stop()
+        key = str(event.row_key.value or "")
+        findings = getattr(self, "_findings", [])
+        if not key.startswith("f") or int(key[1:]) >= len(findings):
+            return
+        from probes.static_scan.disasm import finding_context
+        from workbench.ui.screens.finding import FindingScreen
+
+        self.app.push_screen(FindingScreen(finding_context(findings[int(key[1:])])))
+
+
+_SEV_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "grey62"}
 
 
 def _cell_width(value: Any) -> int:
