@@ -139,7 +139,9 @@ def generate(dest: str | Path, n_files: int = 1000, *, seed: int = 0, payload_ev
     for i in range(n_single):
         vendor = root / "drop" / f"vendor-{i % 7}" / f"batch-{i // 500:03d}"
         if i and i % dup_every == 0 and written:
-            src = written[int(rng.integers(len(written)))]
+            bad_written = [w for w in written[-payload_every:] if reg.subjects[str(w.resolve())] == "malicious"]
+            # every third copy is of a booby-trapped file, so duplicates of both kinds always exist
+            src = bad_written[-1] if bad_written and reg.duplicates % 3 == 0 else written[int(rng.integers(len(written)))]
             p = root / "drop" / "copies" / f"copy-{i:06d}{src.suffix}"
             _write(p, src.read_bytes())
             reg.subjects[str(p.resolve())] = reg.subjects[str(src.resolve())]

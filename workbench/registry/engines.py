@@ -164,6 +164,11 @@ class LocalEngine:
     def describe(self) -> dict[str, Any]:
         return {"engine": "local", "workers": self.workers, "start_method": self._ctx.get_start_method()}
 
+    def worker_pids(self) -> list[int]:
+        """The pids of the live worker processes (pool and retry pool), for diagnostics and tests."""
+        pools = [p for p in (self._pool, self._solo) if p is not None]
+        return [pid for p in pools for pid in list(getattr(p, "_processes", None) or {})]
+
 
 def _ray_env() -> None:
     """Before ``import ray``: no usage reporting; a cluster started here binds loopback only."""
@@ -256,6 +261,47 @@ class RayEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "ray", "workers": self.workers, "address": self.address or "local (started for the job)"}
+
+
+class LazyEngine:
+    """An engine started only when the first task is submitted (a fully resumed job never starts Ray)."""
+
+    def __init__(self, factory: Any, workers: int, name: str) -> None:
+        self._factory, self.workers, self.name = factory, workers, name
+        self._engine: Engine | None = None
+
+    @property
+    def started(self) -> Engine | None:
+        return self._engine
+
+    def _get(self) -> Engine:
+        if self._engine is None:
+            eng: Engine = self._factory()
+            self._engine, self.workers = eng, eng.workers
+            return eng
+        return self._engine
+
+    @property
+    def capacity(self) -> int:
+        return self._engine.capacity if self._engine else self.workers * 2
+
+    @property
+    def in_flight(self) -> int:
+        return self._engine.in_flight if self._engine else 0
+
+    def submit(self, task: Task) -> None:
+        self._get().submit(task)
+
+    def poll(self, timeout: float) -> list[Done]:
+        return self._engine.poll(timeout) if self._engine else []
+
+    def close(self, *, cancel: bool = False) -> None:
+        if self._engine is not None:
+            self._engine.close(cancel=cancel)
+
+    def describe(self) -> dict[str, Any]:
+        return self._engine.describe() if self._engine else {"engine": self.name, "workers": self.workers,
+                                                              "started": False}
 
 
 def make_engine(name: str, workers: int, *, address: str | None = None, memory_mb: int | None = 4096) -> Engine:

@@ -23,7 +23,7 @@ from probes import registry
 from probes.errors import ProbeError
 from probes.params import split_for_probes
 from workbench.registry.discover import FileChanged, Hasher, Problem, Subject, discover, hash_subject
-from workbench.registry.engines import Engine, make_engine
+from workbench.registry.engines import Engine, LazyEngine, make_engine
 from workbench.registry.task import Task
 from workbench.registry.writer import JobWriter, Summary
 
@@ -157,9 +157,9 @@ def run_job(root: str | Path, options: JobOptions, *, store: Any, case_id: int, 
     counter = _Counter(root_p) if options.count_first and progress else None
     if counter:
         counter.start()
-    eng = engine or make_engine(options.engine, options.workers, address=options.address, memory_mb=options.memory_mb)
+    eng = engine or LazyEngine(lambda: make_engine(options.engine, options.workers, address=options.address,
+                                                   memory_mb=options.memory_mb), options.workers, options.engine)
     summary = writer.summary
-    summary.engine = eng.describe()
     hasher = Hasher()
     waiting: dict[str, list[Subject]] = {}  # sha256 in flight -> the subjects with those bytes (first one scanned)
     source: Iterator[Subject | Problem] = iter(discover(root_p))
@@ -237,6 +237,7 @@ def run_job(root: str | Path, options: JobOptions, *, store: Any, case_id: int, 
             tick()
     finally:
         summary.cancelled = cancel.is_set()
+        summary.engine = eng.describe()
         if counter:
             counter.stop.set()
         try:
