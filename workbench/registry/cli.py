@@ -95,6 +95,8 @@ def run_registry_scan(root: Path, *, case: int | None, engine: str, address: str
     build_plan(options)  # every parameter checked before the case file is touched
     if engine not in ("local", "ray"):
         raise ProbeError(f"unknown engine {engine!r} (local or ray)")
+    if address and engine != "ray":
+        raise ProbeError("--address is for --engine ray")
     cancel = threading.Event()
 
     def on_sigint(signum: int, frame: Any) -> None:
