@@ -394,28 +394,32 @@ class CaseStore:
             "select * from baseline_members where baseline_id = ? order by id", [rows[0]["id"]])]
 
     # -- registry jobs ---------------------------------------------------------------------
+    def registry_has_plan(self, case_id: int, plan: str) -> bool:
+        """Whether any registry job of this case ran under ``plan`` (a fresh job skips the per-subject lookups)."""
+        return self.db.conn.execute("select 1 from registry_items where case_id = ? and plan = ? limit 1",
+                                    [case_id, plan]).fetchone() is not None
+
     def registry_item(self, case_id: int, path: str, sha256: str, plan: str) -> dict[str, Any] | None:
         """The finished item of a registry job for the subject at ``path`` with these bytes under ``plan``."""
-        rows = list(self.db.query(
-            "select i.*, s.id as subject_id, s.name as name from registry_items i join subjects s on s.id = i.subject_id "
-            "where i.case_id = ? and s.path = ? and i.sha256 = ? and i.plan = ? limit 1", [case_id, path, sha256, plan]))
-        return rows[0] if rows else None
+        cur = self.db.conn.execute(
+            "select i.subject_id, i.verdict, i.risk, i.status, i.error from registry_items i "
+            "join subjects s on s.id = i.subject_id where i.case_id = ? and s.path = ? and i.sha256 = ? and i.plan = ? "
+            "limit 1", [case_id, path, sha256, plan])
+        row = cur.fetchone()
+        return dict(zip(("subject_id", "verdict", "risk", "status", "error"), row)) if row else None
 
     def registry_content(self, case_id: int, sha256: str, plan: str) -> dict[str, Any] | None:
-        """The stored report of content ``sha256`` scanned under ``plan`` in this case (the dedup memo)."""
-        rows = list(self.db.query("select report from registry_content where case_id = ? and sha256 = ? and plan = ?",
-                                  [case_id, sha256, plan]))
-        return json.loads(rows[0]["report"]) if rows else None
-
-    def registry_runs(self, subject_id: int) -> list[dict[str, Any]]:
-        return self.list_runs(subject_id=subject_id)
+        """Where content ``sha256`` was scanned under ``plan`` in this case (``subject_id``, ``path``): the dedup memo."""
+        row = self.db.conn.execute("select report from registry_content where case_id = ? and sha256 = ? and plan = ?",
+                                   [case_id, sha256, plan]).fetchone()
+        return json.loads(row[0]) if row else None
 
     def record_registry_batch(self, case_id: int, items: list[dict[str, Any]]) -> list[int]:
         """Write finished registry subjects in ONE transaction (all or nothing, also under ``kill -9``).
 
         Each item: ``subject`` (path, name, sha256, size, format, kind, files), ``plan``, ``runs`` (probe,
         status, params, result, error, duration_s, findings), ``verdict``, ``risk``, ``status``, ``error`` and
-        ``report`` (the content report, stored once per sha256 and plan). An existing subject row with the same
+        ``content`` (true when these bytes were scanned for this subject: the per-sha256 memo points at it). An existing subject row with the same
         path and sha256 is reused. Audit rows: ``subject.added`` for a new subject and ``run.<status>`` per run.
         Returns the subject ids.
         """
@@ -460,11 +464,12 @@ class CaseStore:
                          r["status"], ts, ts, r.get("duration_s"), res.get("verdict"), res.get("score"),
                          res.get("summary"), json.dumps(res, sort_keys=True) if res else None, r.get("error"),
                          os.getpid(), socket.gethostname()]).lastrowid
-                    conn.executemany(
-                        "insert into findings (case_id, subject_id, run_id, probe, severity, title, detail, atlas, created) "
-                        "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(case_id, sid, rid, r["probe"], f.get("severity"), f.get("title"), f.get("detail"),
-                          f.get("atlas"), ts) for f in r.get("findings") or []])
+                    if r.get("findings"):
+                        conn.executemany(
+                            "insert into findings (case_id, subject_id, run_id, probe, severity, title, detail, atlas, created) "
+                            "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(case_id, sid, rid, r["probe"], f.get("severity"), f.get("title"), f.get("detail"),
+                              f.get("atlas"), ts) for f in r["findings"]])
                     audit(f"run.{r['status']}", {"run_id": rid, "subject_id": sid, "probe": r["probe"],
                                                  "verdict": res.get("verdict"), "score": res.get("score"),
                                                  "error": r.get("error"), "artifacts": {}})
@@ -472,10 +477,11 @@ class CaseStore:
                              "status, error, created) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [case_id, sid, s["sha256"], it["plan"], it.get("verdict"), it.get("risk"), it["status"],
                               it.get("error"), now()])
-                if it.get("report") is not None:
+                if it.get("content"):  # these bytes were scanned for this subject: the memo points at its runs
                     conn.execute("insert or ignore into registry_content (case_id, sha256, plan, report, created) "
                                  "values (?, ?, ?, ?, ?)",
-                                 [case_id, s["sha256"], it["plan"], json.dumps(it["report"], sort_keys=True), now()])
+                                 [case_id, s["sha256"], it["plan"], json.dumps({"subject_id": sid, "path": s["path"]}),
+                                  now()])
             conn.executemany("insert into audit (case_id, seq, ts, actor, action, detail, prev_hash, hash) "
                              "values (?, ?, ?, ?, ?, ?, ?, ?)", audit_rows)
             conn.execute("update cases set audit_head = ?, audit_count = ?, updated = ? where id = ?",

@@ -1,7 +1,8 @@
 """Where registry tasks run: a local process pool (the default) or a Ray cluster.
 
-Both engines take :class:`~workbench.registry.task.Task` objects and hand back
-``(task, outcome)`` pairs as they finish; the driver never waits for the whole job.
+Both engines take chunks of :class:`~workbench.registry.task.Task` objects (one round
+trip for many small subjects) and hand back ``(task, outcome)`` pairs as chunks
+finish; the driver never waits for the whole job.
 A worker that dies has its task retried once; a second death records the task as
 failed with the reason. The local engine runs retries alone in a fresh one-worker
 pool, so a task that kills its worker cannot take an innocent neighbour down twice.
@@ -18,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from workbench.registry.task import Task, run_task, worker_init
+from workbench.registry.task import Task, run_task, run_tasks, worker_init
 
 Done = tuple[Task, dict[str, Any]]
 _DIED = "the worker process died while scanning it (killed, crashed or out of memory)"
@@ -39,7 +40,7 @@ class Engine(Protocol):
     @property
     def in_flight(self) -> int: ...
 
-    def submit(self, task: Task) -> None: ...
+    def submit(self, tasks: list[Task]) -> None: ...
 
     def poll(self, timeout: float) -> list[Done]: ...
 
@@ -60,7 +61,7 @@ class LocalEngine:
         methods = multiprocessing.get_all_start_methods()
         self._ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         self._pool = self._new_pool(self.workers)
-        self._futures: dict[Future[dict[str, Any]], tuple[Task, float]] = {}
+        self._futures: dict[Future[list[dict[str, Any]]], tuple[list[Task], float]] = {}
         self._retry: deque[Task] = deque()
         self._solo: ProcessPoolExecutor | None = None
         self._solo_job: tuple[Future[dict[str, Any]], Task, float] | None = None
@@ -77,30 +78,32 @@ class LocalEngine:
     def in_flight(self) -> int:
         return len(self._futures) + len(self._retry) + (1 if self._solo_job else 0)
 
-    def submit(self, task: Task) -> None:
+    def submit(self, tasks: list[Task]) -> None:
         try:
-            fut = self._pool.submit(run_task, task)
+            fut = self._pool.submit(run_tasks, tasks)
         except BrokenProcessPool:
             self._recover()
-            fut = self._pool.submit(run_task, task)
-        self._futures[fut] = (task, time.monotonic())
+            fut = self._pool.submit(run_tasks, tasks)
+        self._futures[fut] = (tasks, time.monotonic())
 
     def _recover(self) -> None:
         """The pool broke (a worker died): every task in it gets its one retry, run alone."""
-        for fut, (task, _t) in list(self._futures.items()):
+        for fut, (tasks, _t) in list(self._futures.items()):
             if fut.done() and not isinstance(fut.exception(), BrokenProcessPool):
                 continue  # finished before the break; poll hands it back
             self._futures.pop(fut)
-            task.attempt += 1
-            self._retry.append(task)
+            for task in tasks:
+                task.attempt += 1
+                self._retry.append(task)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._new_pool(self.workers)
 
     def _overdue(self) -> None:
         """A task stuck in C code past twice its limit (the in-worker alarm could not fire): break the pool."""
         now = time.monotonic()
-        for fut, (task, t) in self._futures.items():
-            if not fut.done() and now - t > 2 * task.time_limit_s * (1 + self.capacity) + 30:
+        for fut, (tasks, t) in self._futures.items():
+            budget = sum(2 * task.time_limit_s for task in tasks) * (1 + self.capacity) + 30
+            if not fut.done() and now - t > budget:
                 for proc in list(getattr(self._pool, "_processes", {}).values()):  # no public way to kill one worker
                     proc.kill()
                 return
@@ -144,9 +147,12 @@ class LocalEngine:
                 if isinstance(fut.exception(), BrokenProcessPool):
                     broken = True
                     continue
-                task, _t = self._futures.pop(fut)
+                tasks, _t = self._futures.pop(fut)
                 exc = fut.exception()
-                out.append((task, fut.result() if exc is None else _failed(task, f"worker error: {exc}")))
+                if exc is None:
+                    out.extend(zip(tasks, fut.result()))
+                else:
+                    out.extend((task, _failed(task, f"worker error: {exc}")) for task in tasks)
             if broken:
                 self._recover()
             else:
@@ -209,8 +215,9 @@ class RayEngine:
             self._started = True
         if address:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", self.workers)))
-        self._remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(run_task)
-        self._refs: dict[Any, tuple[Task, float]] = {}
+        self._remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(run_tasks)
+        self._solo = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(run_tasks)
+        self._refs: dict[Any, tuple[list[Task], float]] = {}
 
     @property
     def capacity(self) -> int:
@@ -220,8 +227,8 @@ class RayEngine:
     def in_flight(self) -> int:
         return len(self._refs)
 
-    def submit(self, task: Task) -> None:
-        self._refs[self._remote.remote(task)] = (task, time.monotonic())
+    def submit(self, tasks: list[Task]) -> None:
+        self._refs[self._remote.remote(tasks)] = (tasks, time.monotonic())
 
     def poll(self, timeout: float) -> list[Done]:
         ray = self.ray
@@ -231,19 +238,26 @@ class RayEngine:
         ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout, fetch_local=True)
         out: list[Done] = []
         for ref in ready:
-            task, _t = self._refs.pop(ref)
+            tasks, _t = self._refs.pop(ref)
             try:
-                out.append((task, ray.get(ref)))
+                out.extend(zip(tasks, ray.get(ref)))
+                continue
             except ray.exceptions.TaskCancelledError:
-                out.append((task, _failed(task, f"time limit of {task.time_limit_s:g}s reached (cancelled)")))
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError) as exc:
-                task.attempt = 2
-                out.append((task, _failed(task, f"{_DIED}; retried once, died again ({type(exc).__name__})")))
+                reason = "time limit reached (cancelled)"
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                    ray.exceptions.OutOfMemoryError) as exc:
+                if len(tasks) > 1:  # the chunk's one retry by Ray died too: each subject gets one retry alone
+                    for task in tasks:
+                        task.attempt = 2
+                        self._refs[self._solo.remote([task])] = ([task], time.monotonic())
+                    continue
+                reason = f"{_DIED}; retried once, died again ({type(exc).__name__})"
             except ray.exceptions.RayError as exc:
-                out.append((task, _failed(task, f"ray: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")))
+                reason = f"ray: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            out.extend((task, _failed(task, reason)) for task in tasks)
         now = time.monotonic()
-        for ref, (task, t) in list(self._refs.items()):
-            if now - t > 2 * task.time_limit_s * (1 + self.capacity) + 30:
+        for ref, (tasks, t) in list(self._refs.items()):
+            if now - t > sum(2 * task.time_limit_s for task in tasks) * (1 + self.capacity) + 30:
                 ray.cancel(ref, force=True)
         return out
 
@@ -289,8 +303,8 @@ class LazyEngine:
     def in_flight(self) -> int:
         return self._engine.in_flight if self._engine else 0
 
-    def submit(self, task: Task) -> None:
-        self._get().submit(task)
+    def submit(self, tasks: list[Task]) -> None:
+        self._get().submit(tasks)
 
     def poll(self, timeout: float) -> list[Done]:
         return self._engine.poll(timeout) if self._engine else []

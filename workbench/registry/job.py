@@ -47,6 +47,8 @@ class JobOptions:
     memory_mb: int | None = 4096
     batch_size: int = 200
     batch_seconds: float = 1.0
+    chunk_size: int = 32  # subjects per task round trip (a chunk also closes at chunk_mb of files)
+    chunk_mb: float = 64.0
     json_lines: Path | None = None
     sarif: Path | None = None
     count_first: bool = True  # count the subjects in a background walk so progress has a total and an ETA
@@ -161,9 +163,12 @@ def run_job(root: str | Path, options: JobOptions, *, store: Any, case_id: int, 
                                                    memory_mb=options.memory_mb), options.workers, options.engine)
     summary = writer.summary
     hasher = Hasher()
+    check_case = options.resume and store.registry_has_plan(case_id, plan_key)  # a fresh job has nothing to skip
     waiting: dict[str, list[Subject]] = {}  # sha256 in flight -> the subjects with those bytes (first one scanned)
     source: Iterator[Subject | Problem] = iter(discover(root_p))
     exhausted = False
+    chunk: list[Task] = []
+    chunk_bytes = [0]
     t0 = time.monotonic()
     last_tick = 0.0
 
@@ -195,7 +200,7 @@ def run_job(root: str | Path, options: JobOptions, *, store: Any, case_id: int, 
         except (FileChanged, OSError) as exc:
             writer.problem(item.path, f"cannot hash: {getattr(exc, 'strerror', None) or exc}")
             return True
-        if options.resume:
+        if check_case:
             done_item = store.registry_item(case_id, item.path, item.sha256, plan_key)
             if done_item and done_item["status"] == "done":
                 writer.add_resumed(item, done_item)
@@ -209,20 +214,30 @@ def run_job(root: str | Path, options: JobOptions, *, store: Any, case_id: int, 
             return True
         stored = store.registry_content(case_id, item.sha256, plan_key)
         if stored is not None:
-            writer.add(item, stored["report"], scanned_at=stored["path"], how="duplicate")
+            writer.add(item, writer.stored_report(stored), scanned_at=stored["path"], how="duplicate")
             return True
         waiting[item.sha256] = [item]
-        eng.submit(Task(item.sha256, item.path, item.layout, item.files, plan, options.time_limit_s,
-                        options.memory_mb))
+        chunk.append(Task(item.sha256, item.path, item.layout, item.files, plan, options.time_limit_s,
+                          options.memory_mb))
+        chunk_bytes[0] += item.size
         return True
+
+    def send(force: bool = False) -> None:
+        """Hand the open chunk to the engine when it is full, or when a worker would otherwise wait."""
+        if chunk and (force or len(chunk) >= options.chunk_size or chunk_bytes[0] >= options.chunk_mb * (1 << 20)
+                      or eng.in_flight == 0):
+            eng.submit(list(chunk))
+            chunk.clear()
+            chunk_bytes[0] = 0
 
     try:
         while True:
             while not exhausted and not cancel.is_set() and eng.in_flight < eng.capacity:
                 exhausted = not take_one()
+                send(force=exhausted)
                 if writer.due():
                     writer.flush()
-            if (exhausted or cancel.is_set()) and eng.in_flight == 0:
+            if (exhausted or cancel.is_set()) and eng.in_flight == 0 and not chunk:
                 break
             if cancel.is_set():
                 break

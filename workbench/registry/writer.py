@@ -147,7 +147,7 @@ class JobWriter:
                                                                     "band": None, "evidence": ""}
         item = {"subject": subject_row(s), "plan": self.plan, "runs": runs, "verdict": verdict["verdict"],
                 "risk": verdict["score"], "status": status, "error": report.get("error"),
-                "report": {"path": s.path, "report": report} if status == "done" and how == "scanned" else None}
+                "content": status == "done" and how == "scanned"}
         if status == "done" and how == "scanned":
             self._content[s.sha256] = (s.path, report)
         self._items.append(item)
@@ -156,6 +156,12 @@ class JobWriter:
             self.summary.duplicates += 1
         if status != "done":
             self.summary.failed += 1
+
+    def stored_report(self, memo: dict[str, Any]) -> dict[str, Any]:
+        """A worker-style outcome rebuilt from the runs of the subject the memo points at."""
+        runs = self.store.list_runs(subject_id=memo["subject_id"])
+        return {"status": "done", "results": [r["result"] for r in runs if r["status"] == "done" and r.get("result")],
+                "errors": []}
 
     def add_resumed(self, s: Subject, item: dict[str, Any]) -> None:
         """A subject the case already holds under this plan: its stored runs go to the outputs, nothing is written."""
