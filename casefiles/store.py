@@ -419,12 +419,14 @@ class CaseStore:
 
         Each item: ``subject`` (path, name, sha256, size, format, kind, files), ``plan``, ``runs`` (probe,
         status, params, result, error, duration_s, findings), ``verdict``, ``risk``, ``status``, ``error`` and
-        ``content`` (true when these bytes were scanned for this subject: the per-sha256 memo points at it). An existing subject row with the same
-        path and sha256 is reused. Audit rows: ``subject.added`` for a new subject and ``run.<status>`` per run.
+        ``content`` (true when these bytes were scanned for this subject: the per-sha256 memo points at it).
+        An existing subject row with the same path and sha256 is reused. Audit rows: ``subject.added`` for a
+        new subject and ``run.<status>`` per run.
         Returns the subject ids.
         """
         conn = self.db.conn
         ids: list[int] = []
+        pid, host = os.getpid(), socket.gethostname()
         with self.write():
             case = self.get_case(case_id)
             head, count = case["audit_head"] or chain.GENESIS, case["audit_count"] or 0
@@ -463,13 +465,14 @@ class CaseStore:
                         [case_id, sid, r["probe"], json.dumps(r.get("params") or {}, sort_keys=True, default=str),
                          r["status"], ts, ts, r.get("duration_s"), res.get("verdict"), res.get("score"),
                          res.get("summary"), json.dumps(res, sort_keys=True) if res else None, r.get("error"),
-                         os.getpid(), socket.gethostname()]).lastrowid
+                         pid, host]).lastrowid
                     if r.get("findings"):
                         conn.executemany(
                             "insert into findings (case_id, subject_id, run_id, probe, severity, title, detail, atlas, created) "
                             "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(case_id, sid, rid, r["probe"], f.get("severity"), f.get("title"), f.get("detail"),
                               f.get("atlas"), ts) for f in r["findings"]])
+                    # the run is written finished (no ``running`` row exists to crash): its closing audit row only
                     audit(f"run.{r['status']}", {"run_id": rid, "subject_id": sid, "probe": r["probe"],
                                                  "verdict": res.get("verdict"), "score": res.get("score"),
                                                  "error": r.get("error"), "artifacts": {}})

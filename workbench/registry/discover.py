@@ -83,23 +83,33 @@ class Problem:
         return {"path": self.path, "problem": self.reason}
 
 
-def _entry(path: Path, rel: str, *, link: str | None = None) -> FileEntry:
-    st = path.stat()  # follows a symlink: the bytes are the target's
-    return FileEntry(rel, str(path.resolve()), st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino), link)
+def _entry(path: Path, rel: str, *, link: str | None = None, st: os.stat_result | None = None) -> FileEntry:
+    st = st or path.stat()  # follows a symlink: the bytes are the target's
+    real = str(path.resolve()) if link is not None or path.is_symlink() else str(path)
+    return FileEntry(rel, real, st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino), link)
+
+
+_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x04\x22\x4d\x18",
+           b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda", b"ZF", b"GGUF", b"\x89HDF\r\n\x1a\n")
 
 
 def _is_model_file(path: Path, name: str) -> tuple[bool, str]:
-    fmt = formats.detect_file(path)
-    if fmt not in _WEAK and not (fmt == formats.PICKLE and not _has_pickle_header(path)):
-        return True, fmt
-    return Path(name).suffix.lower() in MODEL_SUFFIXES, fmt
+    """Is this file a subject? By content (a model format's magic), else by a model file name.
 
-
-def _has_pickle_header(path: Path) -> bool:
-    """A protocol-2+ pickle starts with PROTO; older ones are only a guess (text often looks like them)."""
+    A cheap look at the first bytes only; the static scan decides the exact format. Protocol 0/1
+    pickles have no magic (text often looks like them): they count when the name says model.
+    """
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    return len(head) == 2 and head[0] == 0x80 and head[1] <= 5
+        head = fh.read(512)
+    if not head:
+        return Path(name).suffix.lower() in MODEL_SUFFIXES, formats.EMPTY
+    if head.startswith(_MAGICS) or (head[0] == 0x80 and len(head) > 1 and head[1] <= 5) or (
+            len(head) >= 262 and head[257:262] == b"ustar"):
+        return True, formats.UNKNOWN
+    if len(head) >= 10 and head[8:9] == b"{" and 8 < int.from_bytes(head[:8], "little") < (100 << 20):
+        return True, formats.SAFETENSORS
+    return Path(name).suffix.lower() in MODEL_SUFFIXES or formats.detect_file(path) not in _WEAK | {formats.PICKLE}, \
+        formats.UNKNOWN
 
 
 def _folder_files(root: Path) -> Iterator[FileEntry | Problem]:
@@ -211,12 +221,14 @@ def _walk(d: Path, root: Path, seen: set[tuple[int, int]]) -> Iterator[Subject |
                 if e.name not in _SKIP_DIRS:
                     subdirs.append(p)
                 continue
-            if not stat.S_ISREG(p.stat().st_mode):
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):
                 continue
             ok, fmt = _is_model_file(p, e.name)
             if ok:
                 name = p.relative_to(root).as_posix()
-                yield Subject(str(p), name, "file", [_entry(p, e.name)], fmt)
+                yield Subject(str(p.resolve()) if e.is_symlink() else str(p), name, "file",
+                              [_entry(p, e.name, st=st)], fmt)
         except OSError as exc:
             yield Problem(str(p), f"unreadable: {exc.strerror or exc}")
     for sd in subdirs:

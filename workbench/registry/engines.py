@@ -72,7 +72,7 @@ class LocalEngine:
 
     @property
     def capacity(self) -> int:
-        return self.workers * 2  # one running and one queued per worker keeps every worker busy
+        return self.workers * 3  # chunks: one running and two queued per worker keep every worker busy
 
     @property
     def in_flight(self) -> int:

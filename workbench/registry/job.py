@@ -245,6 +245,7 @@ def run_job(root: str | Path, options: JobOptions, *, store: Any, case_id: int, 
                 subjects = waiting.pop(task.key, [])
                 summary.scanned += 1
                 summary.task_seconds += float(outcome.get("duration_s") or 0.0)
+                summary.task_cpu_seconds += float(outcome.get("cpu_s") or 0.0)
                 for i, s in enumerate(subjects):
                     writer.add(s, outcome, scanned_at=subjects[0].path, how="scanned" if i == 0 else "duplicate")
             if writer.due():

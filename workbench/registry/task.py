@@ -102,7 +102,7 @@ def run_task(task: Task) -> dict[str, Any]:
     from probes.errors import explain
 
     apply_memory_limit(task.memory_mb)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out: dict[str, Any] = {"key": task.key, "status": "done", "results": [], "errors": [], "pid": os.getpid(),
                            "attempt": task.attempt}
     try:
@@ -118,6 +118,7 @@ def run_task(task: Task) -> dict[str, Any]:
     except Exception as exc:  # hostile input must not take the worker down: one line for this subject
         out.update(status="failed", results=[], error=explain(exc))
     out["duration_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
     return out
 
 

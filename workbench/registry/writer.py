@@ -64,7 +64,8 @@ class Summary:
     resumed: int = 0  # subjects already finished in the case under the same plan
     failed: int = 0
     problems: int = 0
-    task_seconds: float = 0.0
+    task_seconds: float = 0.0  # wall time inside the workers' tasks
+    task_cpu_seconds: float = 0.0  # CPU time inside the workers' tasks
     wall_seconds: float = 0.0
     cancelled: bool = False
     engine: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +100,8 @@ class Summary:
         return {"subjects": self.subjects, "verdicts": dict(sorted(self.verdicts.items())), "scanned": self.scanned,
                 "duplicates": self.duplicates, "resumed": self.resumed, "failed": self.failed,
                 "problems": self.problems, "wall_s": round(self.wall_seconds, 3),
-                "task_s": round(self.task_seconds, 3), "subjects_per_s": round(self.rate, 2),
+                "task_s": round(self.task_seconds, 3),
+                "task_cpu_s": round(self.task_cpu_seconds, 3), "subjects_per_s": round(self.rate, 2),
                 "cancelled": self.cancelled, "engine": self.engine, "worst": self.worst}
 
 
@@ -131,6 +133,9 @@ class JobWriter:
 
         results = renamed(report.get("results") or [], scanned_at or s.path, s.path)
         status = report.get("status", "failed")
+        static = next((r for r in results if r.get("probe") == "static"), None)
+        if static and s.layout == "file" and static.get("files"):
+            s.format = static["files"][0].get("format") or s.format  # the scanner's reading of the content
         runs: list[dict[str, Any]] = []
         failed: list[tuple[str, str]] = []
         if status != "done":
