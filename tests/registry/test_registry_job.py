@@ -171,9 +171,9 @@ def test_worker_killed_mid_task_is_retried_once_then_failed(tmp_path):
     finally:
         stop.set()
         t.join(5)
-    assert len(kills) == 2
     lines = {json.loads(x)["path"]: json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()}
     bad = lines[str(slow)]
+    assert len(kills) == 2, (kills, bad)
     assert bad["status"] == "failed" and "died" in bad["error"] and "retried once" in bad["error"]
     assert s.failed == 1 and s.subjects == 7
     assert all(v["status"] == "done" and v["verdict"] == "clean" for p, v in lines.items() if p != str(slow))

@@ -4,8 +4,8 @@ Both engines take chunks of :class:`~workbench.registry.task.Task` objects (one 
 trip for many small subjects) and hand back ``(task, outcome)`` pairs as chunks
 finish; the driver never waits for the whole job.
 A worker that dies has its task retried once; a second death records the task as
-failed with the reason. The local engine runs retries alone in a fresh one-worker
-pool, so a task that kills its worker cannot take an innocent neighbour down twice.
+failed with the reason. The local engine runs retries alone on a separate worker,
+so a task that kills its worker cannot take an innocent neighbour down twice.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import os
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from workbench.registry.task import Task, run_task, run_tasks, worker_init
+from workbench.registry.task import Task, run_tasks, worker_init
 
 Done = tuple[Task, dict[str, Any]]
-_DIED = "the worker process died while scanning it (killed, crashed or out of memory)"
+_DIED = "the worker process died while scanning it"
 
 
 def _failed(task: Task, reason: str) -> dict[str, Any]:
@@ -49,10 +47,63 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def _serve(conn: Any, memory_mb: int | None, threads: int) -> None:
+    """A local worker: chunks in, outcomes out. A reader thread drains the pipe so the driver never blocks on a send."""
+    import queue
+    import threading
+
+    worker_init(memory_mb, threads)
+    inbox: queue.SimpleQueue[list[Task] | None] = queue.SimpleQueue()
+
+    def reader() -> None:
+        while True:
+            try:
+                inbox.put(conn.recv())
+            except (EOFError, OSError):
+                inbox.put(None)
+                return
+
+    threading.Thread(target=reader, daemon=True).start()
+    while (tasks := inbox.get()) is not None:
+        try:
+            conn.send(run_tasks(tasks))
+        except (BrokenPipeError, OSError):
+            return
+
+
+class _Worker:
+    """One worker process, its end of the pipe and the chunks it holds (processed in order)."""
+
+    def __init__(self, ctx: Any, memory_mb: int | None, threads: int) -> None:
+        conn, child = ctx.Pipe(duplex=True)
+        self.conn: Any = conn
+        self.proc = ctx.Process(target=_serve, args=(child, memory_mb, threads), daemon=True)
+        self.proc.start()
+        child.close()
+        self.chunks: deque[tuple[list[Task], float]] = deque()
+
+    def death(self) -> str:
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            import signal as _signal
+
+            try:
+                return f"killed by {_signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+
 class LocalEngine:
-    """A ``ProcessPoolExecutor`` of ``workers`` processes (forkserver: no inherited locks or open case file)."""
+    """``workers`` local processes (forkserver: no inherited locks or open case file), fed over pipes.
+
+    No helper threads in the driver: it sends chunks and waits on the pipes and the processes'
+    sentinels itself, so a busy driver never starves the pool. A worker that dies is replaced; every
+    subject it held gets one retry alone, on a separate one-at-a-time worker; a second death is final.
+    """
 
     name = "local"
+    depth = 3  # chunks held per worker: one running and two queued keep every worker busy
 
     def __init__(self, workers: int, *, memory_mb: int | None = 4096, threads: int = 1) -> None:
         self.workers = max(1, int(workers))
@@ -60,120 +111,123 @@ class LocalEngine:
         self.threads = threads
         methods = multiprocessing.get_all_start_methods()
         self._ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        self._pool = self._new_pool(self.workers)
-        self._futures: dict[Future[list[dict[str, Any]]], tuple[list[Task], float]] = {}
+        self._pool = [self._spawn() for _ in range(self.workers)]
         self._retry: deque[Task] = deque()
-        self._solo: ProcessPoolExecutor | None = None
-        self._solo_job: tuple[Future[dict[str, Any]], Task, float] | None = None
+        self._solo: _Worker | None = None
+        self._out: list[Done] = []
 
-    def _new_pool(self, n: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=n, mp_context=self._ctx, initializer=worker_init,
-                                   initargs=(self.memory_mb, self.threads))
+    def _spawn(self) -> _Worker:
+        return _Worker(self._ctx, self.memory_mb, self.threads)
 
     @property
     def capacity(self) -> int:
-        return self.workers * 3  # chunks: one running and two queued per worker keep every worker busy
+        return self.workers * self.depth
 
     @property
     def in_flight(self) -> int:
-        return len(self._futures) + len(self._retry) + (1 if self._solo_job else 0)
+        held = sum(len(w.chunks) for w in self._pool)
+        return held + len(self._retry) + (len(self._solo.chunks) if self._solo else 0)
 
     def submit(self, tasks: list[Task]) -> None:
+        w = min(self._pool, key=lambda x: len(x.chunks))
+        w.chunks.append((tasks, time.monotonic()))
         try:
-            fut = self._pool.submit(run_tasks, tasks)
-        except BrokenProcessPool:
-            self._recover()
-            fut = self._pool.submit(run_tasks, tasks)
-        self._futures[fut] = (tasks, time.monotonic())
+            w.conn.send(tasks)
+        except (BrokenPipeError, OSError):
+            pass  # the worker is dead; poll sees its sentinel and retries what it held
 
-    def _recover(self) -> None:
-        """The pool broke (a worker died): every task in it gets its one retry, run alone."""
-        for fut, (tasks, _t) in list(self._futures.items()):
-            if fut.done() and not isinstance(fut.exception(), BrokenProcessPool):
-                continue  # finished before the break; poll hands it back
-            self._futures.pop(fut)
+    def _died(self, w: _Worker, solo: bool) -> None:
+        why = w.death()
+        for tasks, _t in w.chunks:
             for task in tasks:
-                task.attempt += 1
-                self._retry.append(task)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool(self.workers)
-
-    def _overdue(self) -> None:
-        """A task stuck in C code past twice its limit (the in-worker alarm could not fire): break the pool."""
-        now = time.monotonic()
-        for fut, (tasks, t) in self._futures.items():
-            budget = sum(2 * task.time_limit_s for task in tasks) * (1 + self.capacity) + 30
-            if not fut.done() and now - t > budget:
-                for proc in list(getattr(self._pool, "_processes", {}).values()):  # no public way to kill one worker
-                    proc.kill()
-                return
-
-    def _poll_solo(self, out: list[Done]) -> None:
-        if self._solo_job is None and self._retry:
-            task = self._retry.popleft()
-            if self._solo is None:
-                self._solo = self._new_pool(1)
-            try:
-                fut = self._solo.submit(run_task, task)
-            except BrokenProcessPool:
-                self._solo = self._new_pool(1)
-                fut = self._solo.submit(run_task, task)
-            self._solo_job = (fut, task, time.monotonic())
-        if self._solo_job is None:
-            return
-        fut, task, t = self._solo_job
-        if not fut.done():
-            if time.monotonic() - t > 2 * task.time_limit_s + 30 and self._solo is not None:
-                for proc in list(getattr(self._solo, "_processes", {}).values()):
-                    proc.kill()
-            return
-        self._solo_job = None
-        try:
-            out.append((task, fut.result()))
-        except BrokenProcessPool:
-            self._solo.shutdown(wait=False, cancel_futures=True) if self._solo else None
+                if solo or task.attempt >= 2:
+                    self._out.append((task, _failed(task, f"{_DIED} ({why}); retried once, died again")))
+                else:
+                    task.attempt += 1
+                    self._retry.append(task)
+        w.chunks.clear()
+        w.conn.close()
+        if solo:
             self._solo = None
-            out.append((task, _failed(task, f"{_DIED}; retried once, died again")))
-        except Exception as exc:  # an unpicklable result or the like: this subject fails, the job goes on
-            out.append((task, _failed(task, f"worker error: {exc}")))
+        else:
+            self._pool[self._pool.index(w)] = self._spawn()
+
+    def _feed_solo(self) -> None:
+        if self._retry and (self._solo is None or not self._solo.chunks):
+            if self._solo is None:
+                self._solo = self._spawn()
+            task = self._retry.popleft()
+            self._solo.chunks.append(([task], time.monotonic()))
+            try:
+                self._solo.conn.send([task])
+            except (BrokenPipeError, OSError):
+                pass
 
     def poll(self, timeout: float) -> list[Done]:
-        out: list[Done] = []
-        self._poll_solo(out)
-        if self._futures:
-            done, _ = wait(list(self._futures), timeout=timeout if not out else 0, return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                if isinstance(fut.exception(), BrokenProcessPool):
-                    broken = True
-                    continue
-                tasks, _t = self._futures.pop(fut)
-                exc = fut.exception()
-                if exc is None:
-                    out.extend(zip(tasks, fut.result()))
-                else:
-                    out.extend((task, _failed(task, f"worker error: {exc}")) for task in tasks)
-            if broken:
-                self._recover()
-            else:
-                self._overdue()
-        elif not out:
+        from multiprocessing.connection import wait as mp_wait
+
+        self._feed_solo()
+        workers = [(w, False) for w in self._pool if w.chunks] + ([(self._solo, True)] if self._solo and
+                                                                  self._solo.chunks else [])
+        if not workers:
             time.sleep(min(timeout, 0.05))
-        self._poll_solo(out)
+        else:
+            handles: dict[Any, tuple[_Worker, bool]] = {}  # a pipe or a process sentinel -> its worker
+            for w, solo in workers:
+                handles[w.conn] = (w, solo)
+                handles[w.proc.sentinel] = (w, solo)
+            ready = mp_wait(list(handles), timeout=0 if self._out else timeout)
+            dead: dict[int, tuple[_Worker, bool]] = {}
+            for h in ready:
+                w, solo = handles[h]
+                if h is not w.proc.sentinel:
+                    try:
+                        while w.chunks and w.conn.poll():
+                            outcomes = w.conn.recv()  # EOFError when the worker died: its chunks stay held
+                            tasks, _t = w.chunks.popleft()
+                            self._out.extend(zip(tasks, outcomes))
+                    except (EOFError, OSError):
+                        dead[id(w)] = (w, solo)
+                elif not w.proc.is_alive():
+                    dead[id(w)] = (w, solo)
+            for w, solo in dead.values():
+                w.proc.join(1)
+                self._died(w, solo)
+            self._overdue()
+        self._feed_solo()
+        out, self._out = self._out, []
         return out
 
+    def _overdue(self) -> None:
+        """A task stuck in C code past twice its limit (the in-worker alarm could not fire): kill its worker."""
+        now = time.monotonic()
+        for w in [*self._pool, *([self._solo] if self._solo else [])]:
+            if w.chunks:
+                tasks, t = w.chunks[0]
+                if now - t > sum(2 * task.time_limit_s for task in tasks) * self.depth + 30:
+                    w.proc.kill()
+
     def close(self, *, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
-        if self._solo is not None:
-            self._solo.shutdown(wait=not cancel, cancel_futures=cancel)
+        workers = [*self._pool, *([self._solo] if self._solo else [])]
+        for w in workers:
+            try:
+                w.conn.close()  # the worker's reader sees EOF and the worker ends after its current chunk
+            except OSError:
+                pass
+            if cancel:
+                w.proc.kill()
+        for w in workers:
+            w.proc.join(5 if not cancel else 1)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(1)
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "local", "workers": self.workers, "start_method": self._ctx.get_start_method()}
 
     def worker_pids(self) -> list[int]:
-        """The pids of the live worker processes (pool and retry pool), for diagnostics and tests."""
-        pools = [p for p in (self._pool, self._solo) if p is not None]
-        return [pid for p in pools for pid in list(getattr(p, "_processes", None) or {})]
+        """The pids of the live worker processes (pool and retry worker), for diagnostics and tests."""
+        return [w.proc.pid for w in [*self._pool, *([self._solo] if self._solo else [])] if w.proc.pid]
 
 
 def _ray_env() -> None:

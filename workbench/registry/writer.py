@@ -170,8 +170,10 @@ class JobWriter:
 
     def add_resumed(self, s: Subject, item: dict[str, Any]) -> None:
         """A subject the case already holds under this plan: its stored runs go to the outputs, nothing is written."""
-        runs = self.store.list_runs(subject_id=item["subject_id"])
-        results = [r["result"] for r in runs if r["status"] == "done" and r.get("result")]
+        results = []
+        if self._jsonl is not None or self.sarif_path is not None:  # the stored runs only when an output needs them
+            runs = self.store.list_runs(subject_id=item["subject_id"])
+            results = [r["result"] for r in runs if r["status"] == "done" and r.get("result")]
         verdict = {"verdict": item["verdict"], "score": item["risk"], "band": None, "evidence": ""}
         line = self._line(s, results, verdict, item["status"], item.get("error"), "resumed")
         line["subject_id"] = item["subject_id"]
