@@ -181,3 +181,41 @@ def test_worker_killed_mid_task_is_retried_once_then_failed(tmp_path):
         runs = store.list_runs(case_id=cid)
         assert sorted(r["status"] for r in runs) == ["done"] * 6 + ["failed"]
         assert store.verify(cid).ok
+
+
+def test_hub_snapshot_folder_rules_apply_through_the_symlinks(tmp_path):
+    """Custom code in a hub-cache revision is found (its entries are symlinks into blobs/) and named by snapshot path."""
+    import hashlib
+
+    repo = tmp_path / "hub" / "models--acme--net"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    files = {"config.json": json.dumps({"model_type": "gpt2", "auto_map": {"AutoModel": "modeling_x.Net"}}).encode(),
+             "modeling_x.py": b"import os\nclass Net: pass\n",
+             "model.bin": pickle.dumps({"w": [1.0]}, protocol=4)}
+    for name, data in files.items():
+        digest = hashlib.sha256(data).hexdigest()
+        (repo / "blobs" / digest).write_bytes(data)
+        os.symlink(f"../../blobs/{digest}", snap / name)
+    db = tmp_path / "c.db"
+    with CaseStore(db) as store:
+        cid = store.new_case("x")
+        s = run_job(tmp_path / "hub", JobOptions(workers=1, json_lines=tmp_path / "o.jsonl"), store=store, case_id=cid)
+        static = store.list_runs(case_id=cid)[0]["result"]
+    assert s.subjects == 1
+    rules = {(f["rule"], Path(f["file"]).name) for f in static["findings"]}
+    assert ("remote-code", "modeling_x.py") in rules and ("remote-code", "config.json") in rules
+    assert all(f["file"].startswith(str(snap)) for f in static["findings"])
+    assert static["verdict"] == "suspicious" and not any(f["rule"] == "symlink-outside" for f in static["findings"])
+
+
+def test_plan_layers_dynamic_and_model_probes_only_when_asked():
+    plan, _ = build_plan(JobOptions())
+    assert plan["dynamic"] is None and plan["model_probes"] == []
+    plan, _ = build_plan(JobOptions(probes=["dynamic"], params={"dynamic.timeout_s": 5}))
+    assert plan["dynamic"]["timeout_s"] == 5
+    from probes.errors import ProbeError
+
+    with pytest.raises(ProbeError, match="needs --audit"):
+        build_plan(JobOptions(probes=["spectral"]))
