@@ -195,6 +195,10 @@ def _walk(d: Path, root: Path, seen: set[tuple[int, int]]) -> Iterator[Subject |
     if d.name.startswith("models--") and (d / "snapshots").is_dir():
         yield from _hub_repo(d, root)
         return
+    if d == root and d.parent.name == "snapshots" and d.parent.parent.name.startswith("models--"):
+        parts = d.parent.parent.name.split("--")
+        yield from _folder_subject(d, f"{'/'.join(parts[1:])}@{d.name}", "hf-cache")  # ROOT is one revision
+        return
     if d != root and formats.is_hf_folder(d):
         yield from _folder_subject(d, rel, "folder")
         return
@@ -227,8 +231,7 @@ def _walk(d: Path, root: Path, seen: set[tuple[int, int]]) -> Iterator[Subject |
             ok, fmt = _is_model_file(p, e.name)
             if ok:
                 name = p.relative_to(root).as_posix()
-                yield Subject(str(p.resolve()) if e.is_symlink() else str(p), name, "file",
-                              [_entry(p, e.name, st=st)], fmt)
+                yield Subject(str(p), name, "file", [_entry(p, e.name, st=st)], fmt)  # a link keeps its own name
         except OSError as exc:
             yield Problem(str(p), f"unreadable: {exc.strerror or exc}")
     for sd in subdirs:
