@@ -219,3 +219,33 @@ def test_plan_layers_dynamic_and_model_probes_only_when_asked():
 
     with pytest.raises(ProbeError, match="needs --audit"):
         build_plan(JobOptions(probes=["spectral"]))
+
+
+def _limited_job(tmp_path, files: dict[str, bytes], **limits) -> tuple[dict[str, dict], object]:
+    root = tmp_path / "r"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (root / "ok.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with CaseStore(tmp_path / "c.db") as store:
+        cid = store.new_case("x")
+        s = run_job(root, JobOptions(workers=1, json_lines=tmp_path / "o.jsonl", **limits), store=store, case_id=cid)
+        assert store.verify(cid).ok
+    lines = {Path(x["path"]).name: x for x in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
+    assert lines["ok.pkl"]["verdict"] == "clean" and s.failed == 1
+    return lines, s
+
+
+def test_a_subject_over_the_memory_limit_fails_alone(tmp_path):
+    """A zlib stream that inflates to 600 MB (under the scanner's 1 GB bomb cap) against --memory-mb 256."""
+    import zlib
+
+    lines, _ = _limited_job(tmp_path, {"bomb.joblib": zlib.compress(pickle.dumps(b"\0" * (600 << 20), protocol=4), 9)},
+                            memory_mb=256)
+    assert lines["bomb.joblib"]["status"] == "failed" and "out of memory (limit 256 MB)" in lines["bomb.joblib"]["error"]
+
+
+def test_a_subject_over_the_time_limit_fails_alone(tmp_path):
+    lines, _ = _limited_job(tmp_path, {"slow.pkl": pickle.dumps([(i, str(i)) for i in range(800_000)], protocol=2)},
+                            time_limit_s=0.5)
+    assert lines["slow.pkl"]["status"] == "failed" and "time limit of 0.5s" in lines["slow.pkl"]["error"]
