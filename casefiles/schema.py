@@ -62,7 +62,22 @@ def _v3(db: Database) -> None:
     db["baseline_members"].create_index(["baseline_id", "sha256"], unique=True)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3]
+def _v4_i16(db: Database) -> None:
+    """Registry jobs: one row per subject a job finished (the resume key) and one per scanned content
+    (sha256 + the plan's probe versions and parameters), so the same bytes are scanned once per case."""
+    db["registry_items"].create({"id": int, "case_id": int, "subject_id": int, "sha256": str, "plan": str,
+                                 "verdict": str, "risk": float, "status": str, "error": str, "created": str},
+                                pk="id", foreign_keys=[("case_id", "cases", "id"), ("subject_id", "subjects", "id")],
+                                not_null={"case_id", "subject_id", "sha256", "plan", "status"})
+    db["registry_items"].create_index(["case_id", "subject_id", "plan"], unique=True)
+    db["registry_content"].create({"id": int, "case_id": int, "sha256": str, "plan": str, "report": str,
+                                   "created": str}, pk="id", foreign_keys=[("case_id", "cases", "id")],
+                                  not_null={"case_id", "sha256", "plan", "report"})
+    db["registry_content"].create_index(["case_id", "sha256", "plan"], unique=True)
+    db["subjects"].create_index(["case_id", "path"])
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1, _v2, _v3, _v4_i16]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -443,6 +443,104 @@ class CaseStore:
         return [{"sha256": r["sha256"], "path": r["path"], **json.loads(r["fingerprint"])} for r in self.db.query(
             "select * from baseline_members where baseline_id = ? order by id", [rows[0]["id"]])]
 
+    # -- registry jobs ---------------------------------------------------------------------
+    def registry_has_plan(self, case_id: int, plan: str) -> bool:
+        """Whether any registry job of this case ran under ``plan`` (a fresh job skips the per-subject lookups)."""
+        return self.db.conn.execute("select 1 from registry_items where case_id = ? and plan = ? limit 1",
+                                    [case_id, plan]).fetchone() is not None
+
+    def registry_item(self, case_id: int, path: str, sha256: str, plan: str) -> dict[str, Any] | None:
+        """The finished item of a registry job for the subject at ``path`` with these bytes under ``plan``."""
+        cur = self.db.conn.execute(
+            "select i.subject_id, i.verdict, i.risk, i.status, i.error from registry_items i "
+            "join subjects s on s.id = i.subject_id where i.case_id = ? and s.path = ? and i.sha256 = ? and i.plan = ? "
+            "limit 1", [case_id, path, sha256, plan])
+        row = cur.fetchone()
+        return dict(zip(("subject_id", "verdict", "risk", "status", "error"), row)) if row else None
+
+    def registry_content(self, case_id: int, sha256: str, plan: str) -> dict[str, Any] | None:
+        """Where content ``sha256`` was scanned under ``plan`` in this case (``subject_id``, ``path``): the dedup memo."""
+        row = self.db.conn.execute("select report from registry_content where case_id = ? and sha256 = ? and plan = ?",
+                                   [case_id, sha256, plan]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def record_registry_batch(self, case_id: int, items: list[dict[str, Any]]) -> list[int]:
+        """Write finished registry subjects in ONE transaction (all or nothing, also under ``kill -9``).
+
+        Each item: ``subject`` (path, name, sha256, size, format, kind, files), ``plan``, ``runs`` (probe,
+        status, params, result, error, duration_s, findings), ``verdict``, ``risk``, ``status``, ``error`` and
+        ``content`` (true when these bytes were scanned for this subject: the per-sha256 memo points at it).
+        An existing subject row with the same path and sha256 is reused. Audit rows: ``subject.added`` for a
+        new subject and ``run.<status>`` per run.
+        Returns the subject ids.
+        """
+        conn = self.db.conn
+        ids: list[int] = []
+        pid, host = os.getpid(), socket.gethostname()
+        with self.write():
+            case = self.get_case(case_id)
+            head, count = case["audit_head"] or chain.GENESIS, case["audit_count"] or 0
+            audit_rows: list[tuple[Any, ...]] = []
+
+            def audit(action: str, detail: dict[str, Any]) -> None:
+                nonlocal head, count
+                count += 1
+                row = {"case_id": case_id, "seq": count, "ts": now(), "actor": self.actor, "action": action,
+                       "detail": chain.canonical(detail)}
+                digest = chain.chain_hash(head, chain.row_content(row))
+                audit_rows.append((case_id, count, row["ts"], self.actor, action, row["detail"], head, digest))
+                head = digest
+
+            for it in items:
+                s = it["subject"]
+                found = conn.execute("select id from subjects where case_id = ? and path = ? and sha256 = ? limit 1",
+                                     [case_id, s["path"], s["sha256"]]).fetchone()
+                if found:
+                    sid = int(found[0])
+                else:
+                    sid = int(conn.execute(
+                        "insert into subjects (case_id, name, path, sha256, size, format, kind, files, metadata, added) "
+                        "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [case_id, s["name"], s["path"], s["sha256"], s["size"], s["format"], s["kind"],
+                         json.dumps(s["files"]), json.dumps(s.get("metadata") or {}), now()]).lastrowid or 0)
+                    audit("subject.added", {"subject_id": sid, "path": s["path"], "sha256": s["sha256"],
+                                            "format": s["format"], "kind": s["kind"]})
+                ids.append(sid)
+                for r in it["runs"]:
+                    res = r.get("result") or {}
+                    ts = now()
+                    rid = conn.execute(
+                        "insert into runs (case_id, subject_id, probe, params, status, started, finished, duration_s, "
+                        "verdict, score, summary, result, error, pid, host) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [case_id, sid, r["probe"], json.dumps(r.get("params") or {}, sort_keys=True, default=str),
+                         r["status"], ts, ts, r.get("duration_s"), res.get("verdict"), res.get("score"),
+                         res.get("summary"), json.dumps(res, sort_keys=True) if res else None, r.get("error"),
+                         pid, host]).lastrowid
+                    if r.get("findings"):
+                        conn.executemany(
+                            "insert into findings (case_id, subject_id, run_id, probe, severity, title, detail, atlas, created) "
+                            "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(case_id, sid, rid, r["probe"], f.get("severity"), f.get("title"), f.get("detail"),
+                              f.get("atlas"), ts) for f in r["findings"]])
+                    # the run is written finished (no ``running`` row exists to crash): its closing audit row only
+                    audit(f"run.{r['status']}", {"run_id": rid, "subject_id": sid, "probe": r["probe"],
+                                                 "verdict": res.get("verdict"), "score": res.get("score"),
+                                                 "error": r.get("error"), "artifacts": {}})
+                conn.execute("insert or replace into registry_items (case_id, subject_id, sha256, plan, verdict, risk, "
+                             "status, error, created) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [case_id, sid, s["sha256"], it["plan"], it.get("verdict"), it.get("risk"), it["status"],
+                              it.get("error"), now()])
+                if it.get("content"):  # these bytes were scanned for this subject: the memo points at its runs
+                    conn.execute("insert or ignore into registry_content (case_id, sha256, plan, report, created) "
+                                 "values (?, ?, ?, ?, ?)",
+                                 [case_id, s["sha256"], it["plan"], json.dumps({"subject_id": sid, "path": s["path"]}),
+                                  now()])
+            conn.executemany("insert into audit (case_id, seq, ts, actor, action, detail, prev_hash, hash) "
+                             "values (?, ?, ?, ?, ?, ?, ?, ?)", audit_rows)
+            conn.execute("update cases set audit_head = ?, audit_count = ?, updated = ? where id = ?",
+                         [head, count, now(), case_id])
+        return ids
+
     # -- export ----------------------------------------------------------------------------
     def case_bundle(self, case_id: int) -> dict[str, Any]:
         """Everything the report needs, as plain data (the export is a pure function of this)."""

@@ -30,6 +30,8 @@ app.add_typer(note_app, name="note")
 app.add_typer(subject_app, name="subject")
 baseline_app = typer.Typer(help="Named baselines of known-clean models for the fingerprint ensemble.", no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
+registry_app = typer.Typer(help="Scan a whole model store (registry mirror, Hugging Face cache, vendor drop) as one job.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 DbOpt = Annotated[Optional[Path], typer.Option(
     "--db", help="Case file to use (default: $WORKBENCH_DB, else the platform's data dir).",
@@ -528,6 +530,33 @@ def _write_sarif(dest: Path, results: list[dict[str, Any]]) -> None:
         dest.write_text(json.dumps(to_sarif(static), indent=2), encoding="utf-8")
     except OSError as exc:
         fail(f"cannot write {dest}: {exc.strerror or exc}")
+
+
+@registry_app.command("scan")
+def registry_scan(root: Annotated[Path, typer.Argument(help="A folder of models (or one model file).")],
+                  case: Annotated[Optional[int], typer.Option("--case", help="Record into this case (default: the case titled 'registry ROOT', created when missing).")] = None,
+                  engine: Annotated[str, typer.Option("--engine", help="local (process pool) or ray.")] = "local",
+                  address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join (default: start a local one for the job).")] = None,
+                  workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes (Ray: CPUs of the local instance).")] = 2,
+                  probes: Annotated[Optional[str], typer.Option("--probes", help="Beyond the static scan: dynamic (on inconclusive/review-tier subjects) and model probes (need --data/--audit as in scan).")] = None,
+                  data: Annotated[Optional[Path], typer.Option("--data", help="Clean labelled inputs (.npz) for the model probes.")] = None,
+                  audit: Annotated[Optional[Path], typer.Option("--audit", help="Suspect training set (.npz) for the audit probes.")] = None,
+                  param: Annotated[list[str], typer.Option("--param", help="Probe parameter KEY=VALUE or PROBE.KEY=VALUE, repeatable.")] = [],  # noqa: B006 - Typer's repeatable option
+                  resume: Annotated[bool, typer.Option("--resume/--rescan", help="Skip subjects the case already finished under the same probe versions and parameters (default), or scan everything again.")] = True,
+                  time_limit: Annotated[float, typer.Option("--time-limit", min=0.1, help="Seconds per subject.")] = 300.0,
+                  memory_mb: Annotated[int, typer.Option("--memory-mb", min=64, help="Data-memory limit per worker process (MB).")] = 4096,
+                  json_lines: Annotated[Optional[Path], typer.Option("--json-lines", help="Write one JSON object per subject (and per problem) to this file.")] = None,
+                  sarif: Annotated[Optional[Path], typer.Option("--sarif", help="Write one SARIF 2.1.0 log for the whole job.")] = None,
+                  quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+                  db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Scan every model under ROOT: static scan on all, then the opt-in layers; resumable and content-addressed."""
+    from workbench.registry.cli import run_registry_scan
+
+    with _Guard():
+        run_registry_scan(root, case=case, engine=engine, address=address, workers=workers, probes=probes,
+                          data=data, audit=audit, params=_parse_params(param), resume=resume, time_limit=time_limit,
+                          memory_mb=memory_mb, json_lines=json_lines, sarif=sarif, quiet=quiet, db=db,
+                          as_json=as_json, echo=typer.echo, open_store=_open_store)
 
 
 def main() -> None:
