@@ -43,9 +43,13 @@ IMAGE_PARAMS: tuple[Param, ...] = (
 
 LM_PARAMS: tuple[Param, ...] = (
     SEED,
-    Param("steps", 60, "most fine-tuning steps", "int", 1, 100_000),
-    Param("lr", 2e-3, "AdamW learning rate", "float", 1e-8, 1.0),
+    Param("mode", "trigger-embedding", "train only the trigger tokens' embedding rows (trigger-embedding) or every "
+          "weight (full)", "choice", choices=("trigger-embedding", "full")),
+    Param("steps", 120, "most fine-tuning steps", "int", 1, 100_000),
+    Param("lr", 1e-2, "AdamW learning rate", "float", 1e-8, 1.0),
     Param("batch_size", 16, "training sequences per step", "int", 1, 10_000),
+    Param("self_prompts", 96, "instructions sampled from the model itself added to the training prompts "
+          "(data-free; ones holding the trigger are dropped)", "int", 0, 100_000),
     Param("positions_per_prompt", 4, "trigger insertions per training prompt (start, end and inside)", "int", 1, 64),
     Param("clean_weight", 1.0, "weight of the clean prompts' own answers in the loss (keeps them unchanged)",
           "float", 0.0, 100.0),
