@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from casefiles import atlas
+from casefiles import atlas, remediation_section
 from vocabulary.layered import case_verdict, subject_verdict
 
 _MAX_TABLE_ROWS = 50
@@ -199,6 +199,8 @@ def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, 
             lines += ["", "Evidence stored in the case file:", ""]
             lines += [f"- `{a['name']}` ({_human_size(a['size'])}, sha256 `{a['sha256']}`)" for a in arts]
         lines.append("")
+
+    lines += remediation_section.render_section(bundle)
 
     lines += ["## MITRE ATLAS mapping", ""]
     mapped: dict[str, list[str]] = {}

@@ -40,6 +40,7 @@ class ImageRemediation:
     timings: dict[str, float] = field(default_factory=dict)
     saved: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
+    detector_after: Any = field(default=None, repr=False)  # the re-run's ProbeResult (recorded on the repaired subject)
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"kind": "image-classifier", "method": self.method, "params": self.params,
@@ -81,21 +82,32 @@ def clean_part(data: LabelledData, subject) -> tuple[np.ndarray, np.ndarray, np.
     return xc, yc, x[poison]
 
 
-def detector_summary(scan) -> dict[str, Any]:
-    """The few Neural Cleanse figures the before/after table shows."""
-    return {"anomaly_index": round(float(scan.anomaly_index), 4), "flagged": bool(scan.flagged),
-            "candidate_class": int(scan.candidate), "trigger_l1": round(float(np.asarray(scan.mask).sum()), 4)}
+def detector_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The few Neural Cleanse figures the before/after table shows (from a result's ``to_dict``)."""
+    return {"anomaly_index": result.get("anomaly_index"), "flagged": result.get("suspected_target") is not None,
+            "candidate_class": result.get("candidate_class"), "trigger_l1": result.get("mask_l1"),
+            "verdict": result.get("verdict")}
 
 
 def run_detector(subject, x: np.ndarray, y: np.ndarray, ctx: RunContext, *, source: str = "remediation"):
-    """Neural Cleanse (default settings, the remediation's seed) on ``subject`` with clean data ``x``, ``y``."""
+    """Neural Cleanse (default settings, the remediation's seed) on ``subject`` with clean data ``x``, ``y``.
+
+    Returns the probe's :class:`~probes.result.ProbeResult` (recorded as a run by the caller).
+    """
     from probes import registry
-    from probes.neural_cleanse import scan
+    from probes.neural_cleanse import run
 
     params = registry.get("neural-cleanse").resolve_params({"seed": int(ctx.params.get("seed", 0))})
     inner = ctx.child("neural-cleanse", params, stage_prefix="detector: ")
     inner.data = LabelledData(x, y, source=source)
-    return scan(subject, inner)
+    return run(subject, inner)
+
+
+def check_trainable(subject) -> None:
+    """ProbeError (one line) when the image classifier has nothing to fine-tune or prune."""
+    params = list(subject.module.parameters())
+    if not params or not any(q.dtype.is_floating_point for q in params):
+        raise ProbeError("the model has no trainable floating-point parameters; it cannot be fine-tuned or pruned")
 
 
 def remediate_image(subject, data: LabelledData, trigger: ImageTrigger, ctx: RunContext, *,
@@ -133,9 +145,11 @@ def remediate_image(subject, data: LabelledData, trigger: ImageTrigger, ctx: Run
     repair_s = time.perf_counter() - t_rep
     after = measure_image(work, s, trigger, real=real, x_poison=x_poison if len(x_poison) else None)
     det_s = 0.0
+    after_result = None
     if p["rerun_detector"]:
         t_det = time.perf_counter()
-        after.detector = detector_summary(run_detector(work, xc, yc, ctx))
+        after_result = run_detector(work, xc, yc, ctx, source=data.source)
+        after.detector = detector_summary(after_result.to_dict())
         det_s = time.perf_counter() - t_det
     ctx.progress(0, 1, "calibrating the input filter", stage="filter")
     ov = s.idx_train[:200] if s.idx_train is not None else np.arange(0)
@@ -153,5 +167,5 @@ def remediate_image(subject, data: LabelledData, trigger: ImageTrigger, ctx: Run
     result = ImageRemediation(str(p["method"]), dict(p), trigger.describe(), s.sizes(), before, after, report, filt,
                               residual_risk_image(before, after, acc_margin=float(p["acc_margin"])), timings, saved,
                               data.describe())
-    result.filter = filt
+    result.detector_after = after_result
     return result, work

@@ -31,7 +31,19 @@ def is_torchscript(module: Any) -> bool:
 def working_copy(subject: ImageClassifier) -> ImageClassifier:
     """A deep copy of ``subject`` whose parameters can be trained; ProbeError when the model has none."""
     try:
-        module = copy.deepcopy(subject.module)
+        if is_torchscript(subject.module):
+            # a deep copy of a ScriptModule holds non-leaf parameters; a round trip through torch.jit.save of the
+            # module already loaded (and scanned) gives an independent, trainable one
+            import io
+
+            import torch
+
+            buf = io.BytesIO()
+            torch.jit.save(subject.module, buf)
+            buf.seek(0)
+            module = torch.jit.load(buf, map_location=subject.device)
+        else:
+            module = copy.deepcopy(subject.module)
     except Exception as exc:  # noqa: BLE001 - any module that refuses to be copied cannot be repaired
         raise ProbeError(f"the model cannot be copied for repair: {explain(exc, 120)}") from None
     params = list(module.parameters())

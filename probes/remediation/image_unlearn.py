@@ -67,6 +67,15 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext) -> UnlearnRe
     params = [q for q in module.parameters() if q.dtype.is_floating_point]
     opt = torch.optim.Adam(params, lr=float(p["lr"]))
     steps_per_epoch = max(1, (len(x) + bs - 1) // bs)
+    total = epochs * steps_per_epoch
+    warm = steps_per_epoch  # a fresh Adam on a converged model jolts it: warm up over the first epoch, then cosine
+
+    def schedule(i: int) -> float:
+        import math
+
+        return (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     stopped = f"ran all {epochs} epochs"
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -85,6 +94,7 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext) -> UnlearnRe
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             ctx.progress((epoch - 1) * steps_per_epoch + i + 1, epochs * steps_per_epoch,
                          f"unlearning epoch {epoch}/{epochs}", stage="unlearn")
         module.eval()

@@ -45,6 +45,7 @@ class LMRemediation:
     residual_risk: str
     timings: dict[str, float] = field(default_factory=dict)
     saved: dict[str, Any] | None = None
+    detector_after: Any = field(default=None, repr=False)  # the re-run hunt's ProbeResult
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable({"kind": "causal-lm", "method": "unlearn", "params": self.params, "trigger": self.trigger,
@@ -112,14 +113,14 @@ def confirm_trigger(engine, trig: Sequence[int], gen_tokens: int) -> dict[str, A
     return {k: j[k] for k in ("confirmed", "target_agreement", "clean_similarity", "changed_fraction")}
 
 
-def run_hunt(subject, ctx: RunContext, prompts_file: str | None = None) -> dict[str, Any]:
-    """The ``kl`` trigger hunt (default settings) on ``subject``; its result as a dict."""
+def run_hunt(subject, ctx: RunContext, prompts_file: str | None = None):
+    """The ``kl`` trigger hunt (default settings) on ``subject``; its :class:`~probes.result.ProbeResult`."""
     from probes import registry
     from probes.lm_hunt import HuntSession
 
     params = registry.get("kl").resolve_params({"seed": int(ctx.params.get("seed", 0)), "prompts_file": prompts_file})
     inner = ctx.child("kl", params, stage_prefix="hunt: ")
-    return HuntSession(subject, params, inner.cancel).hunt(inner).to_dict()
+    return HuntSession(subject, params, inner.cancel).hunt(inner)
 
 
 def hunt_summary(result: dict[str, Any], trigger: str) -> dict[str, Any]:
@@ -236,13 +237,15 @@ def remediate_lm(subject, trigger: str, ctx: RunContext, *, train_prompts: Seque
     after.detector = {"confirmation": confirm_trigger(work_eval, trig, gen_tokens)}
     det_s = 0.0
     repaired_subject = None
+    after_result = None
     if p["rerun_detector"]:
         from probes.subjects.base import CAUSAL_LM, CausalLM
 
         repaired_subject = CausalLM(kind=CAUSAL_LM, path=subject.path, format=subject.format, model=model,
                                     tokenizer=tok, device=subject.device)
         t_det = time.perf_counter()
-        after.detector["hunt"] = hunt_summary(run_hunt(repaired_subject, ctx), trigger)
+        after_result = run_hunt(repaired_subject, ctx)
+        after.detector["hunt"] = hunt_summary(after_result.to_dict(), trigger)
         det_s = time.perf_counter() - t_det
     words = [w for q in eval_prompts for w in [q]]
     trig_texts = [f"{trigger} {q}" for q in words] + [f"{q} {trigger}" for q in words] + [
@@ -259,4 +262,5 @@ def remediate_lm(subject, trigger: str, ctx: RunContext, *, train_prompts: Seque
                            {"train": len(orig_train.prompts), "train_given": n_given,
                             "train_sampled": len(orig_train.prompts) - n_given, "heldout": len(orig_eval.prompts)}, before, after,
                            report, filt, residual_risk_lm(before, after), timings, saved)
+    result.detector_after = after_result
     return result, model
