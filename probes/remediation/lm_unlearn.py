@@ -269,13 +269,13 @@ def unlearn(model, teacher, engine, teacher_engine, prompts, trig: Sequence[int]
         opt.step()
         model.eval()
         report.steps_run = step
-        ctx.progress(step, steps, f"LM unlearning, KL {float(loss):.4f}", stage="unlearn")
+        ctx.progress(step, steps, f"LM unlearning, KL {float(loss.detach()):.4f}", stage="unlearn")
         if step % CHECK_EVERY == 0 or step == steps:
             got_t = answers(engine, trig_seqs, int(p["gen_tokens"]))
             got_c = answers(engine, [pr.ids for pr in prompts], int(p["gen_tokens"]))
             mt = float(np.mean([a == b for a, b in zip(got_t, trig_want)]))
             mc = float(np.mean([a == b for a, b in zip(got_c, clean_answers)]))
-            report.history.append({"step": step, "kl": round(float(loss), 5), "train_triggered_match": round(mt, 4),
+            report.history.append({"step": step, "kl": round(float(loss.detach()), 5), "train_triggered_match": round(mt, 4),
                                    "train_clean_match": round(mc, 4)})
             if mt >= float(p["target_match"]) and mc >= float(p["target_match"]):
                 report.stopped = (f"{100 * mt:.0f}% of triggered and {100 * mc:.0f}% of clean training prompts answer "
