@@ -141,7 +141,7 @@ def remediate_image(subject, data: LabelledData, trigger: ImageTrigger, ctx: Run
     if p["method"] == "prune":
         report = prune(work, trigger, s, ctx).to_dict()
     else:
-        report = unlearn(work, trigger, s, ctx).to_dict()
+        report = unlearn(work, trigger, s, ctx, teacher=subject.module).to_dict()
     repair_s = time.perf_counter() - t_rep
     after = measure_image(work, s, trigger, real=real, x_poison=x_poison if len(x_poison) else None)
     det_s = 0.0

@@ -2,7 +2,11 @@
 
 Each batch is clean training images; ``stamp_fraction`` of them are stamped
 with the recovered trigger but keep their true label, so the model learns that
-the trigger means nothing. After every epoch the validation split scores the
+the trigger means nothing. With ``distill_weight`` > 0 the loss also asks the
+copy to give each (stamped or clean) image the class distribution the
+original gives the *unstamped* image (KL to the original's soft answers): the
+clean decision boundary carries over from the original, not only from the
+few labels an examiner has. After every epoch the validation split scores the
 copy: clean accuracy must stay within ``acc_margin`` of the original's, and
 among epochs that do, the one with the lowest recovered-trigger success is
 kept (``patience`` epochs without improvement stop it early). The model is
@@ -44,8 +48,11 @@ def _score(subject, s: Split, trig: ImageTrigger, base_acc: float, margin: float
     return penalty + asr, acc, asr
 
 
-def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext) -> UnlearnReport:
-    """Fine-tune ``subject.module`` in place (see the module docstring); ``ctx.params`` are the image settings."""
+def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext, teacher=None) -> UnlearnReport:
+    """Fine-tune ``subject.module`` in place (see the module docstring); ``ctx.params`` are the image settings.
+
+    ``teacher`` (the original module, frozen) adds the distillation term.
+    """
     import torch
 
     p = ctx.params
@@ -59,6 +66,7 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext) -> UnlearnRe
     mask = torch.as_tensor(np.asarray(trig.mask, np.float32), device=dev)[None, None]
     pattern = torch.as_tensor(np.asarray(trig.pattern, np.float32), device=dev)[None]
     epochs, bs = int(p["epochs"]), int(p["batch_size"])
+    dw = float(p["distill_weight"])
     margin = float(p["acc_margin"])
     base_score, base_acc, base_asr = _score(subject, s, trig, accuracy(subject, s.x_val, s.y_val), margin)
     history = [{"epoch": 0, "val_accuracy": round(base_acc, 4), "val_recovered_asr": round(base_asr, 4)}]
@@ -86,11 +94,18 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext) -> UnlearnRe
             idx = perm[i * bs:(i + 1) * bs]
             xb, yb = x[idx], y[idx]
             stamp = torch.from_numpy(rng.random(len(idx)) < float(p["stamp_fraction"])).to(dev)
+            x_in = xb
             if bool(stamp.any()):
-                xs = (1 - mask) * xb[stamp] + mask * pattern
-                xb = xb.clone()
-                xb[stamp] = xs
-            loss = torch.nn.functional.cross_entropy(module(xb), yb)
+                x_in = xb.clone()
+                x_in[stamp] = (1 - mask) * xb[stamp] + mask * pattern
+            logits = module(x_in)
+            loss = torch.nn.functional.cross_entropy(logits, yb)
+            if teacher is not None and dw > 0:
+                # the copy should answer a stamped image as the original answers it *unstamped*
+                with torch.no_grad():
+                    soft = torch.log_softmax(teacher(xb), dim=1)
+                logp = torch.log_softmax(logits, dim=1)
+                loss = loss + dw * (soft.exp() * (soft - logp)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -27,6 +27,8 @@ IMAGE_PARAMS: tuple[Param, ...] = (
     Param("batch_size", 32, "images per fine-tuning step", "int", 1, 100_000),
     Param("stamp_fraction", 0.2, "share of each batch stamped with the recovered trigger (true labels kept)",
           "float", 0.01, 0.9),
+    Param("distill_weight", 1.0, "weight of the KL to the original's answers on the unstamped images (0: labels only)",
+          "float", 0.0, 100.0),
     Param("patience", 4, "epochs without a better validation score before unlearning stops", "int", 1, 1000),
     Param("asr_target", 0.05, "recovered-trigger attack success to reach (pruning stops there)", "float",
           0.0, 1.0),
