@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def working_copy(subject: ImageClassifier) -> ImageClassifier:
             import torch
 
             buf = io.BytesIO()
-            torch.jit.save(subject.module, buf)
-            buf.seek(0)
-            module = torch.jit.load(buf, map_location=subject.device)
+            with warnings.catch_warnings():  # torch 2.13 marks jit as deprecated; the subject already is TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(subject.module, buf)
+                buf.seek(0)
+                module = torch.jit.load(buf, map_location=subject.device)
         else:
             module = copy.deepcopy(subject.module)
     except Exception as exc:  # noqa: BLE001 - any module that refuses to be copied cannot be repaired
@@ -98,7 +101,9 @@ def save(subject: ImageClassifier, out_dir: Path, *, arch: str | None = None) ->
     module = subject.module.eval()
     if subject.format == formats.TORCHSCRIPT or is_torchscript(module):
         path = out_dir / "repaired.ts.pt"
-        torch.jit.save(module, str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(module, str(path))
         fmt = formats.TORCHSCRIPT
     elif subject.format == formats.HF_FOLDER:
         path = out_dir / "repaired"
