@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,38 @@ def test_lm_unlearning_silences_the_trigger_and_keeps_clean_answers(trigger1_lm)
     assert model is not sub.model
     m = d["filter_measured"]
     assert m["false_rejection"]["either"] == 0.0 and m["detection"]["either"] == 1.0
+
+
+def test_hugging_face_image_classifier_is_trained_and_stays_a_folder(tmp_path, torch_one_thread):  # noqa: F811
+    """Mechanics on the HF path: the adapter's weights train, the repair is written with save_pretrained and reloads."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from probes import formats
+    from probes.context import RunContext
+    from probes.data import LabelledData
+    from probes.remediation.evidence import ImageTrigger
+    from probes.remediation.image import remediate_image
+    from probes.remediation.params import resolve_image
+    from probes.subjects.loader import load_subject
+    from probes.zoo.digits import AttackSpec, load_digits, trigger_mask_pattern
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cfg = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, num_labels=10)
+        ViTForImageClassification(cfg).eval().save_pretrained(tmp_path / "vit", safe_serialization=True)
+    sub = load_subject(tmp_path / "vit")
+    _, _, xte, yte = load_digits(16, seed=0)
+    m, p = trigger_mask_pattern((1, 16, 16), AttackSpec("badnets", target=3))
+    ctx = RunContext("remediate-image", resolve_image({"epochs": 1, "rerun_detector": False, "strip_copies": 4}))
+    res, work = remediate_image(sub, LabelledData(xte, yte), ImageTrigger(m, p, 3), ctx, out_dir=tmp_path / "out")
+    saved = res.to_dict()["model"]
+    assert formats.detect(Path(saved["path"])) == formats.HF_FOLDER and saved["reload_max_prob_diff"] <= 1e-4
+    from probes.remediation.image_model import working_copy
+
+    copy = working_copy(sub)  # gradients reach every weight of the copy, none of the suspect's
+    loss = torch.nn.functional.cross_entropy(copy.module(torch.from_numpy(xte[:32])), torch.from_numpy(yte[:32]))
+    loss.backward()
+    assert all(q.grad is not None for q in copy.module.parameters())
+    assert all(q.grad is None for q in sub.module.parameters())
