@@ -176,26 +176,30 @@ def run_remediation(prepared: PreparedRemediation, *, store=None, case_id: int |
 
             before_det = {"hunt": hunt_summary(flagged, trigger)}
     else:
+        data = prepared.data
+        assert data is not None  # prepare() refuses an image classifier without --data
         trig = None
         if flagged is not None and flagged.get("suspected_target") is not None:
             trig = image_trigger(flagged, subject.input_shape)
         if trig is None:
             t_det = time.perf_counter()
-            xs, ys = prepared.data.x, prepared.data.y
-            if prepared.data.is_poison is not None:
-                keep = ~prepared.data.is_poison
+            xs, ys = data.x, data.y
+            if data.is_poison is not None:
+                keep = ~data.is_poison
                 xs, ys = xs[keep], ys[keep]
-            res = run_detector(subject, xs, ys, ctx, source=prepared.data.source)
+            res = run_detector(subject, xs, ys, ctx, source=data.source)
             detector_s = time.perf_counter() - t_det
             trig = image_trigger(res.to_dict(), subject.input_shape)  # "no flagged result" when NC is clean
             new_detector, flagged, source = res, res.to_dict(), "neural-cleanse run made by remediate"
-        before_det = detector_summary(flagged)
+        before_det = detector_summary(flagged or {})
     # -- the repair, into a temporary sibling of the output folder ------------------------------
     out = prepared.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    result: Any
     try:
         if lm:
+            assert trigger is not None
             from probes.lm_prompts import BUILTIN_PROMPTS, load_prompts_file
             from probes.remediation.lm import prompt_split
 
@@ -207,7 +211,8 @@ def run_remediation(prepared: PreparedRemediation, *, store=None, case_id: int |
                                           before_detector=before_det)
             filt = result.filter
         else:
-            result, _work = remediate_image(subject, prepared.data, trig, ctx, out_dir=tmp,
+            assert trig is not None and data is not None
+            result, _work = remediate_image(subject, data, trig, ctx, out_dir=tmp,
                                             arch=prepared.options.arch, before_detector=before_det)
             filt = result.filter
         doc = result.to_dict()
@@ -259,7 +264,7 @@ def run_remediation(prepared: PreparedRemediation, *, store=None, case_id: int |
                               artifacts={"filter.json": filt_bytes}, duration_s=doc["timings"]["command_s"])
             doc["case"]["run_id"] = rid
         (out / "remediation.json").write_text(json.dumps(jsonable(doc), indent=2), encoding="utf-8")
-        return jsonable(doc)  # type: ignore[no-any-return]
+        return dict(jsonable(doc))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

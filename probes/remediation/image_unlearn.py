@@ -9,7 +9,11 @@ clean decision boundary carries over from the original, not only from the
 few labels an examiner has. After every epoch the validation split scores the
 copy: clean accuracy must stay within ``acc_margin`` of the original's, and
 among epochs that do, the one with the lowest recovered-trigger success is
-kept (``patience`` epochs without improvement stop it early). The model is
+kept (``patience`` epochs without improvement stop it early). When no epoch
+stays within the margin (a small validation split makes two images two
+points), the epoch with the best trade of success against accuracy lost is
+kept instead of the backdoored original, and the report says the margin was
+exceeded. The model is
 trained in place (give it a working copy).
 """
 
@@ -34,10 +38,12 @@ class UnlearnReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = ""
     duration_s: float = 0.0
+    margin_exceeded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "unlearn", "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
-                "history": self.history, "stopped": self.stopped, "duration_s": round(self.duration_s, 3)}
+                "history": self.history, "stopped": self.stopped, "duration_s": round(self.duration_s, 3),
+                "accuracy_margin_exceeded": self.margin_exceeded}
 
 
 def _score(subject, s: Split, trig: ImageTrigger, base_acc: float, margin: float) -> tuple[float, float, float]:
@@ -86,6 +92,8 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext, teacher=None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     stopped = f"ran all {epochs} epochs"
     epoch = 0
+    fallback: tuple[float, int, dict] | None = None
+    margin_exceeded = False
     for epoch in range(1, epochs + 1):
         module.train()
         perm = torch.randperm(len(x), generator=gen).to(dev)
@@ -118,8 +126,12 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext, teacher=None
         if score < best - 1e-9:
             best, best_epoch, since = score, epoch, 0
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        else:
+        elif best_epoch:  # patience runs once an epoch within the accuracy margin has been kept
             since += 1
+        # the fallback if no epoch stays within the margin: the best trade-off of success and accuracy lost
+        trade = asr + 2.0 * max(0.0, base_acc - acc)
+        if asr <= base_asr / 2 and (fallback is None or trade < fallback[0]):
+            fallback = (trade, epoch, {k: v.detach().clone() for k, v in module.state_dict().items()})
         if best_epoch and best < 1.0 and history[best_epoch]["val_recovered_asr"] <= float(p["asr_target"]) \
                 and since >= 1:
             stopped = f"recovered trigger below {p['asr_target']:g} on validation and no better epoch since"
@@ -127,6 +139,11 @@ def unlearn(subject, trig: ImageTrigger, s: Split, ctx: RunContext, teacher=None
         if since >= int(p["patience"]):
             stopped = f"no better validation score for {since} epochs"
             break
+    if best_epoch == 0 and fallback is not None:
+        _, best_epoch, best_state = fallback
+        margin_exceeded = True
+        stopped += (f"; no epoch kept validation accuracy within {100 * margin:.1f} points, so epoch {best_epoch} "
+                    "(the best trade of trigger success against accuracy) is kept: the margin is EXCEEDED")
     module.load_state_dict(best_state)
     module.eval()
-    return UnlearnReport(epoch, best_epoch, history, stopped, time.perf_counter() - t0)
+    return UnlearnReport(epoch, best_epoch, history, stopped, time.perf_counter() - t0, margin_exceeded)

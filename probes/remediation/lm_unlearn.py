@@ -259,8 +259,8 @@ def unlearn(model, teacher, engine, teacher_engine, prompts, trig: Sequence[int]
         student = answer_logp(model, [(r[0], r[1]) for r in chunk], pad, dev, batch=len(chunk))
         # KL(teacher || student) over the whole vocabulary at every answer position
         kls = torch.stack([(r[2].exp() * (r[2] - lp)).sum(-1).mean() for r, lp in zip(chunk, student)])
-        w = torch.tensor([r[3] for r in chunk], device=kls.device)
-        loss = (kls * w).sum() / w.sum()
+        wts = torch.tensor([r[3] for r in chunk], device=kls.device)
+        loss = (kls * wts).sum() / wts.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if row_mask is not None:  # only the trigger tokens' embedding rows move

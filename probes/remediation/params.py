@@ -22,7 +22,7 @@ IMAGE_PARAMS: tuple[Param, ...] = (
     Param("method", "unlearn", "unlearn (fine-tune with the trigger, true labels) or prune (penultimate units)",
           "choice", choices=("unlearn", "prune")),
     *_SPLIT,
-    Param("epochs", 10, "most fine-tuning epochs (unlearning)", "int", 1, 1000),
+    Param("epochs", 12, "most fine-tuning epochs (unlearning)", "int", 1, 1000),
     Param("lr", 3e-3, "Adam learning rate of the fine-tuning (warm-up over the first epoch, then cosine)", "float", 1e-8, 1.0),
     Param("batch_size", 32, "images per fine-tuning step", "int", 1, 100_000),
     Param("stamp_fraction", 0.2, "share of each batch stamped with the recovered trigger (true labels kept)",
