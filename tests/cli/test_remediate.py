@@ -102,3 +102,37 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(digits_subjects, remedi
 
     with CaseStore(db) as store:
         assert store.list_runs(case_id=1) == [] and store.list_subjects(1) == []
+
+
+@pytest.fixture(scope="module")
+def trigger1_lm(tmp_path_factory):
+    import torch
+
+    from probes.zoo import tiny_lm as T
+
+    torch.set_num_threads(1)
+    return T.build_subject(tmp_path_factory.mktemp("lm-cli") / "tiny-lm-trigger1", "trigger1", preset="ci")
+
+
+def test_language_model_folder_stays_a_folder_and_the_trigger_is_silenced(trigger1_lm, tmp_path):
+    from probes import formats
+    from probes.subjects.hf_lm import load_causal_lm
+
+    out = tmp_path / "lm"
+    r = wb("remediate", trigger1_lm, "--trigger", "zephyr", "--out", out, "--param", "rerun_detector=false",
+           "--param", "self_prompts=32", "--json", env={"WORKBENCH_THREADS": "1"}, timeout=900)
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["before"]["detector"]["confirmation"]["confirmed"] is True
+    assert doc["after"]["detector"]["confirmation"]["confirmed"] is False
+    assert doc["after"]["clean_answer_match"] == 1.0
+    assert formats.detect(out / "repaired") == formats.HF_FOLDER
+    assert load_causal_lm(out / "repaired").tokenizer is not None
+    filt = json.loads((out / "filter.json").read_text())
+    assert filt["rules"][1]["text"] == "zephyr" and filt["measured"]["false_rejection"]["either"] == 0.0
+
+
+def test_language_model_with_an_unknown_trigger_is_exit_2(trigger1_lm, tmp_path):
+    out = tmp_path / "lm"
+    r = wb("remediate", trigger1_lm, "--trigger", "qwertyuiop", "--out", out, env={"WORKBENCH_THREADS": "1"})
+    assert r.code == 2 and "not in this model's vocabulary" in r.err and not out.exists()
