@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casefiles import atlas
+from casefiles import atlas, remediation_section
 from casefiles.characterise import Characterisation, characterise, read_prompts
 from vocabulary.layered import case_verdict, subject_verdict
 
@@ -359,6 +359,8 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
         lines += _run_lines(r, subject_names, artifacts, [] if r["id"] in flagged_ids else opts.images.get(r["id"], []))
         if r["id"] in flagged_ids and opts.images.get(r["id"]):
             lines[-1:] = ["", f"Figures: with the finding of run {r['id']} above.", ""]
+
+    lines += remediation_section.render_section(bundle)
 
     lines += ["## MITRE ATLAS mapping", ""]
     mapped: dict[str, list[str]] = {}

@@ -520,6 +520,65 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
             raise typer.Exit(1)
 
 
+@app.command("remediate")
+def remediate(path: Annotated[Path, typer.Argument(help="The flagged model: a file or a Hugging Face-style folder.")],
+              out: Annotated[Path, typer.Option("--out", help="New folder for the repaired model, filter.json and remediation.json.")],
+              data: Annotated[Optional[Path], typer.Option("--data", help="Clean labelled inputs (.npz with x, y) for an image classifier.")] = None,
+              method: Annotated[str, typer.Option("--method", help="Image classifiers: unlearn (fine-tune) or prune.")] = "unlearn",
+              arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture for a bare state_dict: path/to/file.py:ClassName.")] = None,
+              trigger: Annotated[Optional[str], typer.Option("--trigger", help="Language models: the trigger text (default: the case's confirmed one).")] = None,
+              prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Language models: extra prompts, one per line.")] = None,
+              input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="Image input shape C,H,W when it cannot be inferred.")] = None,
+              param: Annotated[list[str], typer.Option("--param", help="Remediation setting KEY=VALUE (docs/remediation.md lists them), repeatable.")] = [],  # noqa: B006 - Typer's repeatable option
+              seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+              device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda when present, else cpu).")] = None,
+              case: Annotated[Optional[int], typer.Option("--case", help="Take the flagged result from this case and record the repair in it.")] = None,
+              threads: ThreadsOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Take a detected backdoor out of a copy of the model; write it, an input filter and the before/after evidence."""
+    from workbench.remediate import RemediateOptions, prepare, run_remediation
+
+    _use_threads(threads)
+    if method not in ("unlearn", "prune"):
+        fail("--method takes unlearn or prune")
+    with _Guard():
+        options = RemediateOptions(out=str(out), data=str(data) if data else None, method=method, arch=arch,
+                                   trigger=trigger, prompts=str(prompts) if prompts else None,
+                                   input_shape=_parse_shape(input_shape), seed=seed, device=device,
+                                   params=_parse_params(param))
+        prepared = prepare(path, options)
+        store = None
+        if case is not None:
+            store = _open_store(db, create=False)
+            store.get_case(case)
+        progress = _StderrProgress(enabled=True)
+        try:
+            doc = run_remediation(prepared, store=store, case_id=case, progress=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            fail("interrupted; nothing was written", 130)
+        except (typer.Exit, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be repaired is one line, never a traceback
+            from casefiles.errors import CaseFileError
+            from probes.errors import ProbeError, explain
+
+            progress.close()
+            if isinstance(exc, (ProbeError, CaseFileError)):
+                raise
+            fail(f"remediation failed: {explain(exc)}")
+        finally:
+            progress.close()
+            if store is not None:
+                store.close()
+        if as_json:
+            _print_json(doc)
+            return
+        from casefiles.remediation_section import summary_lines
+
+        for line in summary_lines(doc):
+            typer.echo(line)
+
+
 def _write_sarif(dest: Path, results: list[dict[str, Any]]) -> None:
     try:
         from probes.static_scan.sarif import to_sarif

@@ -52,6 +52,9 @@ class WorkbenchApp(App[int]):
                 tooltip="Pick probes that apply to the selected subject (or every subject of the case) and queue them"),
         Binding("t", "trigger_hunt", "Trigger hunt", id="hunt.start",
                 tooltip="Start a live KL trigger hunt on the selected language model"),
+        Binding("m", "remediate", "Remediate", id="subject.remediate", show=False,
+                tooltip="Repair a copy of the selected flagged subject (unlearn its trigger), write it with an input "
+                        "filter and before/after evidence"),
         Binding("e", "export", "Export", id="case.export", tooltip="Export the case: one HTML page, or a markdown folder with images"),
         Binding("v", "verify", "Verify", id="case.verify", tooltip="Verify the case's hash-chained audit trail"),
         Binding("escape", "cancel", "Cancel", id="jobs.cancel",
@@ -69,6 +72,8 @@ class WorkbenchApp(App[int]):
         ("Run probes", "Pick and queue probes for the selected subject(s) (r)", "run_probes"),
         ("Start trigger hunt", "Live KL trigger hunt on the selected language model (t)", "trigger_hunt"),
         *[(name, help_, f"hunt('{action}')") for name, help_, action in HuntPane.PALETTE],
+        ("Remediate subject", "Repair a copy of the selected flagged subject, with filter and evidence (m)",
+         "remediate"),
         ("Export case", "Write the case as an HTML page or a markdown folder with figures (e)", "export"),
         ("Verify audit trail", "Check the case's hash-chained audit trail (v)", "verify"),
         ("Cancel jobs", "Cancel the running probe and drop the queue (Esc)", "cancel"),
@@ -80,9 +85,11 @@ class WorkbenchApp(App[int]):
 
     def __init__(self, db_path: str | Path, *, case_id: int | None = None, subject_id: int | None = None,
                  probe_params: dict[str, Any] | None = None, kl_params: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
-        """``probe_params`` / ``kl_params``: extra parameters for every scan / trigger hunt (as ``--param``)."""
+                 remediation_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """``probe_params`` / ``kl_params`` / ``remediation_params``: extra settings for every scan / trigger hunt /
+        remediation (as ``--param``)."""
         super().__init__()
+        self.remediation_params = dict(remediation_params or {})
         self.probe_params = dict(probe_params or {})
         self.kl_params = dict(kl_params or {})
         self.db_path = Path(db_path)
@@ -490,6 +497,46 @@ class WorkbenchApp(App[int]):
             self._stale.discard("hunt")
             self.refresh_pane(hunt)
         getattr(hunt, f"action_{what}")()
+
+    def action_remediate(self) -> None:
+        from workbench.ui.screens.dialogs import Field, PromptScreen
+
+        case_id = self._need_case()
+        sid = self.sel.subject_id
+        if case_id is None:
+            return
+        if sid is None:
+            self.notify("Select a flagged subject in the case tree first.", severity="warning")
+            return
+        s = self.store.get_subject(sid)
+        runs = self.store.list_runs(subject_id=sid)
+        lm = s["kind"] == "causal-lm"
+        detector = "kl" if lm else "neural-cleanse"
+        flagged = any(r["probe"] == detector and r["status"] == "done" and r.get("verdict") in ("backdoored",)
+                      for r in runs)
+        data, _ = data_paths_for(runs)
+        out = str(Path(s["path"]).with_name(Path(s["path"]).name.split(".")[0] + "-repaired"))
+        fields = [Field("out", "Output folder (new)", value=out, path=True)]
+        if lm:
+            fields.append(Field("trigger", "Trigger text (blank: the confirmed one of the hunt)"))
+        else:
+            fields += [Field("data", "Clean labelled data (.npz)", value=data or "", path=True),
+                       Field("method", "Method: unlearn or prune", value="unlearn")]
+        note = ("Detector result found: its trigger is removed." if flagged else
+                f"No flagged {detector} result yet: the detector runs first (a clean result stops here).")
+
+        def done(values: dict[str, str] | None) -> None:
+            if not values:
+                return
+            params = dict(self.remediation_params)
+            self.enqueue(Job("remediate", case_id, sid, path=s["path"], data=values.get("data") or None,
+                             params={"out": values["out"], "method": values.get("method") or "unlearn",
+                                     "trigger": values.get("trigger") or None, "settings": params},
+                             label=f"remediate {s['name']}"))
+
+        self.push_screen(PromptScreen(f"Remediate {s['name']}", fields, submit="Repair",
+                                      required=("out", "data") if not lm else ("out",),
+                                      note=note + " Progress below; Esc cancels (nothing is written)."), done)
 
     def action_export(self) -> None:
         from workbench.ui.screens.dialogs import Field, PromptScreen

@@ -25,7 +25,7 @@ _ids = itertools.count(1)
 
 @dataclass
 class Job:
-    kind: str  # scan | hunt | confirm | custom | add-subject
+    kind: str  # scan | hunt | confirm | custom | add-subject | remediate
     case_id: int
     subject_id: int | None = None
     path: str | None = None
@@ -274,6 +274,34 @@ def custom(job: Job, db_path: str | Path, emit: Emit) -> None:
     emit(M.JobFinished(job, "done", f"{text!r}: KL q{q:g} {entry['kl']:.3g} nats at {entry['position']}", entry))
 
 
+def remediate(job: Job, db_path: str | Path, emit: Emit) -> None:
+    """``workbench remediate`` on the job's subject: repair a copy, write it, record the runs (cancel leaves nothing)."""
+    from probes.errors import Cancelled
+    from workbench.remediate import RemediateOptions, prepare, run_remediation
+
+    throttle = Throttle(0.1)
+
+    def progress(ev: Any) -> None:
+        if throttle.due(force=ev.done >= ev.total):
+            emit(M.JobProgress(job, ev))
+
+    p = job.params
+    try:
+        prepared = prepare(job.path or "", RemediateOptions(out=p["out"], data=job.data, method=p.get("method") or "unlearn",
+                                                            trigger=p.get("trigger"), params=dict(p.get("settings") or {})))
+        emit(M.JobProgress(job, _event("load", 0, 1, "loading torch and the model", "remediation")))
+        with open_store(db_path) as store:
+            doc = run_remediation(prepared, store=store, case_id=job.case_id, progress=progress, cancel=job.cancel)
+    except Exception as exc:  # noqa: BLE001 - Cancelled, bad input, anything: a message, never a crash
+        if isinstance(exc, Cancelled) or job.cancel.is_set():
+            emit(M.JobFinished(job, "cancelled", "remediation cancelled; nothing was written"))
+        else:
+            emit(M.JobFinished(job, "failed", explain(exc)))
+        return
+    emit(M.JobFinished(job, "done", f"repaired model in {doc['outputs']['model']}. {doc['residual_risk']}", doc))
+
+
 RUNNERS: dict[str, Callable[[Job, Any, Emit], None]] = {
     "add-subject": add_subject, "scan": scan, "hunt": hunt, "confirm": confirm, "custom": custom,
+    "remediate": remediate,
 }
