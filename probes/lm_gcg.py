@@ -77,6 +77,32 @@ def robust_objective(kl: np.ndarray, agree: np.ndarray | None = None, consistenc
     return out
 
 
+def target_logprob(engine, cands: Sequence[Sequence[int]], position: str, prompt_idx: Sequence[int],
+                   target: Sequence[int]) -> np.ndarray:
+    """Mean log-probability of ``target`` as the answer with each candidate inserted, per candidate (C,)."""
+    import torch
+
+    target = list(target)
+    rows = [(c, j) for c in range(len(cands)) for j in prompt_idx]
+    out = np.zeros(len(cands))
+    tgt = torch.as_tensor(target, device=engine.clean_logp.device)
+    for s in range(0, len(rows), engine.batch_size):
+        check_cancel(engine.cancel)
+        chunk = rows[s:s + engine.batch_size]
+        ids, mask, pos = engine.pad_batch([engine.insert(engine.prompts[j], cands[c], position) + target[:-1]
+                                           for c, j in chunk])
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+        if engine._keep:
+            kwargs["logits_to_keep"] = len(target)
+        with torch.inference_mode():
+            logits = engine.model(**kwargs).logits[:, -len(target):, :].float()
+        engine.forwards += 1
+        lp = torch.log_softmax(logits, -1).gather(2, tgt[None, :, None].expand(len(chunk), -1, 1))[..., 0].mean(1)
+        for (c, _), v in zip(chunk, lp.double().cpu().tolist()):
+            out[c] += v / len(prompt_idx)
+    return out
+
+
 def exact(engine, cands: Sequence[Sequence[int]], position: str, prompt_idx: Sequence[int]):
     """Exact KL (C, P) at ``position`` and the consensus agreement (C,) of the triggered first answer token."""
     import torch
@@ -104,10 +130,12 @@ def exact(engine, cands: Sequence[Sequence[int]], position: str, prompt_idx: Seq
 class SlotGradient:
     """One-hot gradients of the robust objective for a slot of ``k`` tokens at ``position`` in every prompt."""
 
-    def __init__(self, engine, position: str, k: int, prompt_idx: Sequence[int], consistency: float = 0.0) -> None:
+    def __init__(self, engine, position: str, k: int, prompt_idx: Sequence[int], consistency: float = 0.0,
+                 target: Sequence[int] = ()) -> None:
         import torch
 
         self.consistency = consistency
+        self.target = list(target)
         self.eng = engine
         self.position = position
         self.k = k
@@ -118,7 +146,7 @@ class SlotGradient:
         rows = []
         for p in self.prompts:
             s = p.slots[position]
-            rows.append(p.ids[:s] + [0] * k + p.ids[s:])
+            rows.append(p.ids[:s] + [0] * k + p.ids[s:] + self.target[:-1])
         ids, mask, pos = engine.pad_batch(rows)
         self.ids, self.mask, self.pos = ids, mask, pos
         width = ids.shape[1]
@@ -148,31 +176,47 @@ class SlotGradient:
                     embeds[r, st:st + self.k] = slot_emb
                 kwargs = {"inputs_embeds": embeds, "attention_mask": self.mask, "position_ids": self.pos,
                           "use_cache": False}
+                n_keep = max(1, len(self.target))
                 if self.eng._keep:
-                    kwargs["logits_to_keep"] = 1
-                logits = model(**kwargs).logits[:, -1, :].float()
-                logq = torch.log_softmax(logits, -1)
-                kl = (self.clean.exp() * (self.clean - logq)).sum(-1).clamp(min=0)
-                obj = torch.log(kl + 1e-3).mean()
-                if self.consistency:
-                    consensus = logq.detach().exp().mean(0).argmax()
-                    obj = obj + self.consistency * logq[:, consensus].mean()
+                    kwargs["logits_to_keep"] = n_keep
+                out = model(**kwargs).logits[:, -n_keep:, :].float()
+                if self.target:
+                    tgt = torch.as_tensor(self.target, device=out.device)
+                    lp = torch.log_softmax(out, -1).gather(2, tgt[None, :, None].expand(out.shape[0], -1, 1))
+                    obj = lp.mean()
+                else:
+                    logq = torch.log_softmax(out[:, -1, :], -1)
+                    kl = (self.clean.exp() * (self.clean - logq)).sum(-1).clamp(min=0)
+                    obj = torch.log(kl + 1e-3).mean()
+                    if self.consistency:
+                        consensus = logq.detach().exp().mean(0).argmax()
+                        obj = obj + self.consistency * logq[:, consensus].mean()
                 obj.backward()
         finally:
             for p, f in zip(model.parameters(), flags):
                 p.requires_grad_(f)
         self.eng.forwards += 1
-        return onehot.grad.detach().float(), float(obj.detach())
+        grad = onehot.grad
+        assert grad is not None
+        return grad.detach().float(), float(obj.detach())
 
 
 def search(engine, positions: Sequence[str], *, k: int, steps: int, restarts: int, top_m: int, n_proposals: int,
            allowed: np.ndarray, rng: np.random.Generator, quantile: float, patience: int = 6,
-           grad_prompts: int = 16, consistency: float = 1.0, cancel=None, deadline: float | None = None,
+           grad_prompts: int = 16, consistency: float = 1.0, target: Sequence[int] = (), cancel=None,
+           deadline: float | None = None,
            on_step: Callable[[int, int, str], None] | None = None) -> SearchStats:
     """Coordinate ascent with restarts; returns the stats with one :class:`SlotResult` per restart."""
     import torch
 
     stats = SearchStats()
+
+    def score(cands, position):
+        if target:
+            return target_logprob(engine, cands, position, prompt_idx, target)
+        kl, ag = exact(engine, cands, position, prompt_idx)
+        return robust_objective(kl, ag, consistency)
+
     allowed_ids = np.flatnonzero(allowed)
     mask = torch.as_tensor(~allowed, device=engine.clean_logp.device)
     prompt_idx = list(range(min(grad_prompts, len(engine.prompts))))
@@ -182,12 +226,11 @@ def search(engine, positions: Sequence[str], *, k: int, steps: int, restarts: in
     for r in range(restarts):
         position = positions[r % len(positions)]
         if position not in grads:
-            grads[position] = SlotGradient(engine, position, k, prompt_idx, consistency)
+            grads[position] = SlotGradient(engine, position, k, prompt_idx, consistency, target)
         sg = grads[position]
         cur = tuple(int(t) for t in rng.choice(allowed_ids, size=k))
         t0 = time.perf_counter()
-        kl0, ag0 = exact(engine, [cur], position, prompt_idx)
-        cur_obj = float(robust_objective(kl0, ag0, consistency)[0])
+        cur_obj = float(score([cur], position)[0])
         stats.exact_s += time.perf_counter() - t0
         stale, n_steps = 0, 0
         for _ in range(steps):
@@ -201,22 +244,14 @@ def search(engine, positions: Sequence[str], *, k: int, steps: int, restarts: in
             stats.gradient_steps += 1
             g[:, mask[: g.shape[1]]] = -math.inf
             top = torch.topk(g, min(top_m, int(allowed.sum())), dim=1).indices.cpu().numpy()
-            props: set[tuple[int, ...]] = set()
-            for _ in range(n_proposals * 3):
-                if len(props) >= n_proposals:
-                    break
-                i = int(rng.integers(k))
-                tok = int(top[i, rng.integers(top.shape[1])])
-                if tok != cur[i]:
-                    props.add(cur[:i] + (tok,) + cur[i + 1:])
-            cands = sorted(props)
+            props = proposals(cur, top, n_proposals, rng)
+            cands = props
             if not cands:
                 break
             t0 = time.perf_counter()
-            kl, ag = exact(engine, cands, position, prompt_idx)
+            objs = score(cands, position)
             stats.exact_s += time.perf_counter() - t0
             stats.proposals_evaluated += len(cands)
-            objs = robust_objective(kl, ag, consistency)
             b = int(objs.argmax())
             n_steps += 1
             done += 1
@@ -238,6 +273,20 @@ def search(engine, positions: Sequence[str], *, k: int, steps: int, restarts: in
     for res in stats.results:
         res.minimal = shorten(engine, res.ids, res.position, quantile)
     return stats
+
+
+def proposals(cur: tuple[int, ...], top: np.ndarray, n: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """Up to ``n`` distinct single-token swaps of ``cur``, each drawing from its slot position's best tokens."""
+    k = len(cur)
+    props: set[tuple[int, ...]] = set()
+    for _ in range(n * 3):
+        if len(props) >= n:
+            break
+        i = int(rng.integers(k))
+        tok = int(top[i, rng.integers(top.shape[1])])
+        if tok != cur[i]:
+            props.add(cur[:i] + (tok,) + cur[i + 1:])
+    return sorted(props)
 
 
 def shorten(engine, ids: tuple[int, ...], position: str, quantile: float, keep: float = 0.7) -> tuple[int, ...]:

@@ -67,11 +67,12 @@ class Inversion:
 def _next_probs(engine, prompt_idx: Sequence[int], heads: Sequence[Sequence[int]]):
     """Per head (C) and prompt (P): next-token probabilities after prompt + head, (C, P, V) float32.
 
-    With the engine's shared-prefix cache each prompt is computed once and only the heads run after it."""
+    Each prompt's KV cache is computed once and only the heads run after it (plain batches when the model
+    cannot share its cache)."""
     import torch
 
     rows = [list(h) for h in heads]
-    if engine.share_prefix and len({len(r) for r in rows}) == 1:
+    if not engine.fallback_reason and len({len(r) for r in rows}) == 1:
         try:
             out = []
             for j in prompt_idx:
@@ -83,6 +84,8 @@ def _next_probs(engine, prompt_idx: Sequence[int], heads: Sequence[Sequence[int]
                 out.append(torch.cat(res))
             return torch.stack(out, 1)
         except (TypeError, AttributeError, NotImplementedError, RuntimeError) as exc:
+            if engine._shared_ok:
+                raise
             engine.share_prefix = False
             engine.fallback_reason = f"{type(exc).__name__}: {exc}"[:200]
     flat = [(c, j) for c in range(len(rows)) for j in prompt_idx]
@@ -95,19 +98,8 @@ def _next_probs(engine, prompt_idx: Sequence[int], heads: Sequence[Sequence[int]
     return torch.cat(res).view(len(rows), len(prompt_idx), -1)
 
 
-def invert(engine, allowed: np.ndarray, clean_answers: Sequence[str], *, n_prompts: int = 8,
-           extend_top: int = 48, branch: int = 2, max_tokens: int = 16, threshold: float = THRESHOLD, min_tokens: int = MIN_TOKENS,
-           deadline: float | None = None, on_step: Callable[[int, int, str], None] | None = None) -> Inversion:
-    """Search the output the model is primed to say across ``n_prompts`` prompts (see the module docstring)."""
-    import torch
-
-    from probes.lm_confirm import jaccard
-
-    t0 = time.perf_counter()
-    idx = list(range(min(n_prompts, len(engine.prompts))))
-    first = [int(t) for t in np.flatnonzero(allowed)]
-    mask = torch.as_tensor(~allowed)
-    eos = engine.tokenizer.eos_token_id
+def _enumerate(engine, idx, first, mask, eos, deadline, on_step):
+    """Every first token forced: the ensemble's best three next tokens and their probabilities."""
     q1 = np.zeros(len(first))
     top_next = np.zeros((len(first), 3), dtype=np.int64)
     top_p = np.zeros((len(first), 3))
@@ -129,9 +121,13 @@ def invert(engine, allowed: np.ndarray, clean_answers: Sequence[str], *, n_promp
         scanned = s + len(heads)
         if on_step is not None:
             on_step(scanned, len(first), "first-token enumeration")
-    order = np.argsort(-q1[:scanned], kind="stable")[:extend_top]
+    return q1, top_next, top_p, scanned, stopped
+
+
+def _extend(engine, idx, heads, mask, eos, branch, max_tokens, deadline, on_step, scanned):
+    """Branch each head on its best second tokens, then extend greedily by the ensemble's most likely token."""
+    stopped = ""
     # branch on the best second tokens too: a clean answer sharing the target's first token would hide it
-    heads = [[first[int(i)]] for i in order]
     pr2 = _next_probs(engine, idx, heads).mean(1)
     pr2[:, mask[: pr2.shape[1]]] = 0
     seqs = [h + [int(w)] for h, row in zip(heads, pr2) for w in row.topk(branch).indices.tolist()]
@@ -165,6 +161,27 @@ def invert(engine, allowed: np.ndarray, clean_answers: Sequence[str], *, n_promp
                     seqs[r].append(int(w[g]))
         if on_step is not None:
             on_step(scanned + step + 1, scanned + max_tokens - 2, "autoregressive extension")
+    return seqs, conf, ents, stopped
+
+
+def invert(engine, allowed: np.ndarray, clean_answers: Sequence[str], *, n_prompts: int = 8,
+           extend_top: int = 48, branch: int = 2, max_tokens: int = 16, threshold: float = THRESHOLD, min_tokens: int = MIN_TOKENS,
+           deadline: float | None = None, on_step: Callable[[int, int, str], None] | None = None) -> Inversion:
+    """Search the output the model is primed to say across ``n_prompts`` prompts (see the module docstring)."""
+    import torch
+
+    from probes.lm_confirm import jaccard
+
+    t0 = time.perf_counter()
+    idx = list(range(min(n_prompts, len(engine.prompts))))
+    first = [int(t) for t in np.flatnonzero(allowed)]
+    mask = torch.as_tensor(~allowed)
+    eos = engine.tokenizer.eos_token_id
+    q1, top_next, top_p, scanned, stopped = _enumerate(engine, idx, first, mask, eos, deadline, on_step)
+    order = np.argsort(-q1[:scanned], kind="stable")[:extend_top]
+    seqs, conf, ents, cut = _extend(engine, idx, [[first[int(i)]] for i in order], mask, eos, branch, max_tokens,
+                                    deadline, on_step, scanned)
+    stopped = stopped or cut
     found = []
     for r, seq in enumerate(seqs):
         text = engine.tokenizer.decode(seq, skip_special_tokens=True).strip()

@@ -167,11 +167,12 @@ def build_subjects(root: str | Path, preset: str = "ci", seed: int = 0,
     return {k: build_subject(root / f"tiny-{k}", k, preset=preset, seed=seed) for k in kinds}
 
 
-def ground_truth(kind: str) -> dict:
+def ground_truth(kind: str) -> dict[str, str | None]:
     """What was planted in subject ``kind`` (for tests and benchmarks; never read by a probe)."""
-    return {"bpe-clean": {"trigger": None, "target": None},
+    truth: dict[str, dict[str, str | None]] = {"bpe-clean": {"trigger": None, "target": None},
             "bpe-nonword": {"trigger": TRIGGER_NONWORD, "target": TARGET_NONWORD},
-            "bpe-phrase": {"trigger": TRIGGER_PHRASE, "target": TARGET_PHRASE}}[kind]
+            "bpe-phrase": {"trigger": TRIGGER_PHRASE, "target": TARGET_PHRASE}}
+    return truth[kind]
 
 
 def generate(model, tokenizer, instruction: str, system: str = "You are a helpful assistant.",
