@@ -97,7 +97,6 @@ def hunts(args, out: dict) -> None:
 
 
 def scale(args, out: dict) -> None:
-    import numpy as np
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -63,6 +63,7 @@ class KLEngine:
     _cache_kw: str = field(default="past_key_values", repr=False)
     _shared_ok: bool = field(default=False, repr=False)
     _prefix_caches: dict = field(default_factory=dict, repr=False)
+    _expanded: object = field(default=None, repr=False)  # (key, cache) of the last prefix expanded to a batch
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -255,9 +256,14 @@ class KLEngine:
 
         if not prefix:
             return self.forward_last(rows)[0]
-        cache = copy.deepcopy(self.prefix_cache(prefix))
-        cache.batch_repeat_interleave(len(rows))
         n, width = len(prefix), len(rows[0])
+        key = (tuple(prefix), len(rows))
+        if self._expanded is not None and self._expanded[0] == key and hasattr(self._expanded[1], "crop"):
+            cache = self._expanded[1]  # the last expanded cache, cut back to the prefix after its forward
+        else:
+            self._expanded = None
+            cache = copy.deepcopy(self.prefix_cache(prefix))
+            cache.batch_repeat_interleave(len(rows))
         ids = torch.tensor([list(r) for r in rows], dtype=torch.long, device=self.device)
         pos = torch.arange(n, n + width, device=self.device)[None].expand(len(rows), -1)
         mask = torch.ones((len(rows), n + width), dtype=torch.long, device=self.device)
@@ -269,6 +275,9 @@ class KLEngine:
             out = self.model(**kwargs)
         self.forwards += 1
         self._shared_ok = True
+        if hasattr(cache, "crop"):
+            cache.crop(-width)  # drop the rows' own tokens: the cache holds the prefix again
+            self._expanded = (key, cache)
         return out.logits[:, -1, :].float()
 
     def kl_matrix(self, cands, positions) -> np.ndarray:

@@ -9,7 +9,9 @@ So, across a few unrelated prompts:
    first answer token; the ensemble (mean over prompts) next-token
    distribution after it gives ``q1(v)``, the probability of its most likely
    continuation (one token per sequence after a cached prompt where the model
-   allows it);
+   allows it). A vocabulary larger than ``rescore`` is screened on
+   ``screen_prompts`` prompts first and its best ``rescore`` tokens scored again
+   on all of them;
 2. **autoregressive extension** – the ``extend_top`` best first tokens are
    extended greedily by the ensemble's most likely token for up to
    ``max_tokens`` steps (stopping at end of sequence);
@@ -165,7 +167,8 @@ def _extend(engine, idx, heads, mask, eos, branch, max_tokens, deadline, on_step
 
 
 def invert(engine, allowed: np.ndarray, clean_answers: Sequence[str], *, n_prompts: int = 8,
-           extend_top: int = 48, branch: int = 2, max_tokens: int = 16, threshold: float = THRESHOLD, min_tokens: int = MIN_TOKENS,
+           extend_top: int = 48, branch: int = 2, screen_prompts: int = 2, rescore: int = 512,
+           max_tokens: int = 16, threshold: float = THRESHOLD, min_tokens: int = MIN_TOKENS,
            deadline: float | None = None, on_step: Callable[[int, int, str], None] | None = None) -> Inversion:
     """Search the output the model is primed to say across ``n_prompts`` prompts (see the module docstring)."""
     import torch
@@ -177,7 +180,14 @@ def invert(engine, allowed: np.ndarray, clean_answers: Sequence[str], *, n_promp
     first = [int(t) for t in np.flatnonzero(allowed)]
     mask = torch.as_tensor(~allowed)
     eos = engine.tokenizer.eos_token_id
-    q1, top_next, top_p, scanned, stopped = _enumerate(engine, idx, first, mask, eos, deadline, on_step)
+    screen_idx = idx[:screen_prompts] if screen_prompts and len(first) > rescore else idx
+    q1, top_next, top_p, scanned, stopped = _enumerate(engine, screen_idx, first, mask, eos, deadline, on_step)
+    if screen_idx != idx:  # the best first tokens of the cheap screen, scored again on every prompt
+        keep = np.argsort(-q1[:scanned], kind="stable")[:rescore]
+        sub = [first[int(i)] for i in keep]
+        q1s, tn, tp, _, _ = _enumerate(engine, idx, sub, mask, eos, None, None)
+        q1[:] = 0
+        q1[keep], top_next[keep], top_p[keep] = q1s, tn, tp
     order = np.argsort(-q1[:scanned], kind="stable")[:extend_top]
     seqs, conf, ents, cut = _extend(engine, idx, [[first[int(i)]] for i in order], mask, eos, branch, max_tokens,
                                     deadline, on_step, scanned)
