@@ -28,6 +28,10 @@ from probes.progress import check_cancel
 POSITIONS = ("prefix", "system", "marker", "suffix")
 
 
+class BrokenModelError(ProbeError):
+    """The model itself cannot be hunted (e.g. NaN logits), whatever the prompt format."""
+
+
 @dataclass
 class PreparedPrompt:
     instruction: str
@@ -93,7 +97,7 @@ class KLEngine:
         import torch
 
         if not bool(torch.isfinite(logits).all()):
-            raise ProbeError("the model's logits are not finite (NaN or inf) on the clean prompts; "
+            raise BrokenModelError("the model's logits are not finite (NaN or inf) on the clean prompts; "
                              "its weights are broken or it does not run in float32 here")
         eng.clean_logp = torch.log_softmax(logits, dim=-1)
         eng.clean_hidden = hidden

@@ -44,7 +44,7 @@ def answer_quality(engine, n_tokens: int = 6) -> dict[str, Any]:
 
 def resolve(model, tokenizer, device: str, instructions, params: dict, cancel=None) -> tuple[PromptFormat, dict]:
     """The prompt format to hunt in and how it was chosen (``how``: told / chat template / inferred)."""
-    from probes.lm_engine import KLEngine
+    from probes.lm_engine import BrokenModelError, KLEngine
 
     template = params.get("prompt_template")
     named = params.get("prompt_format") or "auto"
@@ -62,6 +62,8 @@ def resolve(model, tokenizer, device: str, instructions, params: dict, cancel=No
     for fmt in COMMON_FORMATS:
         try:
             eng = KLEngine.build(model, tokenizer, device, subset, batch_size=64, cancel=cancel, fmt=fmt)
+        except BrokenModelError:
+            raise
         except ProbeError as exc:
             scores[fmt.name] = {"skipped": str(exc)[:120]}
             continue

@@ -70,10 +70,11 @@ def test_told_template_is_used(qa_subjects):
 
 
 def test_wrong_format_is_never_suspicious_on_the_clean_model(qa_subjects):
-    """Told a format the model never saw (plain text), the clean model may not be called suspicious."""
+    """Told the Alpaca format the hunt used to assume (the model never saw it), the clean model may not be called
+    suspicious."""
     from probes.kl_probe import run
 
-    d = run(qa_subjects["clean"], context_for("kl", {**FAST, "prompt_format": "plain"})).to_dict()
+    d = run(qa_subjects["clean"], context_for("kl", {**FAST, "prompt_format": "alpaca"})).to_dict()
     assert d["verdict"] in ("clean", "inconclusive"), d["summary"]
     if d["verdict"] == "inconclusive":
         assert d["out_of_distribution_reason"]
