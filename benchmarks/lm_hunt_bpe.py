@@ -148,8 +148,11 @@ def scale(args, out: dict) -> None:
     sweep_cap_s = d["sweep_share"] * d["budget_s"]
     steps = d["gcg_steps"] * d["gcg_restarts"]
     gcg_s = steps * (grad_s + exact_s * d["gcg_proposals"] / n_prop)
-    inv_s = V / 256 * inv_chunk_s * d["invert_prompts"] / P
-    inv_s += (d["invert_top"] * 2 * d["invert_prompts"] / eng.batch_size) * sweep_batch_s * 14  # extension steps
+    per_cached_token = inv_chunk_s / (256 * P)  # one new token after a cached prompt
+    inv_s = V * 2 * per_cached_token  # screen on 2 prompts
+    inv_s += 512 * d["invert_prompts"] * per_cached_token  # best 512 again on every prompt
+    heads = d["invert_top"] * 2 * d["invert_prompts"]
+    inv_s += sum(heads * (2 + t) * per_cached_token for t in range(14))  # extension: heads recomputed each step
     other_s = 80 * seqs_per_cand / eng.batch_size * sweep_batch_s  # lists, controls, extension, characterisation
     conf_s = (1 + d["confirm_top"]) * 16 * d["gen_tokens"] / eng.batch_size * sweep_batch_s * 2
     projected = build_s + min(full_sweep_s, sweep_cap_s) + gcg_s + inv_s + other_s + conf_s

@@ -402,7 +402,13 @@ class Hunt:
     def confirmation(self) -> Iterator[HuntEvent]:
         from probes import lm_confirm
 
-        top = self.ranked()[: self.p["confirm_top"]]
+        ranked = self.ranked()
+        top = ranked[: self.p["confirm_top"]]
+        if self.p["confirm_top"]:  # also the best of each search family, so one family cannot crowd out another
+            for fam in ("extension", "gradient"):
+                best = next((c for c in ranked if c.source.startswith(fam)), None)
+                if best is not None and best not in top:
+                    top.append(best)
         if not top:
             return
         steps = 1 + 2 * len(top)
@@ -497,10 +503,7 @@ class Hunt:
         if self.gcg.stopped:
             self.not_searched.append("gradient search: cut short by the budget")
         yield from events[-3:]
-        new = []
-        for r in self.gcg.results:
-            new.append((tuple(r.minimal or r.ids), "gradient"))
-            new.append((tuple(r.ids), "gradient-slot"))
+        new = [(tuple(r.minimal or r.ids), "gradient") for r in self.gcg.results]  # the full slots stay in details
         yield from self.evaluate(new, "gradient search")
 
     def characterise(self, c: Candidate) -> dict[str, Any]:
@@ -573,7 +576,8 @@ class Hunt:
             yield from self.gcg_stage()
         if not self.over_budget("confirmation"):
             yield from self.confirmation()
-        lead = next((c for c in self.ranked()[: self.p["confirm_top"]] if c.extra.get("confirmed")), None)
+        confirmed = [c for c in self.ranked() if c.extra.get("confirmed")]
+        lead = min(confirmed, key=lambda c: (len(c.ids), -c.q)) if confirmed else None
         if lead is not None and not self.over_budget("characterisation"):
             self.characterisation = self.characterise(lead)
             yield HuntEvent("characterisation", 1, 1, "steps", f"characterised {self.session.text_of(lead.ids)!r}")
@@ -621,7 +625,8 @@ class Hunt:
         assert self.sep is not None
         ranking = [self.entry(c) for c in self.ranked()[: p["top_k"]]]
         # a candidate confirmed by generation (a fixed target) outranks any unconfirmed divergence
-        ranking.sort(key=lambda e: not e.get("confirmed"))
+        # (the shortest confirmed first: a minimal trigger), then the unconfirmed by divergence
+        ranking.sort(key=lambda e: (not e.get("confirmed"), e["n_tokens"] if e.get("confirmed") else 0))
         best = ranking[0]
         z_thr = p["z_threshold"]
 
