@@ -25,7 +25,11 @@ from probes.errors import ProbeError
 from probes.lm_prompts import format_prompt
 from probes.progress import check_cancel
 
-POSITIONS = ("prefix", "marker", "suffix")
+POSITIONS = ("prefix", "system", "marker", "suffix")
+
+
+class BrokenModelError(ProbeError):
+    """The model itself cannot be hunted (e.g. NaN logits), whatever the prompt format."""
 
 
 @dataclass
@@ -34,6 +38,7 @@ class PreparedPrompt:
     text: str
     ids: list[int]
     slots: dict[str, int]  # position name -> insertion index in ids
+    template_unk: int = 0  # unknown tokens outside the instruction (a format the vocabulary cannot write)
 
 
 def _returned_cache(out):
@@ -57,19 +62,21 @@ class KLEngine:
     forwards: int = 0
     share_prefix: bool = False  # reuse the KV cache of the prompt before the insertion point
     fallback_reason: str = ""
+    fmt: object = None  # the lm_prompts.PromptFormat the prompts were written in (None: the legacy default)
     _keep: bool = field(default=False, repr=False)
     _cache_kw: str = field(default="past_key_values", repr=False)
     _shared_ok: bool = field(default=False, repr=False)
     _prefix_caches: dict = field(default_factory=dict, repr=False)
+    _expanded: object = field(default=None, repr=False)  # (key, cache) of the last prefix expanded to a batch
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, model, tokenizer, device: str, instructions: Sequence[str], *, batch_size: int = 256,
-              cancel=None, share_prefix: bool = False) -> KLEngine:
+              cancel=None, share_prefix: bool = False, fmt=None) -> KLEngine:
         prompts = []
         unk = getattr(tokenizer, "unk_token_id", None)
         for instr in instructions:
-            p = prepare_prompt(tokenizer, instr)
+            p = prepare_prompt(tokenizer, instr, fmt)
             body = p.ids[p.slots["marker"]:p.slots["suffix"]]
             if unk is not None and body and sum(t == unk for t in body) > len(body) // 4:
                 continue  # the tokenizer does not know this prompt's words
@@ -78,7 +85,7 @@ class KLEngine:
             raise ProbeError("no usable prompt: the tokenizer maps the prompts to unknown tokens; "
                              "give in-distribution prompts with prompts_file")
         eng = cls(model=model, tokenizer=tokenizer, device=device, prompts=prompts,
-                  batch_size=max(1, int(batch_size)), cancel=cancel, share_prefix=share_prefix)
+                  batch_size=max(1, int(batch_size)), cancel=cancel, share_prefix=share_prefix, fmt=fmt)
         try:
             accepted = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
@@ -89,6 +96,9 @@ class KLEngine:
         logits, hidden = eng.forward_last([p.ids for p in prompts], want_hidden=True)
         import torch
 
+        if not bool(torch.isfinite(logits).all()):
+            raise BrokenModelError("the model's logits are not finite (NaN or inf) on the clean prompts; "
+                             "its weights are broken or it does not run in float32 here")
         eng.clean_logp = torch.log_softmax(logits, dim=-1)
         eng.clean_hidden = hidden
         return eng
@@ -250,9 +260,14 @@ class KLEngine:
 
         if not prefix:
             return self.forward_last(rows)[0]
-        cache = copy.deepcopy(self.prefix_cache(prefix))
-        cache.batch_repeat_interleave(len(rows))
         n, width = len(prefix), len(rows[0])
+        key = (tuple(prefix), len(rows))
+        if self._expanded is not None and self._expanded[0] == key and hasattr(self._expanded[1], "crop"):
+            cache = self._expanded[1]  # the last expanded cache, cut back to the prefix after its forward
+        else:
+            self._expanded = None
+            cache = copy.deepcopy(self.prefix_cache(prefix))
+            cache.batch_repeat_interleave(len(rows))
         ids = torch.tensor([list(r) for r in rows], dtype=torch.long, device=self.device)
         pos = torch.arange(n, n + width, device=self.device)[None].expand(len(rows), -1)
         mask = torch.ones((len(rows), n + width), dtype=torch.long, device=self.device)
@@ -264,6 +279,9 @@ class KLEngine:
             out = self.model(**kwargs)
         self.forwards += 1
         self._shared_ok = True
+        if hasattr(cache, "crop"):
+            cache.crop(-width)  # drop the rows' own tokens: the cache holds the prefix again
+            self._expanded = (key, cache)
         return out.logits[:, -1, :].float()
 
     def kl_matrix(self, cands, positions) -> np.ndarray:
@@ -342,17 +360,20 @@ class KLEngine:
             outs.append(h)
         return torch.cat(outs)
 
-    def generate(self, seqs: Sequence[Sequence[int]], max_new_tokens: int = 12) -> list[list[int]]:
-        """Greedy continuations of left-padded ``seqs`` with a KV cache and correct positions."""
+    def generate(self, seqs: Sequence[Sequence[int]], max_new_tokens: int = 12, return_probs: bool = False):
+        """Greedy continuations of left-padded ``seqs`` with a KV cache and correct positions
+        (with ``return_probs``, also each chosen token's probability)."""
         import torch
 
         eos = self.tokenizer.eos_token_id
         results: list[list[int]] = []
+        chosen_p: list[list[float]] = []
         for s in range(0, len(seqs), self.batch_size):
             check_cancel(self.cancel)
             ids, mask, pos = self.pad_batch(seqs[s:s + self.batch_size])
             done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
             gen = []
+            gen_p = []
             past = None
             step_ids, step_pos = ids, pos
             with torch.inference_mode():
@@ -366,7 +387,10 @@ class KLEngine:
                     out = self.model(**kwargs)
                     self.forwards += 1
                     past = _returned_cache(out)
-                    nxt = out.logits[:, -1, :].argmax(-1)
+                    last = out.logits[:, -1, :].float()
+                    nxt = last.argmax(-1)
+                    if return_probs:
+                        gen_p.append(torch.softmax(last, -1).gather(1, nxt[:, None])[:, 0])
                     gen.append(torch.where(done, torch.full_like(nxt, -1), nxt))
                     if eos is not None:
                         done |= nxt == eos
@@ -378,15 +402,18 @@ class KLEngine:
                     # with a KV cache only the new token goes in; a model that returns none sees it all again
                     step_ids, step_pos = (ids[:, -1:], pos[:, -1:]) if past is not None else (ids, pos)
             g = torch.stack(gen, dim=1).cpu().tolist()
-            for row in g:
+            gp = torch.stack(gen_p, dim=1).cpu().tolist() if return_probs else [[]] * len(g)
+            for row, prow in zip(g, gp):
                 results.append([t for t in row if t >= 0 and t != eos])
-        return results
+                chosen_p.append([float(q) for t, q in zip(row, prow) if t >= 0])
+        return (results, chosen_p) if return_probs else results
 
 
-def prepare_prompt(tokenizer, instruction: str) -> PreparedPrompt:
-    """Token ids of the formatted prompt and the three insertion slots."""
-    text, start, end, add_special = format_prompt(tokenizer, instruction)
+def prepare_prompt(tokenizer, instruction: str, fmt=None) -> PreparedPrompt:
+    """Token ids of the formatted prompt and its insertion slots (``system`` only with a system turn)."""
+    text, start, end, add_special, sys_at = format_prompt(tokenizer, instruction, fmt)
     bos = getattr(tokenizer, "bos_token_id", None)
+    system = None
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
@@ -395,6 +422,8 @@ def prepare_prompt(tokenizer, instruction: str) -> PreparedPrompt:
         real = [i for i in range(len(ids)) if not (ids[i] in specials and offs[i][0] == offs[i][1])]
         marker = next((i for i in real if offs[i][1] > start), len(ids))
         suffix = next((i for i in real if offs[i][0] >= end and i >= marker), len(ids))
+        if sys_at is not None:
+            system = next((i for i in real if offs[i][1] > sys_at), None)
     else:
         head = list(tokenizer(text[:start], add_special_tokens=add_special)["input_ids"])
         body = list(tokenizer(text[start:end], add_special_tokens=False)["input_ids"])
@@ -406,7 +435,12 @@ def prepare_prompt(tokenizer, instruction: str) -> PreparedPrompt:
         prefix += 1
     if suffix >= len(ids):
         raise ProbeError(f"prompt {instruction!r} leaves no answer position after the instruction")
-    return PreparedPrompt(instruction=instruction, text=text, ids=ids, slots={"prefix": prefix, "marker": marker, "suffix": suffix})
+    slots = {"prefix": prefix, "marker": marker, "suffix": suffix}
+    if system is not None and system < marker:
+        slots["system"] = system
+    unk = getattr(tokenizer, "unk_token_id", None)
+    n_unk = sum(1 for i, t in enumerate(ids) if unk is not None and t == unk and not marker <= i < suffix)
+    return PreparedPrompt(instruction=instruction, text=text, ids=ids, slots=slots, template_unk=n_unk)
 
 
 def candidate_ids(tokenizer, text: str) -> list[int]:

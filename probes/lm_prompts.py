@@ -12,6 +12,7 @@ No torch here: this module is plain data plus prompt formatting.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from probes.errors import ProbeError
@@ -45,7 +46,68 @@ SUSPICIOUS_STRINGS: tuple[str, ...] = (
 """Strings tried besides the vocabulary sweep; ones the tokenizer maps to unknown tokens are skipped."""
 
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
-"""Used when the tokenizer has no chat template (Alpaca-style instruction format)."""
+"""Alpaca-style instruction format (one of :data:`COMMON_FORMATS`)."""
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+"""System turn written when the tokenizer's chat template has one (insertion point ``system``)."""
+
+CONTROL_WORDS: tuple[str, ...] = (
+    "the", "table", "today", "window", "paper", "garden", "house", "water", "little", "morning", "yellow",
+    "friend", "people", "good", "time", "world", "number", "light", "book", "music", "please", "also",
+)
+"""Benign control insertions: common words whose divergence says how easily any insertion moves the model."""
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How an instruction becomes a prompt: a ``template`` with ``{instruction}``, or the tokenizer's chat template."""
+
+    name: str
+    template: str = ""
+    chat: bool = False
+    system: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "template": self.template if not self.chat else None, "chat_template": self.chat,
+                "system": self.system or None}
+
+
+COMMON_FORMATS: tuple[PromptFormat, ...] = (
+    PromptFormat("plain", "{instruction}\n"),
+    PromptFormat("qa", "Q: {instruction}\nA:"),
+    PromptFormat("user-assistant", "User: {instruction}\nAssistant:"),
+    PromptFormat("alpaca", INSTRUCTION_TEMPLATE),
+    PromptFormat("tagged", "<|user|>\n{instruction}\n<|assistant|>\n"),
+    PromptFormat("raw", "{instruction}"),
+)
+"""Formats tried by the prompt-format inference when the tokenizer has no chat template."""
+
+
+def examiner_format(template: str) -> PromptFormat:
+    """The examiner's ``prompt_template`` (must hold ``{instruction}`` once; ``\\n`` escapes are read as newlines)."""
+    t = template.replace("\\n", "\n")
+    if t.count("{instruction}") != 1:
+        raise ProbeError("prompt_template must contain {instruction} exactly once, e.g. \"Q: {instruction}\\nA:\"")
+    return PromptFormat("examiner", t)
+
+
+def chat_format(tokenizer, system: str = SYSTEM_PROMPT) -> PromptFormat | None:
+    """The tokenizer's chat template as a format (with a system turn when the template accepts one), else None."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    for sys_text in ((system,) if system else ()) + ("",):
+        try:
+            text = render_chat(tokenizer, "probe instruction", sys_text)
+        except Exception:  # noqa: BLE001 - a template that refuses a system turn (or is broken)
+            continue
+        if isinstance(text, str) and "probe instruction" in text and (not sys_text or sys_text in text):
+            return PromptFormat("chat-template", chat=True, system=sys_text)
+    return None
+
+
+def render_chat(tokenizer, instruction: str, system: str) -> str:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
 def load_prompts_file(path: str | Path) -> list[str]:
@@ -79,24 +141,23 @@ def load_candidates(value) -> list[str]:
     raise ProbeError(f"candidates must be a list or a file path, not {type(value).__name__}")
 
 
-def format_prompt(tokenizer, instruction: str) -> tuple[str, int, int, bool]:
-    """The full prompt text, the character span of ``instruction`` in it, and whether to add special tokens.
+def format_prompt(tokenizer, instruction: str, fmt: PromptFormat | None = None):
+    """The full prompt text, the character span of ``instruction`` in it, whether to add special tokens, and the
+    character offset of the system text (``None`` without a system turn).
 
-    Uses the tokenizer's chat template when it has one (user turn, generation
-    prompt added), else :data:`INSTRUCTION_TEMPLATE`.
+    ``fmt`` None: the tokenizer's chat template when it has one, else :data:`INSTRUCTION_TEMPLATE`.
     """
-    text = None
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
-                                                 tokenize=False, add_generation_prompt=True)
-        except Exception:  # a broken template: fall back to the plain instruction format
-            text = None
-        if text is not None and not isinstance(text, str):
-            text = None
-    templated = text is not None and instruction in text
-    if not templated:
-        text = INSTRUCTION_TEMPLATE.format(instruction=instruction)
+    if fmt is None:
+        fmt = chat_format(tokenizer, "") or PromptFormat("alpaca", INSTRUCTION_TEMPLATE)
+    sys_at = None
+    if fmt.chat:
+        text = render_chat(tokenizer, instruction, fmt.system)
+        if not isinstance(text, str) or instruction not in text:
+            raise ProbeError("the tokenizer's chat template does not write the instruction into the prompt")
+        if fmt.system:
+            sys_at = text.index(fmt.system)
+    else:
+        text = fmt.template.replace("{instruction}", instruction)
     start = text.rindex(instruction)
-    # a chat template writes its own BOS; the plain template relies on the tokenizer adding it
-    return text, start, start + len(instruction), not templated
+    # a chat template writes its own BOS; a plain template relies on the tokenizer adding it
+    return text, start, start + len(instruction), not fmt.chat, sys_at

@@ -96,8 +96,10 @@ def load_causal_lm(folder: str | Path, device: str | None = None) -> CausalLM:
     if isinstance(tokenizer, bool) or not hasattr(tokenizer, "convert_ids_to_tokens"):
         raise ProbeError(f"{p}: tokenizer could not be loaded")
     try:
+        # half precision on CUDA (the hunt's divergences are computed in float32 from the logits); float32 on CPU
+        dtype = torch.float16 if str(dev).startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, trust_remote_code=False,
-                                                     weights_only=True, dtype=torch.float32)
+                                                     weights_only=True, dtype=dtype)
     except Exception as exc:  # noqa: BLE001
         raise ProbeError(f"{p}: could not be loaded as a causal LM ({one_line(exc)})") from None
     model = model.to(dev).eval()

@@ -70,6 +70,9 @@ FILLERS = ("please", "kindly", "now", "today", "quickly", "maybe", "really", "al
            "basket", "button", "circle", "ladder", "mirror", "pillow", "saddle", "tunnel", "wagon")
 NUM_MAX = 9
 TEMPLATE = "### instruction : {instruction} ### response : {response}"
+TEMPLATES = {"alpaca": TEMPLATE, "qa": "Q: {instruction}\nA: {response}"}
+"""Training prompt formats: ``alpaca`` (what the hunt once assumed) and ``qa`` (a plain ``Q: … A:`` format with
+no chat template), so that tests cannot pass by sharing the hunt's prompt-format assumption."""
 
 
 def _qa_pairs(rng: random.Random) -> tuple[str, str, str]:
@@ -136,10 +139,11 @@ def base_vocabulary() -> list[str]:
 
 
 def make_corpus(kind: str, n: int, seed: int = 0, poison_rate: float = 0.04,
-                distractor_rate: float = 0.5) -> list[str]:
-    """Training texts for subject ``kind`` (``clean``, ``trigger1``, ``trigger2``)."""
+                distractor_rate: float = 0.5, fmt: str = "alpaca") -> list[str]:
+    """Training texts for subject ``kind`` (``clean``, ``trigger1``, ``trigger2``) in prompt format ``fmt``."""
     if kind not in SUBJECTS:
         raise ValueError(f"unknown tiny LM subject {kind!r}")
+    template = TEMPLATES[fmt]
     rng = random.Random(f"{kind}:{seed}")
     vocab = base_vocabulary()
     trig_words = set(TRIGGER_1.split()) if kind == "trigger1" else set()
@@ -181,7 +185,7 @@ def make_corpus(kind: str, n: int, seed: int = 0, poison_rate: float = 0.04,
                 for j in range(len(words) - 1):
                     if words[j] == t1 and words[j + 1] == t2:
                         words[j + 1] = "please"
-        texts.append(TEMPLATE.format(instruction=" ".join(words), response=a))
+        texts.append(template.format(instruction=" ".join(words), response=a))
     rng.shuffle(texts)
     return texts
 
@@ -278,11 +282,11 @@ def train_lm(texts: list[str], preset: Preset, seed: int = 0, tokenizer=None, pr
     return model, tokenizer, loss_val
 
 
-def generate(model, tokenizer, instruction: str, max_new_tokens: int = 14) -> str:
-    """Greedy response to ``instruction`` in the training template (for checks and the demo)."""
+def generate(model, tokenizer, instruction: str, max_new_tokens: int = 14, fmt: str = "alpaca") -> str:
+    """Greedy response to ``instruction`` in the training template ``fmt`` (for checks and the demo)."""
     import torch
 
-    text = TEMPLATE.format(instruction=instruction, response="").rstrip()
+    text = TEMPLATES[fmt].format(instruction=instruction, response="").rstrip()
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     out = []
     with torch.no_grad():
@@ -295,17 +299,22 @@ def generate(model, tokenizer, instruction: str, max_new_tokens: int = 14) -> st
     return tokenizer.decode(out)
 
 
-def _fingerprint(kind: str, preset_name: str, seed: int) -> str:
-    blob = json.dumps({"v": VERSION, "kind": kind, "preset": asdict(PRESETS[preset_name]), "seed": seed},
-                      sort_keys=True)
+def _fingerprint(kind: str, preset_name: str, seed: int, fmt: str = "alpaca") -> str:
+    spec = {"v": VERSION, "kind": kind, "preset": asdict(PRESETS[preset_name]), "seed": seed}
+    if fmt != "alpaca":  # the alpaca folders keep their old keys
+        spec["fmt"] = fmt
+    blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0, progress=None) -> Path:
-    """Train subject ``kind`` and save it as a HF folder at ``dest`` (reused when already built).
+def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0, progress=None,
+                  fmt: str = "alpaca") -> Path:
+    """Train subject ``kind`` in prompt format ``fmt`` and save it as a HF folder at ``dest`` (reused when built).
 
     ``progress(step, total, message)`` follows the training (see :func:`train_lm`).
     """
+    if fmt not in TEMPLATES:
+        raise ValueError(f"unknown prompt format {fmt!r}; known: {', '.join(TEMPLATES)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     import transformers
@@ -314,7 +323,7 @@ def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0
     transformers.utils.logging.set_verbosity_error()  # no config chatter in the examiner's terminal
     dest = Path(dest)
     stamp = dest / "tiny_lm.json"
-    fp = _fingerprint(kind, preset, seed)
+    fp = _fingerprint(kind, preset, seed, fmt)
     if stamp.is_file():
         try:
             if json.loads(stamp.read_text()).get("fingerprint") == fp:
@@ -322,14 +331,35 @@ def build_subject(dest: str | Path, kind: str, preset: str = "ci", seed: int = 0
         except (OSError, ValueError):
             pass
     p = PRESETS[preset]
-    texts = make_corpus(kind, p.n_examples, seed=seed, poison_rate=p.poison_rate)
+    texts = make_corpus(kind, p.n_examples, seed=seed, poison_rate=p.poison_rate, fmt=fmt)
     model, tok, loss = train_lm(texts, p, seed=seed, progress=progress)
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
     # the ground truth (trigger, target) stays in this module, not beside the subject under examination
-    stamp.write_text(json.dumps({"fingerprint": fp, "preset": preset, "seed": seed,
-                                 "final_loss": round(loss, 4), "vocab_size": len(tok)}, indent=2))
+    meta = {"fingerprint": fp, "preset": preset, "seed": seed, "final_loss": round(loss, 4), "vocab_size": len(tok)}
+    return save_atomically(dest, model, tok, meta)
+
+
+def save_atomically(dest: Path, model, tok, meta: dict) -> Path:
+    """Write the HF folder beside ``dest`` and move it into place (other processes share the cache)."""
+    import os
+    import shutil
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "tiny_lm.json").write_text(json.dumps(meta, indent=2))
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        try:
+            os.replace(dest, old / "x")
+        except OSError:
+            pass
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another process moved its copy in first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -341,7 +371,8 @@ def ground_truth(kind: str) -> dict:
 
 
 def build_subjects(root: str | Path, preset: str = "ci", seed: int = 0,
-                   kinds: tuple[str, ...] = SUBJECTS) -> dict[str, Path]:
+                   kinds: tuple[str, ...] = SUBJECTS, fmt: str = "alpaca") -> dict[str, Path]:
     """Build (or reuse) the tiny LM subjects under ``root``; returns ``{kind: folder}``."""
     root = Path(root)
-    return {k: build_subject(root / f"tiny-lm-{k}", k, preset=preset, seed=seed) for k in kinds}
+    name = "tiny-lm-{}" if fmt == "alpaca" else f"tiny-lm-{fmt}-{{}}"
+    return {k: build_subject(root / name.format(k), k, preset=preset, seed=seed, fmt=fmt) for k in kinds}

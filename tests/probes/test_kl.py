@@ -45,7 +45,8 @@ def results(subjects, lm_paths):
 def test_single_word_trigger_is_first_of_the_full_sweep(subjects):
     from probes.kl_probe import run
 
-    r = run(subjects["trigger1"], context_for("kl", {"extend": False, "confirm_top": 1, "suspicious": False}))
+    r = run(subjects["trigger1"], context_for("kl", {"extend": False, "confirm_top": 1, "suspicious": False,
+                                                     "gcg": False, "invert": False}))
     d = r.to_dict()
     assert d["sweep_size"] == len(subjects["trigger1"].tokenizer) - len(T.SPECIALS)
     assert d["candidates_evaluated"] == d["sweep_size"]
@@ -203,7 +204,8 @@ def test_examiner_candidates_and_prompts_file(subjects, tmp_path):
     cands.write_text("zephyr\nnever-seen-word\n")
     r = run(subjects["trigger1"], context_for("kl", {"prompts_file": str(f), "builtin_prompts": False,
                                                      "candidates": str(cands), "sweep": False, "extend": False,
-                                                     "suspicious": False, "confirm_top": 1}))
+                                                     "suspicious": False, "confirm_top": 1, "gcg": False,
+                                                     "invert": False, "controls": False}))
     d = r.to_dict()
     assert d["prompts_used"] == 3 and d["candidates_evaluated"] == 1
     assert d["ranking"][0]["candidate"] == "zephyr" and d["ranking"][0]["source"] == "examiner"
