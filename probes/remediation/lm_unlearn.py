@@ -65,7 +65,7 @@ def sample_prompts(model, tokenizer, device: str, n: int, *, seed: int, exclude_
     from probes.lm_prompts import format_prompt
     from probes.progress import check_cancel
 
-    text, start, _end, add_special = format_prompt(tokenizer, "x")
+    text, start, _end, add_special, _sys_at = format_prompt(tokenizer, "x")
     prefix = list(tokenizer(text[:start], add_special_tokens=add_special)["input_ids"])
     gen = torch.Generator(device="cpu").manual_seed(seed)
     stop = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
