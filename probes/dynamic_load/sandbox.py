@@ -175,6 +175,9 @@ class Zygote:
             "rlimits": ["RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_CORE=0", "RLIMIT_NOFILE"],
             "network": "network namespace + audit-hook refusal" if ready["isolation"].get("netns")
             else "audit-hook refusal only",
+            "processes": ("own PID namespace + " if ready["isolation"].get("pidns") else "")
+            + ("seccomp filter + " if ready["isolation"].get("seccomp_in_job") else "")
+            + "kill/pidfd/pthread_kill replaced by refusing functions",
         })
         self.startup_s = time.perf_counter() - t
         self.pid = self.proc.pid
