@@ -139,9 +139,16 @@ def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, 
     lines = [f"# Case {case['id']}: {case['title']}", ""]
     if case.get("description"):
         lines += [case["description"], ""]
+    if not verify["ok"]:
+        # Never a quiet "clean": a report of a case file edited outside the tool says so before any verdict.
+        lines += [f"> **WARNING: `workbench case verify {case['id']}` fails for this case file** "
+                  f"({len(verify.get('problems', []))} problem(s), listed under Audit trail): its evidence was changed "
+                  "outside the workbench, so the verdicts below cannot be relied on.", ""]
+    overall = overall_verdict(runs, subjects)
     lines += [f"- Opened: {case['created']}", f"- Last change: {case['updated']}",
               f"- Subjects: {len(subjects)}; probe runs: {len(runs)}",
-              f"- Overall verdict: **{overall_verdict(runs, subjects)}**", ""]
+              f"- Overall verdict: **{overall}**" + ("" if verify["ok"] else " (UNVERIFIED: the case file fails verify)"),
+              ""]
 
     lines += ["## Summary", ""]
     current = _current_run_ids(runs)
@@ -225,6 +232,8 @@ def render_markdown(bundle: dict[str, Any]) -> str:  # noqa: C901 - one report, 
     lines += ["## Audit trail", "",
               f"- Rows: {verify['rows']}; head hash: `{verify['head']}`",
               f"- Integrity: {'verified, the hash chain is intact' if verify['ok'] else 'BROKEN'}"]
+    if verify.get("coverage"):
+        lines.append(f"- Evidence rows: {verify['coverage']}")
     lines += [f"  - {p}" for p in verify.get("problems", [])]
     lines += ["", *_table(["#", "time", "actor", "action"], ([a["seq"], a["ts"], a["actor"], a["action"]] for a in audit)), ""]
     lines.append("To check this report against the case file: `workbench case verify "

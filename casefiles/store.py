@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from casefiles import attest, schema
 from casefiles import audit as chain
-from casefiles import schema
 from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
 from vocabulary import one_line
 
@@ -164,10 +164,15 @@ class CaseStore:
             for r in stale:
                 self.db["runs"].update(r["id"], {"status": "interrupted", "finished": now(),
                                                  "error": "the process running this probe ended before it finished"})
-                self._audit(r["case_id"], "run.interrupted", {"run_id": r["id"], "probe": r["probe"]})
+                self._audit(r["case_id"], "run.interrupted", {"run_id": r["id"], "probe": r["probe"]},
+                            rows=[("runs", r["id"])])
 
-    def _audit(self, case_id: int, action: str, detail: dict[str, Any]) -> None:
-        """Append one hash-chained audit row (caller holds the transaction)."""
+    def _audit(self, case_id: int, action: str, detail: dict[str, Any],
+               rows: list[tuple[str, Any]] | None = None) -> None:
+        """Append one hash-chained audit row (caller holds the transaction), attesting the evidence ``rows``
+        (table, id) this write created or changed, as they now are, so ``verify`` catches a later edit."""
+        if rows:
+            detail = {**detail, "rows": {f"{t}/{i}": attest.digest(t, self.db[t].get(i)) for t, i in rows}}
         case = self.db["cases"].get(case_id)
         row = {"case_id": case_id, "seq": (case["audit_count"] or 0) + 1, "ts": now(), "actor": self.actor,
                "action": action, "detail": chain.canonical(detail)}
@@ -192,7 +197,7 @@ class CaseStore:
             ts = now()
             case_id = self.db["cases"].insert({"title": title, "description": description, "created": ts,
                                                "updated": ts, "audit_head": chain.GENESIS, "audit_count": 0}).last_pk
-            self._audit(case_id, "case.created", {"title": title})
+            self._audit(case_id, "case.created", {"title": title}, rows=[("cases", case_id)])
         return int(case_id)
 
     def list_cases(self) -> list[dict[str, Any]]:
@@ -216,7 +221,7 @@ class CaseStore:
                 "size": size, "format": format, "kind": kind, "files": json.dumps(files),
                 "metadata": json.dumps(metadata or {}), "added": now()}).last_pk
             self._audit(case_id, "subject.added", {"subject_id": sid, "path": str(path), "sha256": sha256,
-                                                   "format": format, "kind": kind})
+                                                   "format": format, "kind": kind}, rows=[("subjects", sid)])
         return int(sid)
 
     def list_subjects(self, case_id: int) -> list[dict[str, Any]]:
@@ -233,7 +238,8 @@ class CaseStore:
             return
         with self.write():
             self.db["subjects"].update(subject_id, {"kind": kind})
-            self._audit(subject["case_id"], "subject.kind", {"subject_id": subject_id, "kind": kind})
+            self._audit(subject["case_id"], "subject.kind", {"subject_id": subject_id, "kind": kind},
+                        rows=[("subjects", subject_id)])
 
     def find_subject(self, case_id: int, sha256: str) -> dict[str, Any] | None:
         rows = list(self.db.query("select * from subjects where case_id = ? and sha256 = ? order by id",
@@ -253,7 +259,8 @@ class CaseStore:
                                           "params": json.dumps(params, sort_keys=True, default=str),
                                           "status": "running", "started": now(), "pid": os.getpid(),
                                           "host": socket.gethostname()}).last_pk
-            self._audit(case_id, "run.started", {"run_id": rid, "subject_id": subject_id, "probe": probe})
+            self._audit(case_id, "run.started", {"run_id": rid, "subject_id": subject_id, "probe": probe},
+                        rows=[("runs", rid)])
         return int(rid)
 
     def finish_run(self, run_id: int, *, status: str, result: dict[str, Any] | None = None,
@@ -271,19 +278,22 @@ class CaseStore:
                 "duration_s": duration_s if duration_s is not None else result.get("duration_s"),
                 "verdict": result.get("verdict"), "score": result.get("score"), "summary": result.get("summary"),
                 "result": json.dumps(result, sort_keys=True) if result else None, "error": error})
+            attested: list[tuple[str, Any]] = [("runs", run_id)]
             for f in findings or []:
-                self.db["findings"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
-                                            "run_id": run_id, "probe": run["probe"], "created": now(),
-                                            **{k: f.get(k) for k in ("severity", "title", "detail", "atlas")}})
+                fid = self.db["findings"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                                  "run_id": run_id, "probe": run["probe"], "created": now(),
+                                                  **{k: f.get(k) for k in ("severity", "title", "detail", "atlas")}}).last_pk
+                attested.append(("findings", fid))
             for name, data in (artifacts or {}).items():
-                self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
-                                             "run_id": run_id, "name": name, "media_type": _media_type(name),
-                                             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                             "data": data, "created": now()})
+                aid = self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                                   "run_id": run_id, "name": name, "media_type": _media_type(name),
+                                                   "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                                   "data": data, "created": now()}).last_pk
+                attested.append(("artifacts", aid))
             self._audit(run["case_id"], f"run.{status}", {
                 "run_id": run_id, "probe": run["probe"], "verdict": result.get("verdict"),
                 "score": result.get("score"), "error": error,
-                "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in (artifacts or {}).items()}})
+                "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in (artifacts or {}).items()}}, rows=attested)
 
     def list_runs(self, *, case_id: int | None = None, subject_id: int | None = None) -> list[dict[str, Any]]:
         where, args = [], []
@@ -320,7 +330,8 @@ class CaseStore:
             nid = self.db["notes"].insert({"case_id": case_id, "subject_id": subject_id, "body": body,
                                            "created": ts, "updated": ts}).last_pk
             self._audit(case_id, "note.added", {"note_id": nid, "subject_id": subject_id,
-                                                "sha256": hashlib.sha256(body.encode()).hexdigest()})
+                                                "sha256": hashlib.sha256(body.encode()).hexdigest()},
+                        rows=[("notes", nid)])
         return int(nid)
 
     def save_note(self, case_id: int, body: str, *, subject_id: int | None = None) -> int:
@@ -335,7 +346,8 @@ class CaseStore:
         with self.write():
             self.db["notes"].update(rows[0]["id"], {"body": body, "updated": now()})
             self._audit(case_id, "note.edited", {"note_id": rows[0]["id"],
-                                                 "sha256": hashlib.sha256(body.encode()).hexdigest()})
+                                                 "sha256": hashlib.sha256(body.encode()).hexdigest()},
+                        rows=[("notes", rows[0]["id"])])
         return int(rows[0]["id"])
 
     def list_notes(self, case_id: int, *, subject_id: int | None | str = "any") -> list[dict[str, Any]]:
@@ -355,9 +367,18 @@ class CaseStore:
         return list(self.db.query("select * from audit where case_id = ? order by id", [case_id]))
 
     def verify(self, case_id: int) -> chain.ChainReport:
+        """The hash chain of the audit rows, then every evidence row against what the chain attests."""
         case = self.get_case(case_id)
-        return chain.verify_chain(self.audit_rows(case_id), expected_head=case["audit_head"],
-                                  expected_count=case["audit_count"])
+        audit_rows = self.audit_rows(case_id)
+        report = chain.verify_chain(audit_rows, expected_head=case["audit_head"],
+                                    expected_count=case["audit_count"])
+        current = {t: list(self.db.query(f"select * from {t} where {'id' if t == 'cases' else 'case_id'} = ? order by id",
+                                         [case_id])) for t in attest.FIELDS}
+        rows = attest.check_rows(audit_rows, current)
+        report.problems += rows.problems
+        report.ok = not report.problems
+        report.rows_checked, report.coverage = rows.checked, rows.coverage
+        return report
 
     # -- baselines -------------------------------------------------------------------------
     def add_baseline_member(self, name: str, *, path: str, sha256: str, fingerprint: dict[str, Any],

@@ -229,6 +229,8 @@ def case_verify(case_id: Annotated[int, typer.Argument(help="Case id.")],
             _print_json({**report.to_dict(), "ok": ok, "problems": problems})
         elif ok:
             typer.echo(f"audit trail intact: {report.rows} rows, head {report.head}")
+            if report.coverage:
+                typer.echo(f"evidence rows: {report.coverage}")
         else:
             typer.echo(f"audit trail BROKEN ({len(problems)} problem{'s' if len(problems) != 1 else ''}):")
             for p in problems:
