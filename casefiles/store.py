@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlite_utils import Database
 
@@ -51,18 +52,44 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def read_only_reason(path: Path) -> str | None:
+    """Why this process cannot write the case file (file, or its folder for the -wal/-shm files), else None."""
+    path = Path(path)
+    folder = path.absolute().parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        pass
+    if path.exists() and not os.access(path, os.W_OK):
+        return "no write permission on the file"
+    wal_ready = all(Path(f"{path}{x}").exists() and os.access(f"{path}{x}", os.W_OK) for x in ("-wal", "-shm"))
+    if not os.access(folder, os.W_OK) and not wal_ready:
+        return "no write permission on its folder (SQLite needs to create its -wal and -shm files there)"
+    return None
+
+
 class CaseStore:
     """A case file. Use as a context manager or call :meth:`close`."""
 
     def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 5.0,
-                 actor: str | None = None) -> None:
+                 actor: str | None = None, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if not create and not self.path.exists():
             raise CaseFileError(f"case file not found: {self.path}")
         if self.path.exists() and self.path.is_dir():
             raise CaseFileError(f"case file path is a directory: {self.path}")
         if self.path.exists() and self.path.stat().st_size and not self._has_sqlite_header():
             raise CaseFileError(f"{self.path}: not a case file (not an SQLite database)")
+        self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"
+        if read_only:
+            self._open_read_only(busy_timeout_s)
+            return
+        why = read_only_reason(self.path) if self.path.exists() else None
+        if why:
+            raise CaseFileError(f"{self.path}: the case file is read-only ({why}); it can be listed, shown, "
+                                "exported and verified but not changed")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
@@ -70,7 +97,6 @@ class CaseStore:
         except (sqlite3.Error, OSError) as exc:
             raise CaseFileError(f"cannot open case file {self.path}: {one_line(exc)}") from None
         self.db = Database(conn)
-        self.actor = actor or f"{getpass.getuser()}@{socket.gethostname()}"
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -90,6 +116,29 @@ class CaseStore:
         except CaseFileError:
             conn.close()
             raise
+
+    def _open_read_only(self, busy_timeout_s: float) -> None:
+        """Open with SQLite's ``mode=ro`` (no migration, no repair of stale runs, every write refused); on a
+        medium nothing can write to (a write-blocked evidence copy) ``immutable=1`` lets a WAL file open
+        without its -shm file."""
+        uri = "file:" + quote(os.fsencode(self.path.absolute()))
+        last: Exception | None = None
+        for extra in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + extra, uri=True, timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("select count(*) from sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            self.db = Database(conn)
+            version = schema.current_version(self.db)
+            if version > schema.SCHEMA_VERSION:
+                conn.close()
+                raise CaseFileError(f"{self.path}: case file schema v{version} is newer than this workbench "
+                                    f"understands (v{schema.SCHEMA_VERSION}); upgrade the workbench")
+            return
+        raise CaseFileError(f"cannot open case file {self.path} read-only: {one_line(last)}") from None
 
     def _has_sqlite_header(self) -> bool:
         try:
@@ -112,6 +161,8 @@ class CaseStore:
     def write(self) -> Iterator[Database]:
         """One logical write: an immediate transaction, committed or rolled back whole."""
         conn = self.db.conn
+        if self.read_only:
+            raise CaseFileError(f"{self.path}: the case file is open read-only; this command cannot change it")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

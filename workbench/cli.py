@@ -48,11 +48,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _open_store(db: Path | None, *, create: bool = True):
+def _open_store(db: Path | None, *, create: bool = True, read: bool = False):
+    """The case file; ``read=True`` (commands that only read) opens a file this process cannot write read-only."""
     from casefiles import CaseStore
+    from casefiles.store import read_only_reason
     from workbench.paths import default_db_path
 
-    return CaseStore(db or default_db_path(), create=create)
+    path = db or default_db_path()
+    if read and path.exists() and read_only_reason(path):
+        return CaseStore(path, create=False, read_only=True)
+    return CaseStore(path, create=create)
 
 
 class _Guard:
@@ -147,7 +152,7 @@ def case_new(title: Annotated[str, typer.Argument(help="Case title, e.g. \"Vendo
 @case_app.command("list")
 def case_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the cases in the case file."""
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         cases = store.list_cases()
         if as_json:
             _print_json(cases)
@@ -166,7 +171,7 @@ def case_show(case_id: Annotated[int, typer.Argument(help="Case id.")], db: DbOp
     """Show a case: subjects, probe runs, notes and the audit head."""
     from casefiles.export import overall_verdict
 
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         bundle = store.case_bundle(case_id)
         if as_json:
             bundle["artifacts"] = [dict(a) for a in bundle["artifacts"]]
@@ -199,8 +204,9 @@ def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
     import hashlib
 
     from casefiles.export import render_markdown
+    from casefiles.store import read_only_reason
 
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         text = render_markdown(store.case_bundle(case_id))
         if output is None:
             sys.stdout.write(text)
@@ -210,6 +216,10 @@ def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
             except OSError as exc:
                 fail(f"cannot write {output}: {exc.strerror or exc}")
             typer.echo(f"report written to {output}", err=True)
+        if store.read_only:
+            typer.echo(f"note: {store.path} is read-only ({read_only_reason(store.path)}): this export is not "
+                       "recorded in its audit trail", err=True)
+            return
         store.record(case_id, "case.exported", {"sha256": hashlib.sha256(text.encode()).hexdigest(),
                                                 "output": str(output) if output else "stdout"})
 
@@ -219,7 +229,7 @@ def case_verify(case_id: Annotated[int, typer.Argument(help="Case id.")],
                 head: Annotated[Optional[str], typer.Option("--head", help="Also check that this head hash (e.g. from an exported report) is part of the trail.")] = None,
                 db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Check the audit trail's hash chain: exit 0 when intact, 1 when tampered, naming the row."""
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         report = store.verify(case_id)
         problems = list(report.problems)
         if head and head not in {r["hash"] for r in store.audit_rows(case_id)}:
@@ -330,7 +340,7 @@ def baseline_add(name: Annotated[str, typer.Argument(help="Baseline name, e.g. d
 @baseline_app.command("list")
 def baseline_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the stored baselines."""
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         rows = store.list_baselines()
         if as_json:
             _print_json(rows)
