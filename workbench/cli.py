@@ -484,6 +484,9 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
                               audit=str(audit) if audit else None, arch=arch, input_shape=_parse_shape(input_shape),
                               seed=seed, device=device, params=extra, inputs=inputs, threads=threads)
         prepared = prepare(path, options)
+        if arch:
+            typer.echo(f"note: --arch {arch} is examiner code: it is imported and built in a child process first, "
+                       "then runs in this process to rebuild the model (use only a file you trust)", err=True)
         store = None
         if case is not None:
             store = _open_store(db, create=False)
