@@ -441,6 +441,13 @@ def probes_list(name: Annotated[Optional[str], typer.Argument(help="Show one pro
         typer.echo("A plain KEY goes to every probe of the scan that takes it; PROBE.KEY to that probe only.")
 
 
+def _note_arch(arch: str | None) -> None:
+    """Say plainly that an ``--arch`` file is code that runs (in a child first, then here)."""
+    if arch:
+        typer.echo(f"note: --arch {arch} is examiner code: it is imported and built in a child process first, "
+                   "then runs in this process to rebuild the model (use only a file you trust)", err=True)
+
+
 @app.command("scan")
 def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Face-style folder.")],
          data: Annotated[Optional[Path], typer.Option("--data", help="Clean labelled inputs (.npz with x, y) for the behavioural probes.")] = None,
@@ -484,9 +491,7 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
                               audit=str(audit) if audit else None, arch=arch, input_shape=_parse_shape(input_shape),
                               seed=seed, device=device, params=extra, inputs=inputs, threads=threads)
         prepared = prepare(path, options)
-        if arch:
-            typer.echo(f"note: --arch {arch} is examiner code: it is imported and built in a child process first, "
-                       "then runs in this process to rebuild the model (use only a file you trust)", err=True)
+        _note_arch(arch)
         store = None
         if case is not None:
             store = _open_store(db, create=False)
