@@ -26,7 +26,7 @@ from sqlite_utils import Database
 from casefiles import attest, schema
 from casefiles import audit as chain
 from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
-from vocabulary import one_line
+from vocabulary import one_line, printable
 
 RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
 
@@ -222,6 +222,7 @@ class CaseStore:
                rows: list[tuple[str, Any]] | None = None) -> None:
         """Append one hash-chained audit row (caller holds the transaction), attesting the evidence ``rows``
         (table, id) this write created or changed, as they now are, so ``verify`` catches a later edit."""
+        detail = printable(detail)
         if rows:
             detail = {**detail, "rows": {f"{t}/{i}": attest.digest(t, self.db[t].get(i)) for t, i in rows}}
         case = self.db["cases"].get(case_id)
@@ -266,6 +267,8 @@ class CaseStore:
                     files: list[dict[str, Any]], name: str | None = None,
                     metadata: dict[str, Any] | None = None) -> int:
         self.get_case(case_id)
+        # A non-UTF-8 file name (surrogate escapes) is stored as its printable form, never a traceback.
+        path, name, files, metadata = printable(str(path)), printable(name), printable(files), printable(metadata)
         with self.write():
             sid = self.db["subjects"].insert({
                 "case_id": case_id, "name": name or Path(path).name, "path": str(path), "sha256": sha256,
@@ -305,6 +308,7 @@ class CaseStore:
     def start_run(self, case_id: int, subject_id: int | None, probe: str, params: dict[str, Any]) -> int:
         """Write the run row as ``running`` before the probe starts."""
         self.get_case(case_id)
+        params = printable(params)
         with self.write():
             rid = self.db["runs"].insert({"case_id": case_id, "subject_id": subject_id, "probe": probe,
                                           "params": json.dumps(params, sort_keys=True, default=str),
@@ -322,7 +326,7 @@ class CaseStore:
         if status not in ("done", "failed", "cancelled"):
             raise ValueError(f"cannot finish a run as {status!r}")
         run = self._get("runs", run_id, "run")
-        result = result or {}
+        result, error, findings = printable(result or {}), printable(error), printable(findings)
         with self.write():
             self.db["runs"].update(run_id, {
                 "status": status, "finished": now(),

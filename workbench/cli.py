@@ -533,8 +533,29 @@ def _write_sarif(dest: Path, results: list[dict[str, Any]]) -> None:
         fail(f"cannot write {dest}: {exc.strerror or exc}")
 
 
+def _printable_output() -> None:
+    """Print a non-UTF-8 file name's odd bytes as ``\\xff`` (valid UTF-8 a pipe or a JSON reader accepts),
+    the same form the case file stores, instead of raw bytes or an encoding traceback."""
+    import codecs
+
+    def escape(exc: UnicodeError) -> tuple[str, int]:
+        if not isinstance(exc, UnicodeEncodeError):
+            raise exc
+        bad = exc.object[exc.start:exc.end]
+        return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+                       for c in bad), exc.end
+
+    codecs.register_error("workbench-printable", escape)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="workbench-printable")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
+
+
 def main() -> None:
     """Console-script entry point."""
+    _printable_output()
     app()
 
 

@@ -83,5 +83,5 @@ def describe(path: str | Path) -> SubjectInfo:
     if not model_files:
         raise ProbeError(f"no model files in folder {p} (looked for safetensors, pickle/torch checkpoints, joblib, numpy)")
     manifest = "\n".join(f"{f['path']} {f['sha256']}" for f in files)
-    return SubjectInfo(str(p), p.name, hashlib.sha256(manifest.encode()).hexdigest(),
+    return SubjectInfo(str(p), p.name, hashlib.sha256(manifest.encode("utf-8", "surrogateescape")).hexdigest(),
                        sum(f["size"] for f in files), formats.detect(p), formats.guess_kind(p), files)
