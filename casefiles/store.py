@@ -25,7 +25,7 @@ from sqlite_utils import Database
 
 from casefiles import attest, schema
 from casefiles import audit as chain
-from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
+from casefiles.errors import CaseFileBusy, CaseFileError, CaseFileFull, NotFound
 from vocabulary import one_line, printable
 
 RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
@@ -33,6 +33,10 @@ RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and ("full" in str(exc).lower() or getattr(exc, "sqlite_errorcode", 0) == 13)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -171,9 +175,12 @@ class CaseStore:
             raise CaseFileError(f"{self.path}: {one_line(exc)}") from None
         try:
             yield self.db
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if _is_full(exc):
+                raise CaseFileFull(f"{self.path}: the case file cannot grow ({one_line(exc)}); nothing of this "
+                                   "write was stored") from None
             raise
         else:
             try:
@@ -183,6 +190,9 @@ class CaseStore:
                     conn.execute("ROLLBACK")
                 if _is_busy(exc):
                     raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
+                if _is_full(exc):
+                    raise CaseFileFull(f"{self.path}: the case file cannot grow ({one_line(exc)}); nothing of this "
+                                       "write was stored") from None
                 raise
 
     def _migrate(self) -> None:
