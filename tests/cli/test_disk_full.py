@@ -52,7 +52,8 @@ def test_a_full_case_file_records_the_run_failed_and_keeps_the_result(tmp_path):
 def test_a_write_to_a_full_file_is_a_one_line_case_file_error(tmp_path):
     with CaseStore(tmp_path / "case.db") as store:
         cid = store.new_case("full")
-        store.db.conn.execute("PRAGMA max_page_count = %d" % store.db.conn.execute("PRAGMA page_count").fetchone()[0])
+        pages = store.db.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.db.conn.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(CaseFileFull, match="cannot grow"):
             store.add_note(cid, "x" * 20000)
 
