@@ -194,6 +194,13 @@ class Zygote:
 
     def close(self) -> None:
         if self.proc.poll() is None:
+            try:  # end of input first: the zygote exits and its PID-namespace parent reaps it (usage is kept)
+                if self.proc.stdin:
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
