@@ -102,3 +102,12 @@ def test_an_older_case_file_still_verifies_and_says_what_is_not_covered(tmp_path
     assert r.code == 1 and f"run {run}" in r.out and "verdict='clean'" in r.out
     with CaseStore(db, create=False) as s:
         assert "older workbench" in render_markdown(s.case_bundle(cid))
+
+
+def test_a_result_json_stripped_outside_the_tool_still_exports_with_the_warning(tmp_path):
+    db = tmp_path / "case.db"
+    cid, run = build(db)
+    sql(db, "update runs set verdict = 'clean', result = '{\"verdict\": \"clean\"}' where id = ?", run)
+    report = wb("case", "export", cid, "--db", db)
+    assert report.code == 0, report.err
+    assert "WARNING" in report.out and "Traceback" not in report.err
