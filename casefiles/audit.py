@@ -37,9 +37,12 @@ class ChainReport:
     rows: int
     head: str
     problems: list[str] = field(default_factory=list)
+    rows_checked: int = 0  # evidence rows (runs, notes, findings, subjects...) checked against the chain
+    coverage: str = ""  # what the evidence check covers (older rows may be only partly covered)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "rows": self.rows, "head": self.head, "problems": self.problems}
+        return {"ok": self.ok, "rows": self.rows, "head": self.head, "problems": self.problems,
+                "rows_checked": self.rows_checked, "coverage": self.coverage}
 
 
 def verify_chain(rows: Iterable[dict[str, Any]], *, expected_head: str | None, expected_count: int | None) -> ChainReport:

@@ -11,3 +11,7 @@ class CaseFileBusy(CaseFileError):
 
 class NotFound(CaseFileError):
     """A case, subject, run or note id that does not exist."""
+
+
+class CaseFileFull(CaseFileError):
+    """The case file cannot grow: SQLite reports ``database or disk is full``."""

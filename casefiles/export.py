@@ -286,9 +286,16 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     lines = [f"# Case {case['id']}: {case['title']}", ""]
     if case.get("description"):
         lines += [case["description"], ""]
+    if not verify["ok"]:
+        # Never a quiet "clean": a report of a case file edited outside the tool says so before any verdict.
+        lines += [f"> **WARNING: `workbench case verify {case['id']}` fails for this case file** "
+                  f"({len(verify.get('problems', []))} problem(s), listed under Audit trail): its evidence was changed "
+                  "outside the workbench, so the verdicts below cannot be relied on.", ""]
+    overall = overall_verdict(runs, subjects)
     lines += [f"- Opened: {case['created']}", f"- Last change: {case['updated']}",
               f"- Subjects: {len(subjects)}; probe runs: {len(runs)}",
-              f"- Overall verdict: **{overall_verdict(runs, subjects)}**", ""]
+              f"- Overall verdict: **{overall}**" + ("" if verify["ok"] else " (UNVERIFIED: the case file fails verify)"),
+              ""]
 
     lines += ["## Summary", ""]
     current = _current_run_ids(runs)
@@ -387,6 +394,8 @@ def render_markdown(bundle: dict[str, Any], options: ReportOptions | None = None
     lines += ["## Audit trail", "",
               f"- Rows: {verify['rows']}; head hash: `{verify['head']}`",
               f"- Integrity: {'verified, the hash chain is intact' if verify['ok'] else 'BROKEN'}"]
+    if verify.get("coverage"):
+        lines.append(f"- Evidence rows: {verify['coverage']}")
     lines += [f"  - {p}" for p in verify.get("problems", [])]
     shown_audit = audit[-_MAX_AUDIT_ROWS_LARGE:] if large else audit
     if len(shown_audit) < len(audit):

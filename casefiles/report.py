@@ -151,9 +151,10 @@ def ensure_figures(store: Any, bundle: dict[str, Any], *, large_case: int) -> tu
         if not figs:  # nothing to draw for this run (cheap to find out again next time; nothing stored)
             continue
         index = [{"name": f.name, "caption": f.caption, "sha256": hashlib.sha256(f.png).hexdigest()} for f in figs]
-        store.add_artifacts(rid, {**{f.name: f.png for f in figs},
-                                  index_name: json.dumps(index, sort_keys=True).encode()})
-        drawn += len(figs)
+        if not getattr(store, "read_only", False):  # a read-only case file: drawn for this export, not stored
+            store.add_artifacts(rid, {**{f.name: f.png for f in figs},
+                                      index_name: json.dumps(index, sort_keys=True).encode()})
+            drawn += len(figs)
         out[rid] = [(f.name, f.caption, f.png) for f in figs]
     return out, drawn
 
@@ -329,6 +330,7 @@ def export_case(store: Any, case_id: int, fmt: str, output: Path | None, *, figu
             where, files = str(output), [output.name]
     except OSError as exc:
         raise ExportError(f"cannot write {output}: {exc.strerror or exc}") from None
-    store.record(case_id, "case.exported", {"format": fmt, "sha256": digest, "output": where, "figures": n_figs})
+    if not getattr(store, "read_only", False):  # a read-only case file cannot record its own export
+        store.record(case_id, "case.exported", {"format": fmt, "sha256": digest, "output": where, "figures": n_figs})
     outcome = ExportOutcome(fmt, where, digest, len(data), n_figs, drawn, time.perf_counter() - t0, files)
     return outcome, (data if output is None else None)

@@ -19,13 +19,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlite_utils import Database
 
+from casefiles import attest, schema
 from casefiles import audit as chain
-from casefiles import schema
-from casefiles.errors import CaseFileBusy, CaseFileError, NotFound
-from vocabulary import one_line
+from casefiles.errors import CaseFileBusy, CaseFileError, CaseFileFull, NotFound
+from vocabulary import one_line, printable
 
 RUN_STATUSES = ("running", "done", "failed", "cancelled", "interrupted")
 EXAMINER_ENV = "WORKBENCH_EXAMINER"
@@ -39,6 +40,10 @@ def examiner_name() -> str:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and ("full" in str(exc).lower() or getattr(exc, "sqlite_errorcode", 0) == 13)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -58,18 +63,44 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def read_only_reason(path: Path) -> str | None:
+    """Why this process cannot write the case file (file, or its folder for the -wal/-shm files), else None."""
+    path = Path(path)
+    folder = path.absolute().parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        pass
+    if path.exists() and not os.access(path, os.W_OK):
+        return "no write permission on the file"
+    wal_ready = all(Path(f"{path}{x}").exists() and os.access(f"{path}{x}", os.W_OK) for x in ("-wal", "-shm"))
+    if not os.access(folder, os.W_OK) and not wal_ready:
+        return "no write permission on its folder (SQLite needs to create its -wal and -shm files there)"
+    return None
+
+
 class CaseStore:
     """A case file. Use as a context manager or call :meth:`close`."""
 
     def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 5.0,
-                 actor: str | None = None) -> None:
+                 actor: str | None = None, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if not create and not self.path.exists():
             raise CaseFileError(f"case file not found: {self.path}")
         if self.path.exists() and self.path.is_dir():
             raise CaseFileError(f"case file path is a directory: {self.path}")
         if self.path.exists() and self.path.stat().st_size and not self._has_sqlite_header():
             raise CaseFileError(f"{self.path}: not a case file (not an SQLite database)")
+        self.actor = actor or f"{examiner_name()}@{socket.gethostname()}"
+        if read_only:
+            self._open_read_only(busy_timeout_s)
+            return
+        why = read_only_reason(self.path) if self.path.exists() else None
+        if why:
+            raise CaseFileError(f"{self.path}: the case file is read-only ({why}); it can be listed, shown, "
+                                "exported and verified but not changed")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
@@ -77,7 +108,6 @@ class CaseStore:
         except (sqlite3.Error, OSError) as exc:
             raise CaseFileError(f"cannot open case file {self.path}: {one_line(exc)}") from None
         self.db = Database(conn)
-        self.actor = actor or f"{examiner_name()}@{socket.gethostname()}"
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -97,6 +127,29 @@ class CaseStore:
         except CaseFileError:
             conn.close()
             raise
+
+    def _open_read_only(self, busy_timeout_s: float) -> None:
+        """Open with SQLite's ``mode=ro`` (no migration, no repair of stale runs, every write refused); on a
+        medium nothing can write to (a write-blocked evidence copy) ``immutable=1`` lets a WAL file open
+        without its -shm file."""
+        uri = "file:" + quote(os.fsencode(self.path.absolute()))
+        last: Exception | None = None
+        for extra in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + extra, uri=True, timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("select count(*) from sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            self.db = Database(conn)
+            version = schema.current_version(self.db)
+            if version > schema.SCHEMA_VERSION:
+                conn.close()
+                raise CaseFileError(f"{self.path}: case file schema v{version} is newer than this workbench "
+                                    f"understands (v{schema.SCHEMA_VERSION}); upgrade the workbench")
+            return
+        raise CaseFileError(f"cannot open case file {self.path} read-only: {one_line(last)}") from None
 
     def _has_sqlite_header(self) -> bool:
         try:
@@ -119,6 +172,8 @@ class CaseStore:
     def write(self) -> Iterator[Database]:
         """One logical write: an immediate transaction, committed or rolled back whole."""
         conn = self.db.conn
+        if self.read_only:
+            raise CaseFileError(f"{self.path}: the case file is open read-only; this command cannot change it")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -127,9 +182,12 @@ class CaseStore:
             raise CaseFileError(f"{self.path}: {one_line(exc)}") from None
         try:
             yield self.db
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if _is_full(exc):
+                raise CaseFileFull(f"{self.path}: the case file cannot grow ({one_line(exc)}); nothing of this "
+                                   "write was stored") from None
             raise
         else:
             try:
@@ -139,6 +197,9 @@ class CaseStore:
                     conn.execute("ROLLBACK")
                 if _is_busy(exc):
                     raise CaseFileBusy(f"case file busy ({self.path}); another process is writing, retry") from None
+                if _is_full(exc):
+                    raise CaseFileFull(f"{self.path}: the case file cannot grow ({one_line(exc)}); nothing of this "
+                                       "write was stored") from None
                 raise
 
     def _migrate(self) -> None:
@@ -171,10 +232,16 @@ class CaseStore:
             for r in stale:
                 self.db["runs"].update(r["id"], {"status": "interrupted", "finished": now(),
                                                  "error": "the process running this probe ended before it finished"})
-                self._audit(r["case_id"], "run.interrupted", {"run_id": r["id"], "probe": r["probe"]})
+                self._audit(r["case_id"], "run.interrupted", {"run_id": r["id"], "probe": r["probe"]},
+                            rows=[("runs", r["id"])])
 
-    def _audit(self, case_id: int, action: str, detail: dict[str, Any]) -> None:
-        """Append one hash-chained audit row (caller holds the transaction)."""
+    def _audit(self, case_id: int, action: str, detail: dict[str, Any],
+               rows: list[tuple[str, Any]] | None = None) -> None:
+        """Append one hash-chained audit row (caller holds the transaction), attesting the evidence ``rows``
+        (table, id) this write created or changed, as they now are, so ``verify`` catches a later edit."""
+        detail = printable(detail)
+        if rows:
+            detail = {**detail, "rows": {f"{t}/{i}": attest.digest(t, self.db[t].get(i)) for t, i in rows}}
         case = self.db["cases"].get(case_id)
         row = {"case_id": case_id, "seq": (case["audit_count"] or 0) + 1, "ts": now(), "actor": self.actor,
                "action": action, "detail": chain.canonical(detail)}
@@ -199,7 +266,7 @@ class CaseStore:
             ts = now()
             case_id = self.db["cases"].insert({"title": title, "description": description, "created": ts,
                                                "updated": ts, "audit_head": chain.GENESIS, "audit_count": 0}).last_pk
-            self._audit(case_id, "case.created", {"title": title})
+            self._audit(case_id, "case.created", {"title": title}, rows=[("cases", case_id)])
         return int(case_id)
 
     def list_cases(self) -> list[dict[str, Any]]:
@@ -217,6 +284,8 @@ class CaseStore:
                     files: list[dict[str, Any]], name: str | None = None,
                     metadata: dict[str, Any] | None = None) -> int:
         self.get_case(case_id)
+        # A non-UTF-8 file name (surrogate escapes) is stored as its printable form, never a traceback.
+        path, name, files, metadata = printable(str(path)), printable(name), printable(files), printable(metadata)
         with self.write():
             sid = self.db["subjects"].insert({
                 "case_id": case_id, "name": name or Path(path).name, "path": str(path), "sha256": sha256,
@@ -226,7 +295,7 @@ class CaseStore:
                                       "kind": kind}
             if (metadata or {}).get("custody"):
                 detail["custody"] = metadata["custody"]  # type: ignore[index]
-            self._audit(case_id, "subject.added", detail)
+            self._audit(case_id, "subject.added", detail, rows=[("subjects", sid)])
         return int(sid)
 
     def list_subjects(self, case_id: int) -> list[dict[str, Any]]:
@@ -243,7 +312,8 @@ class CaseStore:
             return
         with self.write():
             self.db["subjects"].update(subject_id, {"kind": kind})
-            self._audit(subject["case_id"], "subject.kind", {"subject_id": subject_id, "kind": kind})
+            self._audit(subject["case_id"], "subject.kind", {"subject_id": subject_id, "kind": kind},
+                        rows=[("subjects", subject_id)])
 
     def find_subject(self, case_id: int, sha256: str) -> dict[str, Any] | None:
         rows = list(self.db.query("select * from subjects where case_id = ? and sha256 = ? order by id",
@@ -258,12 +328,14 @@ class CaseStore:
     def start_run(self, case_id: int, subject_id: int | None, probe: str, params: dict[str, Any]) -> int:
         """Write the run row as ``running`` before the probe starts."""
         self.get_case(case_id)
+        params = printable(params)
         with self.write():
             rid = self.db["runs"].insert({"case_id": case_id, "subject_id": subject_id, "probe": probe,
                                           "params": json.dumps(params, sort_keys=True, default=str),
                                           "status": "running", "started": now(), "pid": os.getpid(),
                                           "host": socket.gethostname()}).last_pk
-            self._audit(case_id, "run.started", {"run_id": rid, "subject_id": subject_id, "probe": probe})
+            self._audit(case_id, "run.started", {"run_id": rid, "subject_id": subject_id, "probe": probe},
+                        rows=[("runs", rid)])
         return int(rid)
 
     def finish_run(self, run_id: int, *, status: str, result: dict[str, Any] | None = None,
@@ -274,26 +346,29 @@ class CaseStore:
         if status not in ("done", "failed", "cancelled"):
             raise ValueError(f"cannot finish a run as {status!r}")
         run = self._get("runs", run_id, "run")
-        result = result or {}
+        result, error, findings = printable(result or {}), printable(error), printable(findings)
         with self.write():
             self.db["runs"].update(run_id, {
                 "status": status, "finished": now(),
                 "duration_s": duration_s if duration_s is not None else result.get("duration_s"),
                 "verdict": result.get("verdict"), "score": result.get("score"), "summary": result.get("summary"),
                 "result": json.dumps(result, sort_keys=True) if result else None, "error": error})
+            attested: list[tuple[str, Any]] = [("runs", run_id)]
             for f in findings or []:
-                self.db["findings"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
-                                            "run_id": run_id, "probe": run["probe"], "created": now(),
-                                            **{k: f.get(k) for k in ("severity", "title", "detail", "atlas")}})
+                fid = self.db["findings"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                                  "run_id": run_id, "probe": run["probe"], "created": now(),
+                                                  **{k: f.get(k) for k in ("severity", "title", "detail", "atlas")}}).last_pk
+                attested.append(("findings", fid))
             for name, data in (artifacts or {}).items():
-                self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
-                                             "run_id": run_id, "name": name, "media_type": _media_type(name),
-                                             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                             "data": data, "created": now()})
+                aid = self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
+                                                   "run_id": run_id, "name": name, "media_type": _media_type(name),
+                                                   "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                                   "data": data, "created": now()}).last_pk
+                attested.append(("artifacts", aid))
             self._audit(run["case_id"], f"run.{status}", {
                 "run_id": run_id, "probe": run["probe"], "verdict": result.get("verdict"),
                 "score": result.get("score"), "error": error,
-                "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in (artifacts or {}).items()}})
+                "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in (artifacts or {}).items()}}, rows=attested)
 
     def add_artifacts(self, run_id: int, items: dict[str, bytes], *, media_type: str | None = None) -> int:
         """Attach derived evidence (e.g. report figures) to a finished run; a name already stored with the same
@@ -304,13 +379,15 @@ class CaseStore:
         if not todo:
             return 0
         with self.write():
+            added = []
             for name, data in todo.items():
-                self.db["artifacts"].insert({"case_id": run["case_id"], "subject_id": run["subject_id"],
-                                             "run_id": run_id, "name": name, "media_type": media_type or _media_type(name),
-                                             "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                             "data": data, "created": now()})
+                added.append(self.db["artifacts"].insert({
+                    "case_id": run["case_id"], "subject_id": run["subject_id"], "run_id": run_id, "name": name,
+                    "media_type": media_type or _media_type(name), "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data), "data": data, "created": now()}).last_pk)
             self._audit(run["case_id"], "artifact.added", {
-                "run_id": run_id, "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in todo.items()}})
+                "run_id": run_id, "artifacts": {n: hashlib.sha256(d).hexdigest() for n, d in todo.items()}},
+                rows=[("artifacts", a) for a in added])
         return len(todo)
 
     def add_subject_artifact(self, subject_id: int, name: str, data: bytes) -> None:
@@ -318,10 +395,11 @@ class CaseStore:
         subject = self.get_subject(subject_id)
         digest = hashlib.sha256(data).hexdigest()
         with self.write():
-            self.db["artifacts"].insert({"case_id": subject["case_id"], "subject_id": subject_id, "run_id": None,
-                                         "name": name, "media_type": _media_type(name), "sha256": digest,
-                                         "size": len(data), "data": data, "created": now()})
-            self._audit(subject["case_id"], "artifact.added", {"subject_id": subject_id, "artifacts": {name: digest}})
+            aid = self.db["artifacts"].insert({"case_id": subject["case_id"], "subject_id": subject_id, "run_id": None,
+                                               "name": name, "media_type": _media_type(name), "sha256": digest,
+                                               "size": len(data), "data": data, "created": now()}).last_pk
+            self._audit(subject["case_id"], "artifact.added", {"subject_id": subject_id, "artifacts": {name: digest}},
+                        rows=[("artifacts", aid)])
 
     def subject_artifact(self, subject_id: int, name: str) -> bytes | None:
         """The newest bytes of a subject-level artifact (None when absent)."""
@@ -370,7 +448,8 @@ class CaseStore:
             nid = self.db["notes"].insert({"case_id": case_id, "subject_id": subject_id, "body": body,
                                            "created": ts, "updated": ts}).last_pk
             self._audit(case_id, "note.added", {"note_id": nid, "subject_id": subject_id,
-                                                "sha256": hashlib.sha256(body.encode()).hexdigest()})
+                                                "sha256": hashlib.sha256(body.encode()).hexdigest()},
+                        rows=[("notes", nid)])
         return int(nid)
 
     def save_note(self, case_id: int, body: str, *, subject_id: int | None = None) -> int:
@@ -385,7 +464,8 @@ class CaseStore:
         with self.write():
             self.db["notes"].update(rows[0]["id"], {"body": body, "updated": now()})
             self._audit(case_id, "note.edited", {"note_id": rows[0]["id"],
-                                                 "sha256": hashlib.sha256(body.encode()).hexdigest()})
+                                                 "sha256": hashlib.sha256(body.encode()).hexdigest()},
+                        rows=[("notes", rows[0]["id"])])
         return int(rows[0]["id"])
 
     def list_notes(self, case_id: int, *, subject_id: int | None | str = "any") -> list[dict[str, Any]]:
@@ -405,9 +485,18 @@ class CaseStore:
         return list(self.db.query("select * from audit where case_id = ? order by id", [case_id]))
 
     def verify(self, case_id: int) -> chain.ChainReport:
+        """The hash chain of the audit rows, then every evidence row against what the chain attests."""
         case = self.get_case(case_id)
-        return chain.verify_chain(self.audit_rows(case_id), expected_head=case["audit_head"],
-                                  expected_count=case["audit_count"])
+        audit_rows = self.audit_rows(case_id)
+        report = chain.verify_chain(audit_rows, expected_head=case["audit_head"],
+                                    expected_count=case["audit_count"])
+        current = {t: list(self.db.query(f"select * from {t} where {'id' if t == 'cases' else 'case_id'} = ? order by id",
+                                         [case_id])) for t in attest.FIELDS}
+        rows = attest.check_rows(audit_rows, current)
+        report.problems += rows.problems
+        report.ok = not report.problems
+        report.rows_checked, report.coverage = rows.checked, rows.coverage
+        return report
 
     # -- baselines -------------------------------------------------------------------------
     def add_baseline_member(self, name: str, *, path: str, sha256: str, fingerprint: dict[str, Any],
@@ -482,9 +571,11 @@ class CaseStore:
             head, count = case["audit_head"] or chain.GENESIS, case["audit_count"] or 0
             audit_rows: list[tuple[Any, ...]] = []
 
-            def audit(action: str, detail: dict[str, Any]) -> None:
+            def audit(action: str, detail: dict[str, Any], rows: list[tuple[str, Any]]) -> None:
                 nonlocal head, count
                 count += 1
+                detail = {**printable(detail),
+                          "rows": {f"{t}/{i}": attest.digest(t, self.db[t].get(i)) for t, i in rows}}
                 row = {"case_id": case_id, "seq": count, "ts": now(), "actor": self.actor, "action": action,
                        "detail": chain.canonical(detail)}
                 digest = chain.chain_hash(head, chain.row_content(row))
@@ -504,7 +595,7 @@ class CaseStore:
                         [case_id, s["name"], s["path"], s["sha256"], s["size"], s["format"], s["kind"],
                          json.dumps(s["files"]), json.dumps(s.get("metadata") or {}), now()]).lastrowid or 0)
                     audit("subject.added", {"subject_id": sid, "path": s["path"], "sha256": s["sha256"],
-                                            "format": s["format"], "kind": s["kind"]})
+                                            "format": s["format"], "kind": s["kind"]}, [("subjects", sid)])
                 ids.append(sid)
                 for r in it["runs"]:
                     res = r.get("result") or {}
@@ -516,16 +607,17 @@ class CaseStore:
                          r["status"], ts, ts, r.get("duration_s"), res.get("verdict"), res.get("score"),
                          res.get("summary"), json.dumps(res, sort_keys=True) if res else None, r.get("error"),
                          pid, host]).lastrowid
-                    if r.get("findings"):
-                        conn.executemany(
+                    attested: list[tuple[str, Any]] = [("runs", rid)]
+                    for f in r.get("findings") or []:
+                        attested.append(("findings", conn.execute(
                             "insert into findings (case_id, subject_id, run_id, probe, severity, title, detail, atlas, created) "
                             "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [(case_id, sid, rid, r["probe"], f.get("severity"), f.get("title"), f.get("detail"),
-                              f.get("atlas"), ts) for f in r["findings"]])
+                            [case_id, sid, rid, r["probe"], f.get("severity"), f.get("title"), f.get("detail"),
+                             f.get("atlas"), ts]).lastrowid))
                     # the run is written finished (no ``running`` row exists to crash): its closing audit row only
                     audit(f"run.{r['status']}", {"run_id": rid, "subject_id": sid, "probe": r["probe"],
                                                  "verdict": res.get("verdict"), "score": res.get("score"),
-                                                 "error": r.get("error"), "artifacts": {}})
+                                                 "error": r.get("error"), "artifacts": {}}, attested)
                 conn.execute("insert or replace into registry_items (case_id, subject_id, sha256, plan, verdict, risk, "
                              "status, error, created) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [case_id, sid, s["sha256"], it["plan"], it.get("verdict"), it.get("risk"), it["status"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 
 __all__ = ["Verdict", "Severity", "Band", "BAND_UPPER", "VERDICT_SEVERITY", "one_line"]
 
@@ -120,10 +120,37 @@ VERDICT_SEVERITY: dict[Verdict, Severity] = {Verdict.MALICIOUS: Severity.CRITICA
                                              Verdict.SUSPICIOUS: Severity.MEDIUM}
 
 
+def printable(value: Any) -> Any:
+    """Strings (also inside lists/dicts) with undecodable file-name bytes (surrogate escapes from a non-UTF-8
+    name) shown as ``\\xff``, so they can be stored, hashed and printed; other values unchanged."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(printable(v) for v in value)
+    return value
+
+
+def file_path(stored: str) -> str:
+    """The file-system path behind a stored path: :func:`printable`'s ``\\xff`` escapes turned back into the
+    surrogate escapes the OS call needs, when the stored text itself names no file."""
+    import os
+    import re
+
+    if os.path.lexists(stored) or "\\x" not in stored:
+        return stored
+    return re.sub(r"\\x([89a-fA-F][0-9a-fA-F])", lambda m: chr(0xDC00 + int(m.group(1), 16)), stored)
+
+
 def one_line(exc: BaseException, limit: int = 300, *, with_type: bool = False) -> str:
     """An exception as the one line an examiner reads: its message with whitespace collapsed (the type name when
     it has none; prefixed by it with ``with_type``), at most ``limit`` characters."""
-    text = " ".join(str(exc).split())
+    text = printable(" ".join(str(exc).split()))
     if not text:
         text = type(exc).__name__
     elif with_type:

@@ -180,7 +180,8 @@ def latest_per_probe(runs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any
         newest_any[probe] = r
         if r.get("status") == "done" and isinstance(r.get("result"), dict):
             newest_done[probe] = r
-    results = [newest_done[p]["result"] for p in newest_done]
+    # The run row names the probe (a result JSON edited outside the tool may not): never a KeyError in a report.
+    results = [{**newest_done[p]["result"], "probe": p} for p in newest_done]
     failed = [(p, str(r.get("error") or r.get("status"))) for p, r in newest_any.items()
               if p not in newest_done and r.get("status") == "failed"]
     return results, failed

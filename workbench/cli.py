@@ -50,11 +50,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _open_store(db: Path | None, *, create: bool = True):
+def _open_store(db: Path | None, *, create: bool = True, read: bool = False):
+    """The case file; ``read=True`` (commands that only read) opens a file this process cannot write read-only."""
     from casefiles import CaseStore
+    from casefiles.store import read_only_reason
     from workbench.paths import default_db_path
 
-    return CaseStore(db or default_db_path(), create=create)
+    path = db or default_db_path()
+    if read and path.exists() and read_only_reason(path):
+        return CaseStore(path, create=False, read_only=True)
+    return CaseStore(path, create=create)
 
 
 class _Guard:
@@ -154,7 +159,7 @@ def case_new(title: Annotated[str, typer.Argument(help="Case title, e.g. \"Vendo
 @case_app.command("list")
 def case_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the cases in the case file."""
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         cases = store.list_cases()
         if as_json:
             _print_json(cases)
@@ -173,7 +178,7 @@ def case_show(case_id: Annotated[int, typer.Argument(help="Case id.")], db: DbOp
     """Show a case: subjects, probe runs, notes and the audit head."""
     from casefiles.export import overall_verdict
 
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         bundle = store.case_bundle(case_id)
         if as_json:
             bundle["artifacts"] = [dict(a) for a in bundle["artifacts"]]
@@ -209,11 +214,13 @@ def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
                 db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Export the case: subjects, custody, findings characterised, figures, ATLAS mapping, notes, audit trail."""
     from casefiles.report import check_destination, export_case
+    from casefiles.store import read_only_reason
 
     with _Guard():
         check_destination(fmt, output)  # a bad format or destination: one line, before the case file is opened
-        with _open_store(db, create=False) as store:
+        with _open_store(db, create=False, read=True) as store:
             outcome, data = export_case(store, case_id, fmt, output, figures=not no_figures)
+            read_only = store.read_only
         if data is not None:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
@@ -222,6 +229,9 @@ def case_export(case_id: Annotated[int, typer.Argument(help="Case id.")],
         else:
             typer.echo(f"{fmt} report written to {output} ({outcome.size:,} bytes, {outcome.figures} figure(s), "
                        f"sha256 {outcome.sha256[:16]}…, {outcome.seconds:.2f} s)", err=True)
+        if read_only:
+            typer.echo(f"note: {store.path} is read-only ({read_only_reason(store.path)}): this export is not "
+                       "recorded in its audit trail", err=True)
 
 
 @case_app.command("verify")
@@ -229,7 +239,7 @@ def case_verify(case_id: Annotated[int, typer.Argument(help="Case id.")],
                 head: Annotated[Optional[str], typer.Option("--head", help="Also check that this head hash (e.g. from an exported report) is part of the trail.")] = None,
                 db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Check the audit trail's hash chain: exit 0 when intact, 1 when tampered, naming the row."""
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         report = store.verify(case_id)
         problems = list(report.problems)
         if head and head not in {r["hash"] for r in store.audit_rows(case_id)}:
@@ -239,6 +249,8 @@ def case_verify(case_id: Annotated[int, typer.Argument(help="Case id.")],
             _print_json({**report.to_dict(), "ok": ok, "problems": problems})
         elif ok:
             typer.echo(f"audit trail intact: {report.rows} rows, head {report.head}")
+            if report.coverage:
+                typer.echo(f"evidence rows: {report.coverage}")
         else:
             typer.echo(f"audit trail BROKEN ({len(problems)} problem{'s' if len(problems) != 1 else ''}):")
             for p in problems:
@@ -347,7 +359,7 @@ def baseline_add(name: Annotated[str, typer.Argument(help="Baseline name, e.g. d
 @baseline_app.command("list")
 def baseline_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the stored baselines."""
-    with _Guard(), _open_store(db, create=False) as store:
+    with _Guard(), _open_store(db, create=False, read=True) as store:
         rows = store.list_baselines()
         if as_json:
             _print_json(rows)
@@ -448,6 +460,13 @@ def probes_list(name: Annotated[Optional[str], typer.Argument(help="Show one pro
         typer.echo("A plain KEY goes to every probe of the scan that takes it; PROBE.KEY to that probe only.")
 
 
+def _note_arch(arch: str | None) -> None:
+    """Say plainly that an ``--arch`` file is code that runs (in a child first, then here)."""
+    if arch:
+        typer.echo(f"note: --arch {arch} is examiner code: it is imported and built in a child process first, "
+                   "then runs in this process to rebuild the model (use only a file you trust)", err=True)
+
+
 @app.command("scan")
 def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Face-style folder.")],
          data: Annotated[Optional[Path], typer.Option("--data", help="Clean labelled inputs (.npz with x, y) for the behavioural probes.")] = None,
@@ -491,6 +510,7 @@ def scan(path: Annotated[Path, typer.Argument(help="A model file or a Hugging Fa
                               audit=str(audit) if audit else None, arch=arch, input_shape=_parse_shape(input_shape),
                               seed=seed, device=device, params=extra, inputs=inputs, threads=threads)
         prepared = prepare(path, options)
+        _note_arch(arch)
         store = None
         if case is not None:
             store = _open_store(db, create=False)
@@ -618,8 +638,29 @@ def registry_scan(root: Annotated[Path, typer.Argument(help="A folder of models 
                           as_json=as_json, echo=typer.echo, open_store=_open_store)
 
 
+def _printable_output() -> None:
+    """Print a non-UTF-8 file name's odd bytes as ``\\xff`` (valid UTF-8 a pipe or a JSON reader accepts),
+    the same form the case file stores, instead of raw bytes or an encoding traceback."""
+    import codecs
+
+    def escape(exc: UnicodeError) -> tuple[str, int]:
+        if not isinstance(exc, UnicodeEncodeError):
+            raise exc
+        bad = exc.object[exc.start:exc.end]
+        return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+                       for c in bad), exc.end
+
+    codecs.register_error("workbench-printable", escape)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="workbench-printable")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
+
+
 def main() -> None:
     """Console-script entry point."""
+    _printable_output()
     app()
 
 

@@ -50,7 +50,9 @@ def check_subject(subject: dict[str, Any]) -> CustodyCheck:
 
     sid, expected = int(subject["id"]), str(subject["sha256"])
     try:
-        now = describe(subject["path"])
+        from vocabulary import file_path
+
+        now = describe(file_path(str(subject["path"])))
     except ProbeError as exc:
         return CustodyCheck(sid, False, expected, None, [], f"custody: subject {sid} cannot be re-hashed: {exc}")
     if now.sha256 == expected:

@@ -13,7 +13,7 @@ from probes import registry
 from probes.context import RunContext
 from probes.errors import Cancelled, ProbeError, explain
 from probes.result import ProbeResult, jsonable
-from vocabulary import VERDICT_SEVERITY, Verdict
+from vocabulary import VERDICT_SEVERITY, Verdict, one_line
 
 _MAX_FINDINGS = 200
 
@@ -59,10 +59,34 @@ class JobOutcome:
     error: str | None
     run_id: int | None
     duration_s: float
+    store_error: str | None = None  # the case file could not record this run (e.g. disk full): result kept here
 
     def to_dict(self) -> dict[str, Any]:
         return {"probe": self.probe, "status": self.status, "error": self.error, "run_id": self.run_id,
-                "duration_s": round(self.duration_s, 4)}
+                "duration_s": round(self.duration_s, 4), "store_error": self.store_error}
+
+
+def _finish_or_fail(store, run_id: int, *, status: str, result, error, duration: float, artifacts) -> str | None:
+    """Record the run; when the case file cannot take its result (full disk), record it failed with a small
+    row instead, so it is never left ``running``. Returns why the result is not in the case file, or None."""
+    from casefiles.errors import CaseFileBusy, CaseFileError
+
+    try:
+        store.finish_run(run_id, status=status, result=result, error=error, duration_s=duration,
+                         findings=findings_from(result) if result else None, artifacts=artifacts)
+        return None
+    except CaseFileBusy:
+        raise
+    except CaseFileError as exc:
+        why = one_line(exc)
+    verdict = (result or {}).get("verdict")
+    try:
+        store.finish_run(run_id, status="failed", duration_s=duration,
+                         error=f"the result ({verdict or status}) could not be stored: {why}"[:500])
+        return f"run {run_id} recorded as failed: its result could not be stored ({why})"
+    except CaseFileError as exc2:
+        return (f"run {run_id} could not be recorded at all ({one_line(exc2)}); it will show as interrupted; "
+                "the result shown here is the only copy")
 
 
 def run_probe(target: Any, ctx: RunContext, *, store=None, case_id: int | None = None,
@@ -79,7 +103,15 @@ def run_probe(target: Any, ctx: RunContext, *, store=None, case_id: int | None =
         refused = _custody_refusal(store, case_id, subject_id, name, record)
         if refused is not None:
             return refused
-    run_id = store.start_run(case_id, subject_id, name, record) if store is not None else None
+    store_error = None
+    run_id = None
+    if store is not None:
+        from casefiles.errors import CaseFileFull
+
+        try:
+            run_id = store.start_run(case_id, subject_id, name, record)
+        except CaseFileFull as exc:  # the probe still runs; its result is shown, not stored
+            store_error = f"not recorded in the case file: {one_line(exc)}"
     t0 = time.perf_counter()
     status, result, error, artifacts = "done", None, None, {}
     try:
@@ -96,10 +128,10 @@ def run_probe(target: Any, ctx: RunContext, *, store=None, case_id: int | None =
     except Exception as exc:  # a probe bug or hostile input must not take the app down
         status, error = "failed", explain(exc)
     duration = time.perf_counter() - t0
-    if store is not None:
-        store.finish_run(run_id, status=status, result=result, error=error, duration_s=duration,
-                         findings=findings_from(result) if result else None, artifacts=artifacts)
-    return JobOutcome(name, status, result, error, run_id, duration)
+    if store is not None and run_id is not None:
+        store_error = _finish_or_fail(store, run_id, status=status, result=result, error=error, duration=duration,
+                                      artifacts=artifacts)
+    return JobOutcome(name, status, result, error, run_id, duration, store_error)
 
 
 def _custody_refusal(store, case_id: int | None, subject_id: int, name: str,

@@ -210,6 +210,8 @@ def run_scan(prepared: PreparedScan, *, store=None, case_id: int | None = None, 
         out = jobs.run_probe(target, ctx, store=store, case_id=case_id, subject_id=subject_id)
         if out.run_id is not None:
             run_ids.append(out.run_id)
+        if out.store_error:  # the case file is full: the result below is kept in memory and reported
+            errors.append({"probe": name, "status": "not-stored", "error": out.store_error})
         if out.result is not None:
             results.append(out.result)
             earlier[name] = out.result

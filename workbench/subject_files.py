@@ -84,5 +84,5 @@ def describe(path: str | Path) -> SubjectInfo:
         raise ProbeError(f"no model files in folder {p} (looked for safetensors, pickle/torch checkpoints, joblib, "
                          "numpy, Keras, HDF5, SavedModel, ONNX, GGUF, NeMo/tar)")
     manifest = "\n".join(f"{f['path']} {f['sha256']}" for f in files)
-    return SubjectInfo(str(p), p.name, hashlib.sha256(manifest.encode()).hexdigest(),
+    return SubjectInfo(str(p), p.name, hashlib.sha256(manifest.encode("utf-8", "surrogateescape")).hexdigest(),
                        sum(f["size"] for f in files), formats.detect(p), formats.guess_kind(p), files)

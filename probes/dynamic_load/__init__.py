@@ -80,14 +80,22 @@ def _loaders_for(path: Path, requested: str) -> list[str]:
     return [first]
 
 
-def _files_of(path: Path, max_files: int) -> list[Path]:
+def _files_of(path: Path, max_files: int) -> tuple[list[Path], list[dict[str, str]]]:
+    """The pickle-bearing files of ``path`` to load (at most ``max_files``) and every one not loaded, with why."""
     if path.is_file():
-        return [path]
+        return [path], []
     from probes import formats
 
-    out = []
+    out: list[Path] = []
+    skipped: list[dict[str, str]] = []
     for p in sorted(path.rglob("*")):
-        if not p.is_file() or p.is_symlink():
+        if p.is_symlink():
+            if p.is_file():
+                skipped.append({"file": str(p), "why": "a symbolic link (not followed)"})
+            continue
+        if not p.is_file():
+            if not p.is_dir():
+                skipped.append({"file": str(p), "why": "not a regular file (FIFO, socket or device)"})
             continue
         fmt = formats.detect_file(p)
         if fmt == formats.PICKLE and p.suffix.lower() not in _PICKLE_SUFFIXES:
@@ -95,10 +103,33 @@ def _files_of(path: Path, max_files: int) -> list[Path]:
                 if fh.read(1) != b"\x80":  # protocol 0/1 guesses on text files (config.json, README) are noise
                     continue
         if fmt in formats.PICKLE_FORMATS | {formats.ZIP}:
-            out.append(p)
             if len(out) >= max_files:
-                break
-    return out
+                skipped.append({"file": str(p), "why": f"over the max_files limit ({max_files})"})
+            else:
+                out.append(p)
+    return out, skipped
+
+
+def _name_skipped(skipped: list[dict[str, str]], root: Path) -> str:
+    """The files not loaded, relative to the subject, grouped by why (every name, up to the summary's room)."""
+    by_why: dict[str, list[str]] = {}
+    for s in skipped:
+        try:
+            name = str(Path(s["file"]).relative_to(root))
+        except ValueError:
+            name = s["file"]
+        by_why.setdefault(s["why"], []).append(name)
+    return "; ".join(f"{', '.join(names)} ({why})" for why, names in by_why.items())
+
+
+def _partial(verdict: str, why: str, skipped: list[dict[str, str]], root: Path, loaded: int) -> tuple[str, str]:
+    """A folder only partly loaded is never clean: every file not loaded is named, in the summary too."""
+    if not skipped:
+        return verdict, why
+    if verdict == "clean":
+        return "inconclusive", (f"loaded {loaded} file(s), nothing refused, but {len(skipped)} not loaded: "
+                                + _name_skipped(skipped, root))
+    return verdict, why + f"; {len(skipped)} not loaded: " + _name_skipped(skipped, root)
 
 
 def _trim_events(events: list[dict], limit: int) -> list[dict]:
@@ -236,13 +267,17 @@ def run(path: str, ctx: RunContext) -> ProbeResult:
     if not subject.exists():
         raise ProbeError(f"no such file or folder: {path}")
     check_cancel(cancel)
-    files = _files_of(subject, int(p["max_files"]))
+    files, skipped = _files_of(subject, int(p["max_files"]))
     plan = [(f, ld) for f in files for ld in _loaders_for(f, p["loader"])]
     params_out = dict(ctx.params)
     if not plan:
-        return ProbeResult(PROBE, "inconclusive", 0.0, "nothing to load: no pickle-bearing file",
+        why = "nothing to load: no pickle-bearing file"
+        if skipped:
+            why += "; not loaded: " + _name_skipped(skipped, subject)
+        return ProbeResult(PROBE, "inconclusive", 0.0, why[:300],
                            params_out, time.perf_counter() - t0,
-                           {"files": [], "events": [], "refused": [], "isolation": {}, "child": {}})
+                           {"files": [], "events": [], "refused": [], "isolation": {}, "child": {},
+                            "skipped": skipped})
 
     from probes.dynamic_load import model, sandbox
 
@@ -297,6 +332,7 @@ def run(path: str, ctx: RunContext) -> ProbeResult:
         tag = f"{Path(worst['file']).name}: " if len({r["file"] for r in results}) > 1 else ""
         tag += f"[{worst['loader']}] " if len(results) > 1 else ""
         why = tag + ("; ".join(worst["reasons"]) or verdict)
+    verdict, why = _partial(verdict, why, skipped, subject, len({r["file"] for r in results}))
     refused = [{**r, "file": res["file"]} for res in results for r in res["refused"]]
     events = [{**e, "file": res["file"]} if len(results) > 1 else e for res in results for e in res["events"]]
     details = {
@@ -305,6 +341,7 @@ def run(path: str, ctx: RunContext) -> ProbeResult:
         "isolation": {**zygote.isolation, "zygote_startup_s": round(zygote.startup_s, 3)},
         "child": worst["child"],
         "files": [{k: v for k, v in r.items() if k != "events"} for r in results],
+        "skipped": skipped,
         "baseline": {"loads": len(baseline.X) if baseline else 0, "key": baseline.key if baseline else None,
                      "error": baseline_error, "skipped": (baseline.skipped or []) if baseline else []},
     }

@@ -61,6 +61,8 @@ PR_SET_NO_NEW_PRIVS = 38
 
 PR_CAPBSET_DROP = 24
 PR_SET_PDEATHSIG = 1
+CLONE_NEWPID = 0x20000000
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 LIBC = []  # the libc handle, kept for the grandchildren's PR_SET_PDEATHSIG (set before any hook)
 
 
@@ -93,6 +95,138 @@ def drop_capabilities(libc, ctypes):
         return False
 
 
+def enter_pid_namespace(libc, ctypes, iso):
+    """Give the zygote (and so every grandchild) its own PID namespace, where no host process has a PID.
+
+    ``unshare(CLONE_NEWPID)`` moves only the caller's future children, so this process forks once: the
+    child, PID 1 of the new namespace, carries on as the zygote; this process only waits for it and exits
+    with its status (the parent's kill of the process group still reaches both). A payload's
+    ``kill``/``pidfd_open`` of a host PID then finds nothing (ESRCH).
+    """
+    if libc.unshare(CLONE_NEWPID) != 0:
+        iso["pidns_error"] = os.strerror(ctypes.get_errno())
+        return
+    pid = os.fork()
+    if pid:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    iso["pidns"] = os.getpid() == 1
+
+
+# Syscalls a load never needs that reach other processes: refused outright (EPERM) in every grandchild.
+_SECCOMP_TABLES = {
+    # arch: (AUDIT_ARCH, {name: nr} refused, {name: nr} allowed only when aimed at the caller itself)
+    "x86_64": (0xC000003E,
+               {"ptrace": 101, "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438,
+                "process_vm_readv": 310, "process_vm_writev": 311, "rt_tgsigqueueinfo": 297, "setns": 308,
+                "unshare": 272, "kcmp": 312, "process_madvise": 440},
+               {"kill": 62, "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129}),
+    "aarch64": (0xC00000B7,
+                {"ptrace": 117, "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438,
+                 "process_vm_readv": 270, "process_vm_writev": 271, "rt_tgsigqueueinfo": 240, "setns": 268,
+                 "unshare": 97, "kcmp": 272, "process_madvise": 440},
+                {"kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138}),
+}
+
+
+def seccomp_filter_bytes(own_pid):
+    """A classic-BPF seccomp program (list of (code, jt, jf, k)): signals only to ``own_pid``, no pidfd,
+    ptrace, cross-process memory or namespace calls; a foreign syscall ABI (i386/x32 on x86_64) gets EPERM."""
+    arch = os.uname().machine
+    if arch not in _SECCOMP_TABLES:
+        return None
+    audit_arch, refused, self_only = _SECCOMP_TABLES[arch]
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    deny_nrs, self_nrs = sorted(refused.values()), sorted(self_only.values())
+    prog = [(ld_abs, 0, 0, 4)]  # seccomp_data.arch
+    # layout after the arch check: [ld nr][x32 check][deny checks][self checks][ret allow][self: ld a0][jeq][allow][deny]
+    n_checks = len(deny_nrs) + len(self_nrs)
+    body = 1 + 1 + n_checks + 1  # instructions between the arch jump and "self: ld a0"
+    prog.append((jeq, 0, body + 3, audit_arch))  # wrong arch -> deny (the last instruction)
+    prog.append((ld_abs, 0, 0, 0))  # seccomp_data.nr
+    rest = 1 + n_checks + 1 + 3  # from the next instruction to deny
+    prog.append((jge, rest - 1, 0, 0x40000000))  # the x32 ABI's syscall numbers
+    for i, nr in enumerate(deny_nrs):
+        to_deny = (n_checks - i - 1) + 1 + 3
+        prog.append((jeq, to_deny, 0, nr))
+    for i, nr in enumerate(self_nrs):
+        to_self = (len(self_nrs) - i - 1) + 1
+        prog.append((jeq, to_self, 0, nr))
+    prog.append((ret, 0, 0, allow))
+    prog.append((ld_abs, 0, 0, 16))  # args[0], low 32 bits (pid_t)
+    prog.append((jeq, 0, 1, own_pid & 0xFFFFFFFF))
+    prog.append((ret, 0, 0, allow))
+    prog.append((ret, 0, 0, deny))
+    return prog
+
+
+def install_seccomp(libc, ctypes, own_pid):
+    """Install the filter on this (single-threaded) process; threads started later inherit it."""
+    prog = seccomp_filter_bytes(own_pid)
+    if prog is None:
+        return f"no syscall table for {os.uname().machine}"
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    arr = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
+    fprog = SockFprog(len(prog), ctypes.cast(arr, ctypes.POINTER(SockFilter)))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        return os.strerror(ctypes.get_errno())
+    return None
+
+
+def seccomp_self_test():
+    """Fork once, install the filter, check a signal to the parent and a pidfd are refused and one to itself
+    is not. Returns (what it refuses, None) or (None, why not)."""
+    libc = LIBC[0]
+    import ctypes
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        msg = b"ok"
+        try:
+            err = install_seccomp(libc, ctypes, os.getpid())
+            if err:
+                msg = err.encode()
+            else:
+                os.kill(os.getpid(), 0)
+                for probe in (lambda: os.kill(os.getppid(), 0), lambda: os.pidfd_open(os.getppid())):
+                    try:
+                        probe()
+                        msg = b"a signal/pidfd to another process was allowed"
+                    except PermissionError:
+                        pass
+        except BaseException as exc:  # noqa: BLE001
+            msg = repr(exc).encode()[:200]
+        os.write(w, msg)
+        os._exit(0)
+    os.close(w)
+    out = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        out += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    if out == b"ok":
+        return "kill/tkill/tgkill/rt_sigqueueinfo to another process, ptrace, pidfd_*, process_vm_*, setns, unshare", None
+    return None, out.decode("utf-8", "replace") or "the self-test child died"
+
+
 def seal(tmp_dir):  # noqa: C901 - the sandbox's sealing steps in order; a standalone script, kept flat on purpose
     """Best-effort OS isolation of this process (and so of every grandchild)."""
     iso = {"netns": False, "mountns_readonly": False, "no_new_privs": False, "uid": os.getuid()}
@@ -104,6 +238,9 @@ def seal(tmp_dir):  # noqa: C901 - the sandbox's sealing steps in order; a stand
     except Exception as exc:  # noqa: BLE001
         iso["error"] = f"ctypes unavailable: {exc}"
         return iso
+    iso["pidns"] = False
+    if CONFIG.get("pidns", True):
+        enter_pid_namespace(libc, ctypes, iso)
     if CONFIG.get("netns", True):
         if libc.unshare(CLONE_NEWNET) == 0:
             iso["netns"] = True
@@ -150,6 +287,10 @@ def seal(tmp_dir):  # noqa: C901 - the sandbox's sealing steps in order; a stand
         pass
     if CONFIG.get("drop_caps", True):
         iso["capabilities_dropped"] = drop_capabilities(libc, ctypes)
+    if CONFIG.get("seccomp", True):
+        iso["seccomp_in_job"], err = seccomp_self_test()
+        if err:
+            iso["seccomp_error"] = err
     try:
         import socket
 
@@ -455,7 +596,7 @@ def make_hook(nonce, job, roots):  # noqa: C901 - the audit hook and its rules l
 
     t0 = time.monotonic()
     own_codes.update({hook.__code__, decide.__code__, context.__code__, norm.__code__, under.__code__})
-    return hook, counts, state, on_call, on_build
+    return hook, counts, state, on_call, on_build, refuse
 
 
 def instrument_unpicklers(on_call, on_build):  # noqa: C901 - patches every unpickler variant in one place
@@ -516,9 +657,41 @@ def instrument_unpicklers(on_call, on_build):  # noqa: C901 - patches every unpi
 
 # --------------------------------------------------------------------------- the job (grandchild)
 
-def grandchild(job, log_fd, trace_w, trace_r):
+def host_pid():
+    """This process's PID as the parent (outside our PID namespace) sees it: /proc is the host's."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
+# Process-reaching functions no load calls; replaced before the payload runs (the seccomp filter is the
+# hard layer beneath: these make the attempt visible as a refused event rather than a mere EPERM).
+PROCESS_CALLS = {"os": ("kill", "killpg", "pidfd_open", "setns", "unshare", "waitid"),
+                 "posix": ("kill", "killpg", "pidfd_open", "setns", "unshare", "waitid"),
+                 "signal": ("pidfd_send_signal", "pthread_kill", "sigqueue"),
+                 "_signal": ("pidfd_send_signal", "pthread_kill", "sigqueue")}
+
+
+def guard_process_calls(refuse):
+    """Swap every process-signalling function in os/posix/signal/_signal for one that refuses and records."""
+    for mod_name, names in PROCESS_CALLS.items():
+        mod = sys.modules.get(mod_name) or __import__(mod_name)
+        for name in names:
+            if not hasattr(mod, name):
+                continue
+
+            def refused(*args, _event=f"{mod_name}.{name}", **kwargs):
+                refuse(_event, list(args)[:4], "signals or reaches another process")
+
+            setattr(mod, name, refused)
+
+
+def grandchild(job, log_fd, trace_w, trace_r, pid_w):
     global TRACE_FD
     os.setsid()
+    os.write(pid_w, str(host_pid()).encode())
+    os.close(pid_w)
     if LIBC:  # die with the zygote (single-threaded, so this cannot fire early)
         LIBC[0].prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
     # The grandchild never holds the zygote's channel to the parent: it writes only to its own pipe,
@@ -562,11 +735,14 @@ def grandchild(job, log_fd, trace_w, trace_r):
     path = job["path"]
     fh = open(path, "rb")  # opened before the hook: reading the subject is the point
     loader = job["loader"]
-    hook, counts, state, on_call, on_build = make_hook(nonce, job, job["roots"])
+    hook, counts, state, on_call, on_build, refuse = make_hook(nonce, job, job["roots"])
     instrument_unpicklers(on_call, on_build)
-    send({"n": nonce, "t": "start", "pid": os.getpid(), "loader": loader})
+    seccomp_err = "off" if not CONFIG.get("seccomp", True) else \
+        install_seccomp(LIBC[0], sys.modules["ctypes"], os.getpid()) if LIBC else "no libc"
+    send({"n": nonce, "t": "start", "pid": os.getpid(), "loader": loader, "seccomp": seccomp_err or True})
     t = time.perf_counter()
     if job.get("audit_hook", True):  # off only in the OS-layer self-test (the hook is the first line, not the only)
+        guard_process_calls(refuse)
         sys.addaudithook(hook)
     ok, err, kind = False, None, None
     try:
@@ -724,16 +900,22 @@ def main():
                         pass
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             trace_r, trace_w = os.pipe()
+            pid_r, pid_w = os.pipe()
             started = time.perf_counter()
             pid = os.fork()
             if pid == 0:
                 try:
-                    grandchild(job, log_fd, trace_w, trace_r)
+                    os.close(pid_r)
+                    grandchild(job, log_fd, trace_w, trace_r, pid_w)
                 finally:
                     os._exit(70)
             os.close(log_fd)
             os.close(trace_w)
-            send({"t": "forked", "job": job["id"], "pid": pid})
+            os.close(pid_w)
+            raw_pid = os.read(pid_r, 32)
+            os.close(pid_r)
+            # The parent kills a hung grandchild by the PID it sees (outside our PID namespace).
+            send({"t": "forked", "job": job["id"], "pid": int(raw_pid) if raw_pid.isdigit() else 0, "ns_pid": pid})
             relay(trace_r, job["id"])
             _, status, ru = os.wait4(pid, 0)
             try:

@@ -175,6 +175,9 @@ class Zygote:
             "rlimits": ["RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_CORE=0", "RLIMIT_NOFILE"],
             "network": "network namespace + audit-hook refusal" if ready["isolation"].get("netns")
             else "audit-hook refusal only",
+            "processes": ("own PID namespace + " if ready["isolation"].get("pidns") else "")
+            + ("seccomp filter + " if ready["isolation"].get("seccomp_in_job") else "")
+            + "kill/pidfd/pthread_kill replaced by refusing functions",
         })
         self.startup_s = time.perf_counter() - t
         self.pid = self.proc.pid
@@ -190,6 +193,13 @@ class Zygote:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        if self.proc.poll() is None:
+            try:  # end of input first: the zygote exits and its PID-namespace parent reaps it (usage is kept)
+                if self.proc.stdin:
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -56,9 +56,12 @@ def load_arch_class(spec: str):
     sys.modules[mod_name] = module  # dataclasses/typing inside the file look themselves up here
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # the examiner's own file is broken: say how, in one line
+    except KeyboardInterrupt:
         sys.modules.pop(mod_name, None)
-        raise ProbeError(f"--arch file {path.name} failed to import: {explain(exc)}") from None
+        raise
+    except BaseException as exc:  # noqa: BLE001 - broken, or SystemExit: say how, in one line; never end the scan
+        sys.modules.pop(mod_name, None)
+        raise ProbeError(f"--arch file {path.name} failed to import: {_explain_base(exc)}") from None
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -70,6 +73,90 @@ def load_arch_class(spec: str):
     return obj
 
 
+def _explain_base(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) (SystemExit)"
+    if isinstance(exc, Exception):
+        return explain(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# Run by ``python -c`` in a child: import the examiner's file from its path, build ClassName(), print the
+# state_dict's shapes on one marked line. Whatever the file does (sys.exit, os._exit, a hang, a crash)
+# happens there first, so this process learns it before running the file itself.
+_PRECHECK = r"""
+import importlib.util, json, os, sys
+path, name = sys.argv[1], sys.argv[2]
+stage = "import"
+def out(obj):
+    sys.__stdout__.write("\n\x00WB-ARCH " + json.dumps(obj) + "\n"); sys.__stdout__.flush()
+try:
+    spec = importlib.util.spec_from_file_location("_workbench_arch_precheck", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["_workbench_arch_precheck"] = mod
+    spec.loader.exec_module(mod)
+    obj = mod
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n, v in vars(mod).items() if isinstance(v, type) and not n.startswith("_"))
+            out({"ok": False, "stage": "lookup", "error": ", ".join(public) or "no classes"})
+            os._exit(0)
+        obj = getattr(obj, part)
+    stage = "construct"
+    model = obj()
+    sd = model.state_dict() if hasattr(model, "state_dict") else {}
+    out({"ok": True, "shapes": {k: list(getattr(v, "shape", ())) for k, v in sd.items()}})
+except BaseException as exc:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    if isinstance(exc, SystemExit):
+        what = f"it called sys.exit({exc.code!r}) (SystemExit)"
+    else:
+        what = f"{type(exc).__name__}: {text}"
+    out({"ok": False, "stage": stage, "error": what})
+os._exit(0)
+"""
+_PRECHECKED: dict[tuple, dict[str, list[int]]] = {}
+PRECHECK_TIMEOUT_S = 120.0
+
+
+def precheck_arch(spec: str, *, timeout_s: float = PRECHECK_TIMEOUT_S) -> dict[str, list[int]]:
+    """Import and build the ``--arch`` class in a child process first; its state_dict's shapes, or a one-line
+    ProbeError for a file that exits, crashes, hangs or fails there (so it never does so in this process)."""
+    import os
+    import subprocess
+
+    path, name = parse_arch_spec(spec)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, name)
+    if key in _PRECHECKED:
+        return _PRECHECKED[key]
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PRECHECK, str(path.resolve()), name], capture_output=True,
+                              timeout=timeout_s, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        raise ProbeError(f"--arch {path.name}:{name} did not import and build within {timeout_s:g} s "
+                         "(checked in a child process)") from None
+    marked = [ln for ln in proc.stdout.decode("utf-8", "replace").splitlines() if ln.startswith("\x00WB-ARCH ")]
+    if not marked:
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        raise ProbeError(f"--arch file {path.name} ended the process while being imported or built ({how}; "
+                         "checked in a child process)")
+    import json
+
+    report = json.loads(marked[-1].split(" ", 1)[1])
+    if not report.get("ok"):
+        stage, err = report.get("stage"), report.get("error")
+        if stage == "lookup":  # the same words as the in-process checks below
+            raise ProbeError(f"--arch file {path.name} has no {name!r}; it defines: {err}")
+        if stage == "construct":
+            raise ProbeError(f"--arch {name}() could not be constructed without arguments: {err} "
+                             "(checked in a child process)")
+        raise ProbeError(f"--arch file {path.name} failed to import: {err} (checked in a child process)")
+    _PRECHECKED[key] = report["shapes"]
+    return report["shapes"]
+
+
 def build_arch(spec: str):
     """Instantiate ``ClassName()`` (no arguments) from the spec and check it is an ``nn.Module``."""
     import torch.nn as nn
@@ -78,8 +165,10 @@ def build_arch(spec: str):
     name = spec.rpartition(":")[2]
     try:
         model = factory()
-    except Exception as exc:
-        raise ProbeError(f"--arch {name}() could not be constructed without arguments: {explain(exc)}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from the examiner's code included
+        raise ProbeError(f"--arch {name}() could not be constructed without arguments: {_explain_base(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ProbeError(f"--arch {name}() returned {type(model).__name__}, not a torch nn.Module")
     return model

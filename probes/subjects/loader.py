@@ -32,6 +32,7 @@ from probes.subjects.arch import (
     classifier_output,
     extract_state_dict,
     first_weight_channels,
+    precheck_arch,
     resolve_input_shape,
 )
 from probes.subjects.base import IMAGE_CLASSIFIER, ImageClassifier, Subject, pick_device
@@ -200,13 +201,26 @@ def _need_arch(p: Path, fmt: str, n: int) -> ProbeError:
                       "pass the architecture as --arch path/to/file.py:ClassName")
 
 
+def _shapes_fit(shapes: dict[str, list[int]], state: dict, where: str, arch_name: str) -> None:
+    """Refuse, before the architecture runs in this process, a state_dict whose tensors cannot fit it."""
+    if shapes and state and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in shapes):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    bad = [k for k in shapes if k in state and list(state[k].shape) != list(shapes[k])]
+    if bad:
+        k = bad[0]
+        raise ProbeError(f"{where} does not fit --arch {arch_name}: {len(bad)} shape mismatch(es), e.g. {k}: "
+                         f"file {tuple(state[k].shape)} vs model {tuple(shapes[k])}")
+
+
 def _finish_arch(p: Path, fmt: str, state: dict, *, arch, input_shape, device, extra=None) -> ImageClassifier:
     where = str(p)
     check_finite(state.items(), where)
     if not arch:
         raise _need_arch(p, fmt, len(state))
-    model = build_arch(arch)
+    shapes = precheck_arch(arch)  # the examiner's file runs in a child first: exits, hangs, crashes stay there
     arch_name = arch.rpartition(":")[2]
+    _shapes_fit(shapes, state, where, arch_name)
+    model = build_arch(arch)
     apply_state_dict(model, state, where, arch_name)
     dev = pick_device(device)
     try:
