@@ -24,6 +24,7 @@ large arrays is walked at close to I/O speed.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,7 @@ class SObj:
     """The result of a call / instantiation / persistent id / extension lookup."""
 
     __slots__ = ("kind", "func", "args", "offset", "opcode", "resolved", "partial", "attrgetter",
-                 "methodcaller", "const", "planted", "items", "state")
+                 "methodcaller", "const", "planted", "items", "state", "size_hint")
 
     def __init__(self, kind: str, func: Any = None, args: tuple = (), offset: int = 0, opcode: str = ""):
         self.kind = kind  # call | new | persid | ext | unknown
@@ -92,6 +93,7 @@ class SObj:
         self.planted: dict | None = None  # created on first use (most objects never need them)
         self.items: list | None = None
         self.state: Any = None
+        self.size_hint: int = 0  # elements of a range() result (what a consumer would materialise)
 
 
 @dataclass(eq=False)
@@ -220,7 +222,8 @@ class PickleSim:
 
     def __init__(self, buf, start: int, end: int, *, emit: Callable[[dict], None],
                  base: int = 0, nested: Callable | None = None, depth: int = 0,
-                 context: str = "", joblib_arrays: bool = True, max_ops: int | None = None, cancel=None):
+                 context: str = "", joblib_arrays: bool = True, max_ops: int | None = None, cancel=None,
+                 deadline: float | None = None):
         self.buf = buf
         self.start = start
         self.end = end
@@ -232,6 +235,7 @@ class PickleSim:
         self.joblib_arrays = joblib_arrays
         self.max_ops = max_ops if max_ops is not None else 1 << 62
         self.cancel = cancel
+        self.deadline = deadline  # time.monotonic() after which the walk stops (not fully read)
         self._walked: set = set()  # (id, size) of argument structures already walked
         self.globals: list[SGlobal] = []
         self.persids: list = []
@@ -241,6 +245,8 @@ class PickleSim:
         self.stop_pos: int | None = None
         self.skipped_bytes = 0  # blob / inline-array bytes not copied
         self.arrays_skipped = 0  # joblib inline arrays stepped over
+        self.frames = 0
+        self.frame_issues: list[tuple[int, int | None, str]] = []  # (opcode pos, resync pos or None, why)
 
     # ---------------------------------------------------------------- findings
     def _finding(self, pos: int, opcode: str, module: str | None, name: str | None,
@@ -315,6 +321,24 @@ class PickleSim:
                 continue
             self._use(v, "call" if mode in ("call", "base") else "new", pos, opcode)
 
+    def _check_sizes(self, full: str, args: tuple, pos: int, opcode: str) -> None:
+        """A resource-exhaustion finding when an allowed callable is given a huge size or a huge range."""
+        for a in args:
+            if type(a) is int and a >= policy.HUGE_BYTES and full in policy.SIZED_CONSTRUCTORS:
+                self._finding(pos, opcode, *_split(full), "high", "resource-exhaustion",
+                              f"{full}({a}) allocates {a / (1 << 30):.1f} GiB while loading (memory bomb)")
+            elif type(a) is SObj and a.size_hint >= policy.HUGE_ELEMENTS:
+                self._finding(pos, opcode, *_split(full), "high", "resource-exhaustion",
+                              f"{full} materialises a range of {a.size_hint:,} elements while loading "
+                              "(memory/CPU exhaustion)")
+            elif type(a) is tuple and full in _SHAPED and a and all(type(x) is int for x in a):
+                n = 1
+                for x in a:
+                    n *= max(x, 0)
+                if n >= policy.HUGE_ELEMENTS * 8:
+                    self._finding(pos, opcode, *_split(full), "high", "resource-exhaustion",
+                                  f"{full} with shape {a} allocates {n:,} elements while loading (memory bomb)")
+
     def _virtual(self, target: tuple[str, str], attr: str, pos: int, opcode: str, via: str) -> SGlobal:
         module, name = target
         name = f"{name}.{attr}" if name and attr else (name or attr)
@@ -331,6 +355,10 @@ class PickleSim:
             full = func.full
             if func.tier == policy.ALLOW:
                 self._check_args(full, args, pos, opcode)
+                if args and full not in policy.RANGE_OK or full in policy.SIZED_CONSTRUCTORS:
+                    self._check_sizes(full, args, pos, opcode)
+                if full == "builtins.range" and args and all(type(a) is int for a in args):
+                    res.size_hint = _range_len(args)
                 if full == "torch.storage._load_from_bytes" and not (args and isinstance(args[0], (bytes, SBlob))):
                     self._finding(pos, opcode, "torch.storage", "_load_from_bytes", "high", "computed-call",
                                   "torch.storage._load_from_bytes runs torch.load(weights_only=False) on bytes computed "
@@ -489,10 +517,19 @@ class PickleSim:
 
         n_ops = 0
         opos = pos
+        lim = end  # min(end, end of the current FRAME): the loop head checks frame boundaries for free
+        fend = -1
         try:
             while True:
-                if pos >= end:
-                    raise PickleParseError(pos, "pickle ends without STOP (truncated)")
+                if pos >= lim:
+                    if fend >= 0 and pos >= fend and fend < end:
+                        if pos > fend:
+                            self._frame_issue(opos, fend, f"opcode at offset {opos - self.base} runs past the end of "
+                                              f"its FRAME (offset {fend - self.base}): the pure-Python unpickler stops "
+                                              "here ('pickle exhausted before end of frame'), the C unpickler reads on")
+                        fend, lim = -1, end
+                    if pos >= end:
+                        raise PickleParseError(pos, "pickle ends without STOP (truncated)")
                 code = buf[pos]
                 opos = pos
                 n_ops += 1
@@ -503,6 +540,8 @@ class PickleSim:
                         from probes.errors import Cancelled
 
                         raise Cancelled("cancelled")
+                    if self.deadline is not None and time.monotonic() > self.deadline:
+                        raise PickleParseError(opos, f"time budget spent after {n_ops} opcodes (not fully read)")
                 # ---- fast paths for the opcodes that make up most of a state_dict pickle
                 if code == 0x71 or code == 0x68 or code == 0x4B:  # BINPUT / BINGET / BININT1
                     if pos + 2 > end:
@@ -786,6 +825,8 @@ class PickleSim:
                         state = stack.pop()
                         size = self._build(stack[-1], state, opos)
                         if size is not None:
+                            if pos == fend:  # joblib commits the frame, then writes the array bytes unframed
+                                fend, lim = -1, end
                             pos = self._skip_joblib_array(pos, size, opos)
                     elif name in ("PERSID", "BINPERSID"):
                         pid = arg if name == "PERSID" else stack.pop()
@@ -805,20 +846,56 @@ class PickleSim:
                             raise PickleParseError(opos, f"unsupported pickle protocol {arg}")
                         self.proto = arg
                     elif name == "FRAME":
-                        pass
+                        if fend >= 0 and opos < fend:
+                            self._frame_issue(opos, fend, f"FRAME at offset {opos - self.base} starts before the "
+                                              f"previous frame ends (offset {fend - self.base}): the pure-Python "
+                                              "unpickler refuses it, the C unpickler reads on")
+                        fend = pos + arg
+                        self.frames += 1
+                        if fend > end:
+                            self._frame_issue(opos, None, f"FRAME at offset {opos - self.base} declares {arg} bytes "
+                                              f"but {end - pos} remain: the C unpickler stops here, the pure-Python "
+                                              "one executes what follows")
+                            lim = end
+                        else:
+                            lim = fend
                     elif name == "STOP":
                         self.value = stack.pop() if stack else None
                         self.stop_pos = pos
+                        if 0 <= fend and pos < fend <= end:
+                            self._frame_issue(opos, fend, f"STOP at offset {opos - self.base} inside a FRAME that "
+                                              f"ends at offset {fend - self.base}: the pure-Python unpickler continues "
+                                              "a stream at the frame end, the C unpickler right after STOP")
+                        self._expansion(stack, memo, opos)
                         return pos
                     else:  # pragma: no cover - every opcode is handled above
                         raise PickleParseError(opos, f"unhandled opcode {name}")
                 except IndexError:
                     raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
         except (IndexError, KeyError, struct.error):
+            self._expansion(stack, memo, opos)
             raise PickleParseError(opos, "opcode on an empty stack/mark or with a truncated argument "
                                          "(the unpickler would fail here)") from None
+        except PickleParseError:
+            self._expansion(stack, memo, opos)
+            raise
         finally:
             self.n_ops += n_ops
+
+    def _frame_issue(self, opos: int, resync: int | None, why: str) -> None:
+        if len(self.frame_issues) < 16:
+            self.frame_issues.append((opos, resync, why))
+
+    def _expansion(self, stack: list, memo: dict, pos: int) -> None:
+        """A resource-exhaustion finding when memo/DUP re-use makes the object graph expand far beyond its size."""
+        roots = [self.value, *stack, *memo.values()]
+        if not roots:
+            return
+        logical, nodes = _fanout(roots)
+        if logical >= EXPANSION_MIN and logical >= 1000 * max(nodes, 1):
+            self._finding(pos, "STOP" if self.stop_pos is not None else "?", None, None, "high", "resource-exhaustion",
+                          f"{nodes:,} containers re-used through the memo/DUP expand to ~{_approx(logical)} elements "
+                          "when the loaded object is traversed, hashed, printed or copied (billion-laughs expansion)")
 
     def _skip_joblib_array(self, pos: int, size: int, opos: int) -> int:
         buf = self.buf
@@ -865,6 +942,29 @@ class PickleSim:
                       "monkey-patch", f"{opcode} mutates imported object {target.full} (e.g. os.environ, a registry)")
         for v in values:
             self._use(v, "call", pos, opcode)
+
+
+_SHAPED = {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+           "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+
+
+def _split(full: str) -> tuple[str, str]:
+    m, _, n = full.rpartition(".")
+    return m, n
+
+
+def _range_len(args: tuple) -> int:
+    """len(range(*args)) without building it (arbitrary ints; 0 for what range() would refuse)."""
+    if len(args) == 1:
+        start, stop, step = 0, args[0], 1
+    elif len(args) in (2, 3):
+        start, stop, step = args[0], args[1], args[2] if len(args) == 3 else 1
+    else:
+        return 0
+    if step == 0:
+        return 0
+    n = (stop - start + (step - (1 if step > 0 else -1))) // step
+    return max(n, 0)
 
 
 _DECODERS = {
@@ -962,6 +1062,49 @@ def _callables_in(root: Any, walked: set | None = None, limit: int = 1_000_000) 
                 todo.append(k)
                 todo.append(x)
     return out
+
+
+EXPANSION_MIN = 10 ** 8
+
+
+def _approx(n: int) -> str:
+    return f"{n:,}" if n < 10 ** 12 else f"10^{len(str(n)) - 1}"
+
+
+def _fanout(roots: list, limit: int = 2_000_000) -> tuple[int, int]:
+    """(elements of the largest root when shared nodes are counted once per reference, distinct nodes).
+
+    Shared containers (memo / DUP re-use) make the first number grow exponentially while the second stays
+    small: that is an expansion bomb. Iterative, each distinct node visited once (bounded by ``limit``)."""
+    size: dict[int, int] = {}
+    total = 0
+    stack: list = []
+    for r in roots:
+        stack.append((r, False))
+        while stack:
+            v, done = stack.pop()
+            t = type(v)
+            if t is tuple:
+                kids: Any = v
+            elif t is SList or t is SSet:
+                kids = v.items
+            elif t is SDict:
+                kids = [x for p in v.pairs for x in p]
+            elif t is SObj:
+                kids = [*v.args, *(v.items or ())]
+            else:
+                continue
+            k = id(v)
+            if done:
+                size[k] = 1 + sum(size.get(id(c), 1) for c in kids)
+                continue
+            if k in size or len(size) >= limit:
+                continue
+            size[k] = 1  # provisional: a cycle counts once
+            stack.append((v, True))
+            stack.extend((c, False) for c in kids if type(c) in (tuple, SList, SSet, SDict, SObj) and id(c) not in size)
+        total = max(total, size.get(id(r), 1))
+    return total, len(size)
 
 
 def _dtype_info(dtype: Any) -> tuple[int | None, bool]:

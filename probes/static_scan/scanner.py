@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ast
 import bz2
+import errno
 import json
 import lzma
 import mmap
 import os
+import pickletools
 import re
+import stat
 import struct
 import tarfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ _SAFETENSORS_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I3
                      "I8": 8, "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8,
                      "F8_E5M2": 8, "F8_E8M0": 8, "C64": 64, "C128": 128, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 _HUNT_RE = re.compile(rb"\x80[\x02-\x05]|c[A-Za-z_][\w.]{0,80}\n[A-Za-z_][\w.]{0,80}\n|\x8c[\x01-\x40][A-Za-z_]")
+_OPCODE_BYTES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes) - {0x2E}
 _TEXT_EXT_HINT = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
@@ -73,7 +78,13 @@ class Scanner:
     pickle_bytes: int = 0
     opcodes: int = 0
     bytes_total: int = 0
+    max_total_decompressed: int = 2 * DEFAULT_MAX_DECOMPRESSED  # over all members/streams of one file
+    max_seconds: float | None = None
+    max_files: int = 100_000
+    deadline: float | None = None
+    not_read: list = field(default_factory=list)
     _rec: FileRecord | None = None
+    _inflated: int = 0  # decompressed bytes read for the current file
 
     # ------------------------------------------------------------ bookkeeping
     def add(self, loc: Loc, offset: int | None, opcode: str | None, module: str | None, name: str | None,
@@ -94,29 +105,62 @@ class Scanner:
             self._rec.status = "inconclusive"
 
     # ------------------------------------------------------------ entry points
-    def scan_path(self, path: Path) -> None:
-        if not path.exists():
+    def _budget_spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def _not_read(self, loc: Loc, reason: str, *, inconclusive: bool = True) -> None:
+        self.not_read.append({"file": loc.file, "member": loc.member, "reason": reason})
+        if inconclusive:
+            self.fail(loc, f"not fully read: {reason}")
+
+    def _walk(self, path: Path) -> tuple[list[Path], int]:
+        """Files under ``path`` (sorted, ``.git`` skipped, symlinked folders not entered), at most ``max_files``;
+        and how many more there were."""
+        files: list[Path] = []
+        more = 0
+        for root, dirs, names in os.walk(path, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if d != ".git")
+            for n in sorted(names):
+                if len(files) < self.max_files:
+                    files.append(Path(root) / n)
+                else:
+                    more += 1
+        return files, more
+
+    def scan_path(self, path: Path) -> None:  # noqa: C901 - one branch per kind of folder entry that is not read
+        if self.max_seconds is not None and self.deadline is None:
+            self.deadline = time.monotonic() + self.max_seconds
+        if not os.path.lexists(path):
             raise ProbeError(f"no such file or folder: {path}")
         if path.is_dir():
-            files = []
-            for root, dirs, names in os.walk(path, followlinks=False):
-                dirs[:] = sorted(d for d in dirs if d != ".git")
-                for n in sorted(names):
-                    files.append(Path(root) / n)
-            root_real = path.resolve()
+            files, more = self._walk(path)
+            root_real = os.path.realpath(path)
             for i, f in enumerate(files):
                 check_cancel(self.cancel)
-                if self.progress:
+                if self._budget_spent():
+                    self._not_read(Loc(str(path)), f"time budget of {self.max_seconds:g} s spent; {len(files) - i} "
+                                                   f"file(s) from {f.relative_to(path)} on not scanned")
+                    break
+                if self.progress and (i < 1000 or not i % 1000):
                     self.progress(i, len(files), f"scanning {f.relative_to(path)}")
                 if f.is_symlink():
-                    target = f.resolve()
-                    if not str(target).startswith(str(root_real) + os.sep):
+                    target = os.path.realpath(f)
+                    try:
+                        st = os.stat(f)
+                    except OSError as exc:
+                        what = "a symlink loop" if exc.errno == errno.ELOOP else f"a dangling symlink ({exc.strerror})"
+                        self.add(Loc(str(f)), None, None, None, None, "low", "symlink-unresolved",
+                                 f"{what} to {os.readlink(f)!r}; not followed")
+                        continue
+                    if not target.startswith(root_real + os.sep):
                         self.add(Loc(str(f)), None, None, None, None, "medium", "symlink-outside",
                                  f"symlink points outside the model folder to {target}; not followed")
                         continue
-                    if not target.is_file():
+                    if not stat.S_ISREG(st.st_mode):
                         continue
                 self.scan_file(f, in_folder=True)
+            if more:
+                self._not_read(Loc(str(path)), f"folder holds more than {self.max_files} files; {more} not scanned")
             if self.progress:
                 self.progress(len(files), len(files), "done")
         else:
@@ -129,28 +173,58 @@ class Scanner:
     def scan_file(self, path: Path, *, in_folder: bool) -> None:
         loc = Loc(str(path))
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                head4 = fh.read(4)
-            # zips are classified from the central directory scan_zip reads anyway (one parse, not two)
-            fmt = formats.ZIP if head4 in (b"PK\x03\x04", b"PK\x05\x06") else formats.detect_file(path)
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                rec = FileRecord(str(path), "special", 0, status="skipped", note="not a regular file")
+                self.records.append(rec)
+                self._rec = rec
+                kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
+                    stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "a socket" if stat.S_ISSOCK(
+                    st.st_mode) else "not a regular file"
+                self.add(loc, None, None, None, None, "low", "not-regular-file",
+                         f"{kind}, not a regular file: not read (a loader reading it could block or get any data)")
+                self._not_read(loc, f"{kind}, not a regular file", inconclusive=not in_folder)
+                return
+            size = st.st_size
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fh = os.fdopen(fd, "rb")
         except OSError as exc:
             rec = FileRecord(str(path), formats.UNKNOWN)
             self.records.append(rec)
             self._rec = rec
             self.fail(loc, f"unreadable: {exc.strerror or exc}")
             return
+        with fh:
+            try:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped for something else after the stat
+                    raise OSError("not a regular file")
+                head4 = fh.read(4)
+                # zips are classified from the central directory scan_zip reads anyway (one parse, not two)
+                fmt = formats.ZIP if head4 in (b"PK\x03\x04", b"PK\x05\x06") else formats.detect_file(path)
+            except OSError as exc:
+                rec = FileRecord(str(path), formats.UNKNOWN)
+                self.records.append(rec)
+                self._rec = rec
+                self.fail(loc, f"unreadable: {getattr(exc, 'strerror', None) or exc}")
+                return
+            self._scan_open(fh, path, loc, size, fmt, in_folder)
+
+    def _scan_open(self, fh, path: Path, loc: Loc, size: int, fmt: str, in_folder: bool) -> None:
         rec = FileRecord(str(path), fmt, size)
         self.records.append(rec)
         self._rec = rec
         self.bytes_total += size
+        self._inflated = 0
         if fmt == formats.EMPTY:
             if not in_folder:
                 self.fail(loc, "empty file")
             rec.status = "skipped" if in_folder else rec.status
             return
+        if self._budget_spent():
+            self._not_read(loc, f"time budget of {self.max_seconds:g} s spent before this file")
+            return
         try:
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 self._dispatch(mm, 0, size, loc, fmt, in_folder=in_folder, path=path)
         except (OSError, ValueError) as exc:
             self.fail(loc, f"could not read: {exc}")
@@ -179,7 +253,9 @@ class Scanner:
         codec = _compression(head)
         if codec:
             return self.scan_compressed(buf, start, end, loc)
-        if looks_like_pickle(buf, start, end):
+        if looks_like_pickle(buf, start, end) or self._headerless_pickle(buf, start, end, loc):
+            if self._rec and self._rec.format == formats.UNKNOWN:
+                self._rec.format = formats.PICKLE
             return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         inert = _inert_format(Path(loc.file).name, head)
         if inert and in_folder:
@@ -201,6 +277,24 @@ class Scanner:
                 self.fail(loc, "text file, not a model format")
             return
         self.fail(loc, "unknown binary format (not pickle, zip, safetensors, numpy, joblib or torch)")
+
+    def _headerless_pickle(self, buf, start: int, end: int, loc: Loc) -> bool:
+        """Protocol 0/1 pickles have no PROTO header: recognised by content, when the bytes walk as opcodes to the
+        end of the file, or run a dangerous call before failing (the unpickler executes as it reads)."""
+        if buf[start] not in _OPCODE_BYTES:
+            return False
+        pos = start
+        for _ in range(64):
+            sink: list = []
+            sim = PickleSim(buf, pos, end, emit=self._emitter(loc, sink), base=loc.base, max_ops=1 << 20,
+                            deadline=self.deadline)
+            try:
+                pos = sim.run()
+            except (PickleParseError, RecursionError):
+                return any(f["severity"] in ("critical", "high") for f in sink)
+            if pos >= end:
+                return True
+        return False
 
     def _check_hf_config(self, buf, start: int, end: int, loc: Loc) -> None:
         try:
@@ -247,15 +341,17 @@ class Scanner:
     def run_pickle(self, buf, start: int, end: int, loc: Loc, *, context: str = "") -> tuple[PickleSim, int | None, str | None]:
         """Walk one pickle; (sim, end position or None, error)."""
         sim = PickleSim(buf, start, end, emit=self._emitter(loc), base=loc.base, nested=self._nested_cb(loc),
-                        context=context, cancel=self.cancel)
+                        context=context, cancel=self.cancel, deadline=self.deadline)
         self._allow(sim, loc)
         try:
             newpos = sim.run()
         except PickleParseError as exc:
             self.opcodes += sim.n_ops
+            self._frame_readings(buf, end, loc, sim)
             return sim, None, f"{exc.msg} at offset {exc.pos - loc.base}"
         except RecursionError:
             return sim, None, "nesting too deep"
+        self._frame_readings(buf, end, loc, sim)
         if sim.arrays_skipped:
             self._plain_reading(buf, start, end, loc, context)
         self.pickles += 1
@@ -266,6 +362,30 @@ class Scanner:
             self._rec.pickles += 1
             self._rec.pickle_bytes += n
         return sim, newpos, None
+
+    def _frame_readings(self, buf, end: int, loc: Loc, sim: PickleSim) -> None:
+        """Where FRAME lengths disagree with the opcodes, readers differ: the C unpickler reads opcodes straight
+        on (the reading already walked), the pure-Python one stops at the inconsistency, a frame-respecting reader
+        restarts at the frame end. Report each divergence and walk the reading from the frame end too."""
+        seen = {(f["offset"], f["module"], f["name"]) for f in self.findings if f["file"] == loc.file
+                and f["member"] == loc.member}
+        for opos, resync, why in sim.frame_issues:
+            self.add(loc, opos - loc.base, "FRAME", None, None, "medium", "frame-divergence", why)
+            if resync is None or resync >= end:
+                continue
+            sink: list = []
+            alt = PickleSim(buf, resync, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
+                            context=f"read from the frame end at offset {resync - loc.base} (frame-respecting reader)",
+                            max_ops=1 << 22, cancel=self.cancel, deadline=self.deadline)
+            self._allow(alt, loc)
+            try:
+                alt.run()
+            except (PickleParseError, RecursionError):
+                pass
+            self.opcodes += alt.n_ops
+            for f in sink:
+                if f["severity"] in ("critical", "high") and (f["offset"], f["module"], f["name"]) not in seen:
+                    self.findings.append(f)
 
     def _plain_reading(self, buf, start: int, end: int, loc: Loc, context: str) -> None:
         """The bytes joblib reads as inline arrays are opcodes to a plain ``pickle.load``: walk them that way
@@ -349,7 +469,7 @@ class Scanner:
             sink: list = []
             sim = PickleSim(buf, a, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
                             context=f"hidden pickle in {what} at offset {a - loc.base}", max_ops=budget,
-                            cancel=self.cancel)
+                            cancel=self.cancel, deadline=self.deadline)
             try:
                 newpos = sim.run()
             except (PickleParseError, RecursionError):
