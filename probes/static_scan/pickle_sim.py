@@ -412,7 +412,7 @@ class PickleSim:
             if func.partial is not None:
                 return self._call(func.partial[0], tuple(func.partial[1]) + args, pos, opcode, mode)
             if func.resolved is not None:
-                self._use(func.resolved, "call", pos, opcode)
+                self._use(func.resolved, mode, pos, opcode)
                 return res
             if func.attrgetter is not None and args:
                 t = sym(args[0])
@@ -617,8 +617,7 @@ class PickleSim:
                     continue
                 if code == 0x51:  # BINPERSID
                     pid = stack.pop()
-                    self.persids.append(pid)
-                    stack.append(SObj("persid", args=(pid,), offset=opos, opcode="BINPERSID"))
+                    stack.append(self._persid(pid, opos, "BINPERSID"))
                     pos += 1
                     continue
                 op = ops.get(code)
@@ -830,9 +829,7 @@ class PickleSim:
                             pos = self._skip_joblib_array(pos, size, opos)
                     elif name in ("PERSID", "BINPERSID"):
                         pid = arg if name == "PERSID" else stack.pop()
-                        obj = SObj("persid", args=(pid,), offset=opos, opcode=name)
-                        self.persids.append(pid)
-                        stack.append(obj)
+                        stack.append(self._persid(pid, opos, name))
                     elif name in ("EXT1", "EXT2", "EXT4"):
                         self._finding(opos, name, "copyreg", f"extension code {arg}", "high", "ext-opcode",
                                       f"{name} {arg} imports whatever the loading process registered under this "
@@ -881,6 +878,16 @@ class PickleSim:
             raise
         finally:
             self.n_ops += n_ops
+
+    def _persid(self, pid: Any, pos: int, opcode: str) -> SObj:
+        """A persistent-load record. Legacy torch files save a whole module's classes as
+        ``('module', <class GLOBAL>, source_file, source)``, for which torch's persistent_load returns the class
+        itself: the record then *is* that class (tiered as the class is), not an unknown computed value."""
+        self.persids.append(pid)
+        obj = SObj("persid", args=(pid,), offset=pos, opcode=opcode)
+        if type(pid) is tuple and len(pid) >= 2 and const_str(pid[0]) == "module" and type(pid[1]) is SGlobal:
+            obj.resolved = pid[1]
+        return obj
 
     def _frame_issue(self, opos: int, resync: int | None, why: str) -> None:
         if len(self.frame_issues) < 16:
