@@ -519,12 +519,6 @@ class Scanner:
             if _traversal(name):
                 self.add(mloc, info.header_offset, None, None, None, "high", "archive-path-traversal",
                          f"member name {name!r} escapes the extraction directory (absolute path or '..')")
-            if info.flag_bits & 0x1:
-                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted",
-                         "member has the encrypted flag set; its content cannot be checked")
-                if name.endswith(".pkl") or is_torch:
-                    self.fail(mloc, "encrypted archive member")
-                continue
             rel = name[len(prefix):] if prefix and name.startswith(prefix) else None
             if is_torch and rel is None:
                 self.add(mloc, info.header_offset, None, None, None, "low", "archive-prefix",
@@ -543,19 +537,36 @@ class Scanner:
             if is_torch and kind == "extra":
                 self.add(mloc, info.header_offset, None, None, None, "low", "archive-extra-member",
                          f"member {name!r} is not part of torch's format; torch does not read it")
+            if info.file_size >= _DECLARED_MIN and info.file_size > _DECLARED_RATIO * max(info.compress_size, 1):
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-declared-size",
+                         f"member declares {info.file_size:,} bytes over {info.compress_size:,} stored bytes "
+                         f"({info.file_size / max(info.compress_size, 1):,.0f}x): a zip-bomb pattern; read bounded")
             # content
             want_crc = small or kind in ("pickle", "meta", "extra") or not is_torch
+            if info.flag_bits & 0x1:
+                if not self._plaintext_under_flag(buf, a, b, info):
+                    self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted",
+                             "member has the encrypted flag set; its content cannot be checked")
+                    if name.endswith(".pkl") or is_torch:
+                        self.fail(mloc, "encrypted archive member")
+                    continue
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted-flag",
+                         "member has the encrypted flag set over plaintext data (its CRC matches): a lenient "
+                         "reader may still load it; read and scanned as plaintext")
             if info.compress_type == zipfile.ZIP_STORED:
                 mbuf, ma, mb = buf, a, b
                 mloc.base = a
+                if want_crc:
+                    self._check_crc(mloc, info, _crc_mmap(buf, a, b) if isinstance(buf, mmap.mmap) else zlib.crc32(buf[a:b]))
             elif info.compress_type == zipfile.ZIP_DEFLATED:
-                try:
-                    raw = _inflate(bytes(buf[a:b]), min(self.max_decompressed, max(info.file_size, 1) * 2 + 1024),
-                                   self.max_decompressed)
-                except ValueError as exc:
-                    self.add(mloc, info.header_offset, None, None, None, "medium", "decompression-cap", str(exc))
-                    self.fail(mloc, str(exc))
+                if kind == "data" and not want_crc:
+                    continue  # raw tensor bytes torch reads as storage: nothing to inflate
+                got = self._inflate_member(buf, a, b, mloc, info, full=kind != "data")
+                if got is None:
                     continue
+                raw, crc, complete = got
+                if want_crc and complete:
+                    self._check_crc(mloc, info, crc)
                 mbuf, ma, mb = raw, 0, len(raw)
                 mloc.base = 0
             else:
@@ -563,13 +574,83 @@ class Scanner:
                          f"unusual compression method {info.compress_type}; content not checked")
                 self.fail(mloc, f"unsupported compression method {info.compress_type}")
                 continue
-            if want_crc:
-                crc = zlib.crc32(mbuf[ma:mb]) if not isinstance(mbuf, mmap.mmap) else _crc_mmap(mbuf, ma, mb)
-                if crc != info.CRC:
-                    self.add(mloc, info.header_offset, None, None, None, "medium", "archive-crc",
-                             f"CRC-32 mismatch (stored {info.CRC:08x}, actual {crc:08x}); strict readers refuse "
-                             "the archive but lenient ones (torch) may load it")
             self._scan_member(mbuf, ma, mb, mloc, kind, name, fmt)
+        declared = sum(i.file_size for i in infos)
+        if declared >= _DECLARED_MIN and declared > _DECLARED_RATIO * max(end - start, 1):
+            self.add(loc, None, None, None, None, "medium", "archive-declared-size",
+                     f"archive of {end - start:,} bytes declares {declared:,} bytes of content "
+                     f"({declared / max(end - start, 1):,.0f}x): a zip-bomb pattern; read bounded")
+
+    def _check_crc(self, mloc: Loc, info: zipfile.ZipInfo, crc: int) -> None:
+        if crc != info.CRC:
+            self.add(mloc, info.header_offset, None, None, None, "medium", "archive-crc",
+                     f"CRC-32 mismatch (stored {info.CRC:08x}, actual {crc:08x}); strict readers refuse "
+                     "the archive but lenient ones (torch) may load it")
+
+    def _plaintext_under_flag(self, buf, a: int, b: int, info: zipfile.ZipInfo) -> bool:
+        """Is a member whose encrypted flag is set really plaintext (its data matches the stored CRC)?"""
+        if info.compress_type == zipfile.ZIP_STORED:
+            if b - a > self.crc_limit:
+                return False
+            crc = _crc_mmap(buf, a, b) if isinstance(buf, mmap.mmap) else zlib.crc32(buf[a:b])
+            return crc == info.CRC
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            crc, n = 0, 0
+            try:
+                for chunk in _inflate_iter(buf, a, b, min(self.max_decompressed, self.crc_limit)):
+                    crc = zlib.crc32(chunk, crc)
+                    n += len(chunk)
+            except (_TooBig, zlib.error):
+                return False
+            return n == info.file_size and crc == info.CRC
+        return False
+
+    def _inflate_member(self, buf, a: int, b: int, mloc: Loc, info: zipfile.ZipInfo, *, full: bool):
+        """Inflate a deflated member in chunks, within the per-member cap and the file's total budget.
+
+        Returns (bytes kept, crc of everything inflated, inflated to the end?) or None (reported). Only what the
+        scan needs is kept in memory: the whole member when it is (or may be) a pickle, archive or array, else its
+        first 64 MiB (what the hidden-pickle search reads); the rest is streamed for the CRC only."""
+        budget = min(self.max_decompressed, self.max_total_decompressed - self._inflated)
+        if budget <= 0:
+            self._not_read(mloc, f"decompression budget of {self.max_total_decompressed >> 20} MiB for this file "
+                                 "spent before this member")
+            return None
+        keep: list[bytes] = []
+        kept = crc = n = 0
+        need: int | None = None  # bytes to keep: None until the first chunk shows what the member is
+        try:
+            for chunk in _inflate_iter(buf, a, b, budget):
+                if need is None:
+                    head = chunk[:4096]
+                    parseable = (head[:1] == b"\x80" or head.startswith((b"PK\x03\x04", b"\x93NUMPY"))
+                                 or _compression(head) is not None or (head[:1] and head[0] in _OPCODE_BYTES))
+                    need = budget if (full and parseable) or mloc.member and mloc.member.endswith(
+                        (".pkl", ".debug_pkl")) else (64 << 20 if full else 0)
+                crc = zlib.crc32(chunk, crc)
+                n += len(chunk)
+                if kept < need:
+                    part = chunk[:need - kept]
+                    keep.append(part)
+                    kept += len(part)
+                if self._budget_spent():
+                    self._not_read(mloc, f"time budget spent while inflating (after {n:,} bytes)")
+                    break
+            else:
+                self._inflated += n
+                return b"".join(keep), crc, True
+        except _TooBig:
+            self._inflated += n
+            why = (f"deflated member inflates past the {budget >> 20} MiB "
+                   + ("cap" if budget == self.max_decompressed else "left of this file's decompression budget"))
+            self.add(mloc, info.header_offset, None, None, None, "medium", "decompression-cap", why + " (possible zip bomb)")
+            self._not_read(mloc, why)
+            return None
+        except zlib.error as exc:
+            self.fail(mloc, f"corrupt deflate data: {exc}")
+            return None
+        self._inflated += n
+        return b"".join(keep), crc, False
 
     def _scan_member(self, buf, a: int, b: int, loc: Loc, kind: str | None, name: str, fmt: str) -> None:
         if kind == "data":
@@ -1008,6 +1089,32 @@ def _inflate_zlib(data: bytes, cap: int, wbits: int = 15) -> bytes:
     return out
 
 
+_DECLARED_MIN = 1 << 30  # declared sizes from here on, at this ratio to the stored bytes, are reported
+_DECLARED_RATIO = 1000
+
+
+def _inflate_iter(buf, a: int, b: int, limit: int, wbits: int = -15):
+    """Decompressed chunks (at most 16 MiB each) of ``buf[a:b]``; raises _TooBig past ``limit`` bytes in all."""
+    d = zlib.decompressobj(wbits)
+    pos, total = a, 0
+    pending = b""
+    while True:
+        if not pending:
+            if pos >= b or d.eof:
+                return
+            pending = bytes(buf[pos:min(b, pos + (1 << 20))])
+            pos += len(pending)
+        out = d.decompress(pending, 16 << 20)
+        pending = d.unconsumed_tail
+        if out:
+            total += len(out)
+            if total > limit:
+                raise _TooBig()
+            yield out
+        if d.eof:
+            return
+
+
 def _inflate(data: bytes, hint: int, cap: int) -> bytes:
     try:
         return _inflate_zlib(data, cap, -15)
@@ -1018,20 +1125,27 @@ def _inflate(data: bytes, hint: int, cap: int) -> bytes:
 
 
 def _decompress(codec: str, data: bytes, cap: int) -> bytes:
-    if codec == "zlib":
-        return _inflate_zlib(data, cap)
-    if codec == "gzip":
-        return _inflate_zlib(data, cap, 31)
-    if codec == "bz2":
-        d = bz2.BZ2Decompressor()
-    elif codec in ("xz", "lzma"):
-        d = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
-    else:
-        raise ValueError(f"unknown codec {codec}")
-    out = d.decompress(data, cap + 1)
-    if len(out) > cap:
-        raise _TooBig()
-    return out
+    """Every concatenated stream of ``data`` (bz2/gzip/xz readers - bz2.BZ2File, gzip.GzipFile, lzma.LZMAFile -
+    read them all), decompressed, at most ``cap`` bytes in all. Bytes after the last stream are ignored, as
+    those readers ignore trailing zeros."""
+    out = bytearray()
+    while data:
+        if codec in ("zlib", "gzip"):
+            d: Any = zlib.decompressobj(15 if codec == "zlib" else 31)
+        elif codec == "bz2":
+            d = bz2.BZ2Decompressor()
+        elif codec in ("xz", "lzma"):
+            d = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+        else:
+            raise ValueError(f"unknown codec {codec}")
+        out += d.decompress(data, cap + 1 - len(out))
+        rest = d.unused_data if d.eof else b""
+        if len(out) > cap:
+            raise _TooBig()
+        if codec == "zlib" or not d.eof or not rest.strip(b"\x00"):
+            break  # zlib files hold one stream; a truncated stream ends here
+        data = rest
+    return bytes(out)
 
 
 def _lz4_frame(data: bytes, cap: int) -> bytes:
