@@ -352,6 +352,8 @@ class Scanner:
         except RecursionError:
             return sim, None, "nesting too deep"
         self._frame_readings(buf, end, loc, sim)
+        if sim.persids:
+            self._check_storages(sim, loc)
         if sim.arrays_skipped:
             self._plain_reading(buf, start, end, loc, context)
         self.pickles += 1
@@ -362,6 +364,21 @@ class Scanner:
             self._rec.pickles += 1
             self._rec.pickle_bytes += n
         return sim, newpos, None
+
+    def _check_storages(self, sim: PickleSim, loc: Loc) -> None:
+        """torch allocates each storage from its declared element count before reading it (legacy format):
+        a count far beyond the file's size is a memory bomb."""
+        size = self._rec.size if self._rec is not None else 0
+        for pid in sim.persids[:100_000]:
+            if not (type(pid) is tuple and len(pid) >= 5 and pid[0] == "storage" and type(pid[4]) is int):
+                continue
+            st = pid[1]
+            esize = policy.STORAGE_ELEMENT_SIZES.get(st.name, 1) if isinstance(st, SGlobal) else 1
+            nbytes = pid[4] * esize
+            if nbytes >= policy.HUGE_BYTES and nbytes > 4 * size:
+                self.add(loc, None, "BINPERSID", "torch", "UntypedStorage", "high", "resource-exhaustion",
+                         f"storage {pid[2]!r} declares {pid[4]:,} elements ({nbytes / (1 << 30):.1f} GiB) in a "
+                         f"{size:,}-byte file: torch allocates it before reading (memory bomb)")
 
     def _frame_readings(self, buf, end: int, loc: Loc, sim: PickleSim) -> None:
         """Where FRAME lengths disagree with the opcodes, readers differ: the C unpickler reads opcodes straight
