@@ -665,6 +665,10 @@ class PickleSim:
                         else:
                             n = unpack("<Q", buf, pos)[0]; pos += 8
                         if pos + n > end:
+                            if n >= policy.HUGE_BYTES:
+                                self._finding(opos, name, None, None, "medium", "resource-exhaustion",
+                                              f"{name} declares {n:,} bytes ({n / (1 << 30):.1f} GiB) with {end - pos:,} "
+                                              "left: an unpickler reading a file allocates the declared size first")
                             raise PickleParseError(opos, f"{name} of {n} bytes runs past the end")
                         blob = (pos, pos + n)
                         if n > BLOB_KEEP:

@@ -627,7 +627,7 @@ class Scanner:
 
         Returns (bytes kept, crc of everything inflated, inflated to the end?) or None (reported). Only what the
         scan needs is kept in memory: the whole member when it is (or may be) a pickle, archive or array, else its
-        first 64 MiB (what the hidden-pickle search reads); the rest is streamed for the CRC only."""
+        first 8 MiB (searched for hidden pickles); the rest is streamed for the CRC only."""
         budget = min(self.max_decompressed, self.max_total_decompressed - self._inflated)
         if budget <= 0:
             self._not_read(mloc, f"decompression budget of {self.max_total_decompressed >> 20} MiB for this file "
@@ -643,7 +643,7 @@ class Scanner:
                     parseable = (head[:1] == b"\x80" or head.startswith((b"PK\x03\x04", b"\x93NUMPY"))
                                  or _compression(head) is not None or (head[:1] and head[0] in _OPCODE_BYTES))
                     need = budget if (full and parseable) or mloc.member and mloc.member.endswith(
-                        (".pkl", ".debug_pkl")) else (64 << 20 if full else 0)
+                        (".pkl", ".debug_pkl")) else (_HUNT_KEEP if full else 0)
                 crc = zlib.crc32(chunk, crc)
                 n += len(chunk)
                 if kept < need:
@@ -655,7 +655,7 @@ class Scanner:
                     break
             else:
                 self._inflated += n
-                return b"".join(keep), crc, True
+                return (keep[0] if len(keep) == 1 else b"".join(keep)), crc, True
         except _TooBig:
             self._inflated += n
             why = (f"deflated member inflates past the {budget >> 20} MiB "
@@ -1106,12 +1106,13 @@ def _inflate_zlib(data: bytes, cap: int, wbits: int = 15) -> bytes:
     return out
 
 
+_HUNT_KEEP = 8 << 20  # bytes of an opaque deflated member kept for the hidden-pickle search
 _DECLARED_MIN = 1 << 30  # declared sizes from here on, at this ratio to the stored bytes, are reported
 _DECLARED_RATIO = 1000
 
 
 def _inflate_iter(buf, a: int, b: int, limit: int, wbits: int = -15):
-    """Decompressed chunks (at most 16 MiB each) of ``buf[a:b]``; raises _TooBig past ``limit`` bytes in all."""
+    """Decompressed chunks (at most 4 MiB each) of ``buf[a:b]``; raises _TooBig past ``limit`` bytes in all."""
     d = zlib.decompressobj(wbits)
     pos, total = a, 0
     pending = b""
@@ -1121,7 +1122,7 @@ def _inflate_iter(buf, a: int, b: int, limit: int, wbits: int = -15):
                 return
             pending = bytes(buf[pos:min(b, pos + (1 << 20))])
             pos += len(pending)
-        out = d.decompress(pending, 16 << 20)
+        out = d.decompress(pending, 4 << 20)
         pending = d.unconsumed_tail
         if out:
             total += len(out)
