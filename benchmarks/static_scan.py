@@ -1,6 +1,6 @@
 """Static scan vs picklescan on the labelled payload corpus, plus large-checkpoint timing.
 
-    .venv/bin/python benchmarks/static_scan.py [--large-mb 300] [--repeat 3] [--keep DIR]
+    .venv/bin/python benchmarks/static_scan.py [--large-mb 300] [--small-files 2000] [--repeat 3] [--keep DIR]
 
 Builds corpora.payload_corpus in a temp dir, scans every subject with this
 scanner and with picklescan (its Python API; default and --strict modes), and
@@ -121,6 +121,49 @@ def corpus_table(dest: Path, repeat: int) -> dict:
     return rows
 
 
+def small_files_table(dest: Path, n: int, repeat: int) -> float:
+    """Files/s on a folder of ``n`` small benign model files (plain pickles of configs and lists, numpy arrays
+    pickled, small torch zip state_dicts), both scanners walking the same folder; returns ours / picklescan."""
+    import io
+    import pickle
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            data = pickle.dumps({"lr": 0.001 * i, "layers": [64, 32, i], "name": f"run{i}", "tags": ["a", "b"]},
+                                protocol=(i % 4) + 2)
+        elif kind == 1:
+            data = pickle.dumps([float(x) for x in rng.standard_normal(50)], protocol=4)
+        elif kind == 2:
+            data = pickle.dumps({"w": rng.standard_normal((8, 8)), "b": np.arange(8)}, protocol=4)
+        else:
+            buf = io.BytesIO()
+            torch.save({"fc.weight": torch.zeros(4, 4), "fc.bias": torch.zeros(4)}, buf)
+            data = buf.getvalue()
+        (dest / f"f{i:05d}.pkl").write_bytes(data)
+    t_ours = t_ps = float("inf")
+    for _ in range(repeat):  # alternate so both see the same machine load
+        t, r = _timed(lambda: _ours(dest), 1)
+        t_ours = min(t_ours, t)
+        t, rps = _timed(lambda: _picklescan(dest, False), 1)
+        t_ps = min(t_ps, t)
+    ratio = t_ps / t_ours
+    print()
+    print(f"small files: {n} in one folder ({sum(f.stat().st_size for f in dest.iterdir()) / 1e3:.0f} kB), best of "
+          f"{repeat}, alternating")
+    print(f"  this scanner: {n / t_ours:>8.0f} files/s   verdict {r['verdict']}, {r['files_scanned']} files")
+    err = " (error)" if isinstance(rps, Exception) else f", {rps.scanned_files} files, {rps.infected_files} infected"
+    print(f"  picklescan:   {n / t_ps:>8.0f} files/s{err}")
+    print(f"  ratio ours/picklescan: {ratio:.2f} (target >= 1.0)")
+    return ratio
+
+
 def large_table(dest: Path, large_mb: int, repeat: int) -> None:
     import torch
 
@@ -164,6 +207,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--large-mb", type=int, default=300, help="size of the large synthetic state_dict (0 = skip)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--small-files", type=int, default=2000, help="small files in the files/s run (0 = skip)")
     ap.add_argument("--keep", type=Path, help="build the corpus here and keep it")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -171,6 +215,8 @@ def main() -> None:
     dest.mkdir(parents=True, exist_ok=True)
     try:
         corpus_table(dest / "corpus", args.repeat)
+        if args.small_files:
+            small_files_table(dest / "small", args.small_files, args.repeat)
         if args.large_mb:
             large_table(dest, args.large_mb, args.repeat)
     finally:

@@ -519,6 +519,8 @@ class PickleSim:
         opos = pos
         lim = end  # min(end, end of the current FRAME): the loop head checks frame boundaries for free
         fend = -1
+        reused = 0  # containers pushed again by GET/DUP: an expansion needs dozens of them
+        containers = _CONTAINERS
         try:
             while True:
                 if pos >= lim:
@@ -553,7 +555,10 @@ class PickleSim:
                     elif code == 0x68:
                         if a1 not in memo:
                             raise PickleParseError(opos, f"BINGET of memo key {a1} that was never stored")
-                        stack.append(memo[a1])
+                        v = memo[a1]
+                        stack.append(v)
+                        if type(v) in containers:
+                            reused += 1
                     else:
                         stack.append(a1)
                     continue
@@ -567,7 +572,10 @@ class PickleSim:
                     else:
                         if a1 not in memo:
                             raise PickleParseError(opos, f"LONG_BINGET of memo key {a1} that was never stored")
-                        stack.append(memo[a1])
+                        v = memo[a1]
+                        stack.append(v)
+                        if type(v) in containers:
+                            reused += 1
                     continue
                 if code == 0x86:  # TUPLE2
                     b2 = stack.pop()
@@ -613,6 +621,41 @@ class PickleSim:
                     continue
                 if code == 0x29:  # EMPTY_TUPLE
                     stack.append(())
+                    pos += 1
+                    continue
+                if code == 0x47:  # BINFLOAT
+                    if pos + 9 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    stack.append(unpack(">d", buf, pos + 1)[0])
+                    pos += 9
+                    continue
+                if code == 0x4A:  # BININT
+                    if pos + 5 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    stack.append(unpack("<i", buf, pos + 1)[0])
+                    pos += 5
+                    continue
+                if code == 0x5D or code == 0x7D:  # EMPTY_LIST / EMPTY_DICT
+                    stack.append(SList() if code == 0x5D else SDict())
+                    pos += 1
+                    continue
+                if code == 0x65 or code == 0x75:  # APPENDS / SETITEMS
+                    items = stack
+                    stack = metastack.pop()
+                    target = stack[-1]
+                    if code == 0x65:
+                        if type(target) is SList:
+                            target.items.extend(items)
+                        else:
+                            self._add_items(target, items, opos, "APPENDS")
+                    elif type(target) is SDict:
+                        target.pairs.extend(zip(items[::2], items[1::2]))
+                    else:
+                        self._set_items(target, list(zip(items[::2], items[1::2])), opos, "SETITEMS")
+                    pos += 1
+                    continue
+                if code == 0x4E:  # NONE
+                    stack.append(None)
                     pos += 1
                     continue
                 if code == 0x51:  # BINPERSID
@@ -743,6 +786,7 @@ class PickleSim:
                         if arg not in memo:
                             raise PickleParseError(opos, f"{name} of memo key {arg} that was never stored")
                         stack.append(memo[arg])
+                        reused += 1
                     # ---- containers
                     elif name == "MARK":
                         metastack.append(stack)
@@ -788,6 +832,7 @@ class PickleSim:
                         pop_mark()
                     elif name == "DUP":
                         stack.append(stack[-1])
+                        reused += 1
                     # ---- imports and calls
                     elif name == "GLOBAL":
                         stack.append(self._global(arg[0], arg[1], opos, name))
@@ -867,18 +912,21 @@ class PickleSim:
                             self._frame_issue(opos, fend, f"STOP at offset {opos - self.base} inside a FRAME that "
                                               f"ends at offset {fend - self.base}: the pure-Python unpickler continues "
                                               "a stream at the frame end, the C unpickler right after STOP")
-                        self._expansion(stack, memo, opos)
+                        if reused >= EXPANSION_REUSES:
+                            self._expansion(stack, memo, opos)
                         return pos
                     else:  # pragma: no cover - every opcode is handled above
                         raise PickleParseError(opos, f"unhandled opcode {name}")
                 except IndexError:
                     raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
         except (IndexError, KeyError, struct.error):
-            self._expansion(stack, memo, opos)
+            if reused >= EXPANSION_REUSES:
+                self._expansion(stack, memo, opos)
             raise PickleParseError(opos, "opcode on an empty stack/mark or with a truncated argument "
                                          "(the unpickler would fail here)") from None
         except PickleParseError:
-            self._expansion(stack, memo, opos)
+            if reused >= EXPANSION_REUSES:
+                self._expansion(stack, memo, opos)
             raise
         finally:
             self.n_ops += n_ops
@@ -1076,6 +1124,8 @@ def _callables_in(root: Any, walked: set | None = None, limit: int = 1_000_000) 
 
 
 EXPANSION_MIN = 10 ** 8
+EXPANSION_REUSES = 16  # 10^8 elements at 1000x the distinct containers need at least ~27 re-uses
+_CONTAINERS = frozenset({tuple, SList, SDict, SSet, SObj})
 
 
 def _approx(n: int) -> str:

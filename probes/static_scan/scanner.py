@@ -198,18 +198,20 @@ class Scanner:
             try:
                 if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped for something else after the stat
                     raise OSError("not a regular file")
-                head4 = fh.read(4)
-                # zips are classified from the central directory scan_zip reads anyway (one parse, not two)
-                fmt = formats.ZIP if head4 in (b"PK\x03\x04", b"PK\x05\x06") else formats.detect_file(path)
+                small = size <= _SMALL_FILE
+                data = fh.read() if small else fh.read(4)
+                fmt = _quick_format(data[:16], size)
+                if fmt is None:
+                    fmt = formats.detect_file(path)
             except OSError as exc:
                 rec = FileRecord(str(path), formats.UNKNOWN)
                 self.records.append(rec)
                 self._rec = rec
                 self.fail(loc, f"unreadable: {getattr(exc, 'strerror', None) or exc}")
                 return
-            self._scan_open(fh, path, loc, size, fmt, in_folder)
+            self._scan_open(fh, path, loc, size, fmt, in_folder, data if small else None)
 
-    def _scan_open(self, fh, path: Path, loc: Loc, size: int, fmt: str, in_folder: bool) -> None:
+    def _scan_open(self, fh, path: Path, loc: Loc, size: int, fmt: str, in_folder: bool, data: bytes | None) -> None:
         rec = FileRecord(str(path), fmt, size)
         self.records.append(rec)
         self._rec = rec
@@ -224,6 +226,9 @@ class Scanner:
             self._not_read(loc, f"time budget of {self.max_seconds:g} s spent before this file")
             return
         try:
+            if data is not None and len(data) == size:  # small files: one read, no mapping
+                self._dispatch(data, 0, size, loc, fmt, in_folder=in_folder, path=path)
+                return
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 self._dispatch(mm, 0, size, loc, fmt, in_folder=in_folder, path=path)
         except (OSError, ValueError) as exc:
@@ -958,6 +963,20 @@ class Scanner:
 
 
 # ---------------------------------------------------------------- helpers
+_SMALL_FILE = 1 << 20  # files up to this size are read whole instead of memory-mapped
+
+
+def _quick_format(head: bytes, size: int) -> str | None:
+    """The format of the commonest files from their first bytes (as probes.formats decides), else None (ask it)."""
+    if size == 0:
+        return formats.EMPTY
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return formats.ZIP  # classified from the central directory scan_zip reads anyway (one parse, not two)
+    if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5 and head[2] != 0x8A:
+        return formats.PICKLE  # not a legacy torch file (that starts with a LONG1 magic number)
+    return None
+
+
 def _classify_names(names: list[str]) -> str:
     """The zip flavour from member names (same rules as probes.formats)."""
     if names and all(n.endswith(".npy") for n in names):
