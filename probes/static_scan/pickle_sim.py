@@ -658,6 +658,30 @@ class PickleSim:
                     stack.append(None)
                     pos += 1
                     continue
+                if code == 0x87:  # TUPLE3
+                    c3 = stack.pop()
+                    b3 = stack.pop()
+                    stack[-1] = (stack[-1], b3, c3)
+                    pos += 1
+                    continue
+                if code == 0x93:  # STACK_GLOBAL
+                    nm = stack.pop()
+                    mod = stack.pop()
+                    if type(mod) is str and type(nm) is str:
+                        stack.append(self._global(mod, nm, opos, "STACK_GLOBAL"))
+                        pos += 1
+                        continue
+                    stack.append(mod)
+                    stack.append(nm)  # computed names: the general path below reports them
+                if code == 0x58:  # BINUNICODE
+                    if pos + 5 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    n = unpack("<I", buf, pos + 1)[0]
+                    a = pos + 5
+                    if n <= 4096 and a + n <= end:
+                        pos = a + n
+                        stack.append(bytes(buf[a:pos]).decode("utf-8", "surrogatepass"))
+                        continue
                 if code == 0x51:  # BINPERSID
                     pid = stack.pop()
                     stack.append(self._persid(pid, opos, "BINPERSID"))
@@ -919,6 +943,8 @@ class PickleSim:
                         raise PickleParseError(opos, f"unhandled opcode {name}")
                 except IndexError:
                     raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
+        except UnicodeDecodeError:
+            raise PickleParseError(opos, "text argument is not valid UTF-8 (the unpickler would fail here)") from None
         except (IndexError, KeyError, struct.error):
             if reused >= EXPANSION_REUSES:
                 self._expansion(stack, memo, opos)

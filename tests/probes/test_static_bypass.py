@@ -398,3 +398,12 @@ def test_torch_zip_calling_bytearray_3e9_is_refused_before_loading(tmp_path):
     assert r["verdict"] == "malicious" and "resource-exhaustion" in _rules(r)
     with pytest.raises(UnsafeModelError, match="refused before loading"):
         load_subject(p)
+
+
+def test_invalid_utf8_in_one_member_does_not_stop_the_scan_of_the_next(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.bin", b"\x00\x01junk" + b"\x8c\x05A\xff\xfe\xfd\xfc" + b"\x00" * 8)  # a SHORT_BINUNICODE start
+        z.writestr("b.pkl", EVIL)
+    r = _scan(tmp_path, "two.zip", buf.getvalue())
+    assert r["verdict"] == "malicious" and "posix.system" in _names(r), r["summary"]
