@@ -472,13 +472,13 @@ def _issue12_18_families(B, M, cmd: str, sd: dict, sd_zip: bytes, data_pkl: byte
     M("joblib_bz2_multistream.joblib", bz2.compress(pk[:40]) + bz2.compress(pk[40:]),
       "joblib bz2 split over two streams, payload in the second", "posix.system")
     evil_data = _inject_after_proto(data_pkl, call)
-    raw = bytearray(_rezip(sd_zip, replace={"archive/data.pkl": evil_data}))
+    flagged = bytearray(_rezip(sd_zip, replace={"archive/data.pkl": evil_data}))
     for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
         pos = 0
-        while (pos := raw.find(sig, pos)) >= 0:
-            raw[pos + off] |= 1
+        while (pos := flagged.find(sig, pos)) >= 0:
+            flagged[pos + off] |= 1
             pos += 4
-    M("zip_encrypted_flag.pt", bytes(raw), "torch zip: encrypted flag over plaintext members", "posix.system",
+    M("zip_encrypted_flag.pt", bytes(flagged), "torch zip: encrypted flag over plaintext members", "posix.system",
       executes=False)
     d = M("hf_symlink_loop", None, "HF folder with a symlink loop and a booby-trapped weights file", "posix.system")
     d.mkdir(exist_ok=True)
