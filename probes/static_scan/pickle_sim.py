@@ -658,6 +658,13 @@ class PickleSim:
                     stack.append(None)
                     pos += 1
                     continue
+                if code == 0x30:  # POP
+                    if stack:
+                        stack.pop()
+                    else:
+                        pop_mark()
+                    pos += 1
+                    continue
                 if code == 0x87:  # TUPLE3
                     c3 = stack.pop()
                     b3 = stack.pop()

@@ -925,28 +925,33 @@ class Scanner:
     def scan_compressed(self, buf, start: int, end: int, loc: Loc) -> None:
         head = bytes(buf[start:start + 64])
         codec = _compression(head)
+        cap = min(self.max_decompressed, self.max_total_decompressed - self._inflated)
+        if cap <= 0:
+            self._not_read(loc, f"decompression budget of {self.max_total_decompressed >> 20} MiB for this file spent")
+            return
         try:
             if codec == "joblib-zf":  # "ZF" + hex length padded to 19 chars, optional space, zlib data
                 skip = start + 21 + (1 if bytes(buf[start + 21:start + 22]) == b" " else 0)
-                data = _inflate_zlib(bytes(buf[skip:end]), self.max_decompressed)
+                data = _inflate_zlib(bytes(buf[skip:end]), cap)
             elif codec == "lz4":
-                data = _lz4_frame(bytes(buf[start:end]), self.max_decompressed)
+                data = _lz4_frame(bytes(buf[start:end]), cap)
             else:
-                data = _decompress(codec, bytes(buf[start:end]), self.max_decompressed)
+                data = _decompress(codec, bytes(buf[start:end]), cap)
         except _TooBig:
             self.add(loc, 0, None, None, None, "medium", "decompression-cap",
-                     f"{codec} stream inflates past the {self.max_decompressed >> 20} MiB cap (possible decompression bomb)")
+                     f"{codec} stream inflates past the {cap >> 20} MiB cap (possible decompression bomb)")
             self.fail(loc, "decompressed size exceeds the cap")
             return
         except (ValueError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
             self.fail(loc, f"corrupt {codec} stream: {exc}")
             return
+        self._inflated += len(data)
         mloc = Loc(loc.file, f"{loc.member + '!' if loc.member else ''}({codec}-decompressed)", 0, loc.allow_prefixes)
         self.bytes_total += len(data)
         if data[:6] == b"\x93NUMPY":  # old joblib (<0.10) keeps arrays as zlib-compressed .npy files
             return self.scan_npy(data, 0, len(data), mloc)
         if data[:4] == b"PK\x03\x04":
-            return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
+            return self.scan_zip(bytes(data), 0, len(data), mloc, formats.ZIP, nested=True)
         sims, pos, err = self.scan_pickle_stream(data, 0, len(data), mloc)
         if not sims:
             if looks_like_pickle(data, 0, len(data)) or not data:
@@ -1161,28 +1166,39 @@ def _inflate(data: bytes, hint: int, cap: int) -> bytes:
         raise ValueError(f"corrupt deflate data: {exc}") from None
 
 
-def _decompress(codec: str, data: bytes, cap: int) -> bytes:
+def _decompress(codec: str, data: bytes, cap: int) -> bytes | bytearray:
     """Every concatenated stream of ``data`` (bz2/gzip/xz readers - bz2.BZ2File, gzip.GzipFile, lzma.LZMAFile -
     read them all), decompressed, at most ``cap`` bytes in all. Bytes after the last stream are ignored, as
-    those readers ignore trailing zeros."""
+    those readers ignore trailing zeros. Decompressed in 16 MiB steps into one buffer: peak memory is the
+    output, not twice it."""
     out = bytearray()
+    step = 16 << 20
     while data:
         if codec in ("zlib", "gzip"):
             d: Any = zlib.decompressobj(15 if codec == "zlib" else 31)
-        elif codec == "bz2":
-            d = bz2.BZ2Decompressor()
-        elif codec in ("xz", "lzma"):
-            d = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+            tail = data
+            while True:
+                piece = d.decompress(tail, step)
+                out += piece
+                if len(out) > cap:
+                    raise _TooBig()
+                tail = d.unconsumed_tail
+                if d.eof or (not tail and len(piece) < step):
+                    break
+        elif codec in ("bz2", "xz", "lzma"):
+            d = bz2.BZ2Decompressor() if codec == "bz2" else lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+            out += d.decompress(data, step)
+            while not d.eof and not d.needs_input and len(out) <= cap:
+                out += d.decompress(b"", step)
+            if len(out) > cap:
+                raise _TooBig()
         else:
             raise ValueError(f"unknown codec {codec}")
-        out += d.decompress(data, cap + 1 - len(out))
         rest = d.unused_data if d.eof else b""
-        if len(out) > cap:
-            raise _TooBig()
         if codec == "zlib" or not d.eof or not rest.strip(b"\x00"):
             break  # zlib files hold one stream; a truncated stream ends here
         data = rest
-    return bytes(out)
+    return out
 
 
 def _lz4_frame(data: bytes, cap: int) -> bytes:
