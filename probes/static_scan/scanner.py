@@ -258,16 +258,16 @@ class Scanner:
         codec = _compression(head)
         if codec:
             return self.scan_compressed(buf, start, end, loc)
-        if looks_like_pickle(buf, start, end) or self._headerless_pickle(buf, start, end, loc):
-            if self._rec and self._rec.format == formats.UNKNOWN:
-                self._rec.format = formats.PICKLE
-            return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         inert = _inert_format(Path(loc.file).name, head)
         if inert and in_folder:
             # formats whose parsers run no Python code (the loader decides whether to use them)
             if self._rec:
                 self._rec.format = inert
             return
+        if looks_like_pickle(buf, start, end) or self._headerless_pickle(buf, start, end, loc):
+            if self._rec and self._rec.format == formats.UNKNOWN:
+                self._rec.format = formats.PICKLE
+            return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         if _is_text(head):
             if self._rec:
                 self._rec.format = "text"
@@ -291,12 +291,14 @@ class Scanner:
         pos = start
         for _ in range(64):
             sink: list = []
-            sim = PickleSim(buf, pos, end, emit=self._emitter(loc, sink), base=loc.base, max_ops=1 << 20,
+            sim = PickleSim(buf, pos, end, emit=self._emitter(loc, sink), base=loc.base, max_ops=1 << 16,
                             deadline=self.deadline)
             try:
                 pos = sim.run()
-            except (PickleParseError, RecursionError):
-                return any(f["severity"] in ("critical", "high") for f in sink)
+            except PickleParseError as exc:  # 65k valid opcodes in a row are a pickle too
+                return exc.msg == "opcode budget exhausted" or any(f["severity"] in ("critical", "high") for f in sink)
+            except RecursionError:
+                return False
             if pos >= end:
                 return True
         return False
