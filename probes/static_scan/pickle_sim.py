@@ -1165,40 +1165,58 @@ def _approx(n: int) -> str:
     return f"{n:,}" if n < 10 ** 12 else f"10^{len(str(n)) - 1}"
 
 
+def _kids(v: Any, t: type) -> Any:
+    if t is tuple:
+        return v
+    if t is SList or t is SSet:
+        return v.items
+    if t is SDict:
+        return [x for p in v.pairs for x in p]
+    return (*v.args, *(v.items or ()))  # SObj
+
+
 def _fanout(roots: list, limit: int = 2_000_000) -> tuple[int, int]:
     """(elements of the largest root when shared nodes are counted once per reference, distinct nodes).
 
     Shared containers (memo / DUP re-use) make the first number grow exponentially while the second stays
-    small: that is an expansion bomb. Iterative, each distinct node visited once (bounded by ``limit``)."""
+    small: that is an expansion bomb. Iterative post-order, each distinct node sized once (at most ``limit``)."""
     size: dict[int, int] = {}
-    total = 0
-    stack: list = []
+    visiting: set[int] = set()
+    cont = _CONTAINERS
+    best = 0
     for r in roots:
-        stack.append((r, False))
-        while stack:
-            v, done = stack.pop()
-            t = type(v)
-            if t is tuple:
-                kids: Any = v
-            elif t is SList or t is SSet:
-                kids = v.items
-            elif t is SDict:
-                kids = [x for p in v.pairs for x in p]
-            elif t is SObj:
-                kids = [*v.args, *(v.items or ())]
-            else:
-                continue
+        if type(r) not in cont:
+            continue
+        todo = [r]
+        while todo and len(size) < limit:
+            v = todo[-1]
             k = id(v)
-            if done:
-                size[k] = 1 + sum(size.get(id(c), 1) for c in kids)
+            if k in size:
+                todo.pop()
                 continue
-            if k in size or len(size) >= limit:
+            total = 1
+            missing = False
+            for c in _kids(v, type(v)):
+                if type(c) in cont:
+                    ck = id(c)
+                    n = size.get(ck)
+                    if n is not None:
+                        total += n
+                    elif ck in visiting or k in visiting:
+                        total += 1  # a cycle back to a node being sized (or a child cut off by the limit)
+                    else:
+                        missing = True
+                        todo.append(c)
+                else:
+                    total += 1
+            if missing:
+                visiting.add(k)
                 continue
-            size[k] = 1  # provisional: a cycle counts once
-            stack.append((v, True))
-            stack.extend((c, False) for c in kids if type(c) in (tuple, SList, SSet, SDict, SObj) and id(c) not in size)
-        total = max(total, size.get(id(r), 1))
-    return total, len(size)
+            size[k] = total
+            visiting.discard(k)
+            todo.pop()
+        best = max(best, size.get(id(r), 1))
+    return best, len(size)
 
 
 def _dtype_info(dtype: Any) -> tuple[int | None, bool]:

@@ -407,3 +407,12 @@ def test_invalid_utf8_in_one_member_does_not_stop_the_scan_of_the_next(tmp_path)
         z.writestr("b.pkl", EVIL)
     r = _scan(tmp_path, "two.zip", buf.getvalue())
     assert r["verdict"] == "malicious" and "posix.system" in _names(r), r["summary"]
+
+
+def test_self_referencing_structures_are_sized_once_and_clean(tmp_path):
+    loop: list = []
+    loop.append(loop)
+    d: dict = {"a": loop}
+    d["self"] = d
+    r = _scan(tmp_path, "cycles.pkl", pickle.dumps([d] * 40 + [loop] * 40, protocol=4))
+    assert r["verdict"] == "clean", r["summary"]
