@@ -119,7 +119,12 @@ class Scanner:
         files: list[Path] = []
         more = 0
         for root, dirs, names in os.walk(path, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if d != ".git")
+            for d in dirs:
+                if os.path.islink(os.path.join(root, d)):
+                    link = os.path.join(root, d)
+                    self.add(Loc(link), None, None, None, None, "low", "symlink-folder",
+                             f"symlinked folder to {os.path.realpath(link)} not entered (a loader may follow it)")
+            dirs[:] = sorted(d for d in dirs if d != ".git" and not os.path.islink(os.path.join(root, d)))
             for n in sorted(names):
                 if len(files) < self.max_files:
                     files.append(Path(root) / n)

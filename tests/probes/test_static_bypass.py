@@ -416,3 +416,14 @@ def test_self_referencing_structures_are_sized_once_and_clean(tmp_path):
     d["self"] = d
     r = _scan(tmp_path, "cycles.pkl", pickle.dumps([d] * 40 + [loop] * 40, protocol=4))
     assert r["verdict"] == "clean", r["summary"]
+
+
+def test_symlinked_folder_is_reported_not_entered(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.pkl").write_bytes(EVIL)
+    d = _hf_folder(tmp_path / "hf")
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps({"w": [1.0]}))
+    os.symlink(outside, d / "extra")
+    r = scan_path(d).to_dict()
+    assert "symlink-folder" in _rules(r) and r["verdict"] == "suspicious", r["summary"]
