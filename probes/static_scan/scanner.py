@@ -593,11 +593,14 @@ class Scanner:
                 got = self._inflate_member(buf, a, b, mloc, info, full=kind != "data")
                 if got is None:
                     continue
-                raw, crc, complete = got
+                raw, crc, complete, total = got
                 if want_crc and complete:
                     self._check_crc(mloc, info, crc)
                 mbuf, ma, mb = raw, 0, len(raw)
                 mloc.base = 0
+                if complete and total > len(raw) and raw[:6] == b"\x93NUMPY":  # plain array: header kept only
+                    self.scan_npy(raw, 0, len(raw), mloc, data_len=total)
+                    continue
             else:
                 self.add(mloc, info.header_offset, None, None, None, "medium", "archive-compression",
                          f"unusual compression method {info.compress_type}; content not checked")
@@ -652,10 +655,12 @@ class Scanner:
             for chunk in _inflate_iter(buf, a, b, budget):
                 if need is None:
                     head = chunk[:4096]
-                    parseable = (head[:1] == b"\x80" or head.startswith((b"PK\x03\x04", b"\x93NUMPY"))
+                    parseable = (head[:1] == b"\x80" or head.startswith(b"PK\x03\x04")
                                  or _compression(head) is not None or (head[:1] and head[0] in _OPCODE_BYTES))
                     need = budget if (full and parseable) or mloc.member and mloc.member.endswith(
                         (".pkl", ".debug_pkl")) else (_HUNT_KEEP if full else 0)
+                    if full and head.startswith(b"\x93NUMPY"):
+                        need = _npy_keep(head, budget)
                 crc = zlib.crc32(chunk, crc)
                 n += len(chunk)
                 if kept < need:
@@ -667,7 +672,7 @@ class Scanner:
                     break
             else:
                 self._inflated += n
-                return (keep[0] if len(keep) == 1 else b"".join(keep)), crc, True
+                return (keep[0] if len(keep) == 1 else b"".join(keep)), crc, True, n
         except _TooBig:
             self._inflated += n
             why = (f"deflated member inflates past the {budget >> 20} MiB "
@@ -679,7 +684,7 @@ class Scanner:
             self.fail(mloc, f"corrupt deflate data: {exc}")
             return None
         self._inflated += n
-        return b"".join(keep), crc, False
+        return b"".join(keep), crc, False, n
 
     def _scan_member(self, buf, a: int, b: int, loc: Loc, kind: str | None, name: str, fmt: str) -> None:
         if kind == "data":
@@ -813,7 +818,9 @@ class Scanner:
             self._trailing(buf, pos, b, loc, f"after the records of tar member {kind}")
 
     # ------------------------------------------------------------ numpy
-    def scan_npy(self, buf, start: int, end: int, loc: Loc) -> None:
+    def scan_npy(self, buf, start: int, end: int, loc: Loc, *, data_len: int | None = None) -> None:
+        """A .npy array; ``data_len`` is the member's real length when only its header was kept (a plain array
+        inflated from a zip: its data is streamed for the CRC, never held)."""
         try:
             major = buf[start + 6]
             if major == 1:
@@ -857,11 +864,16 @@ class Scanner:
         for s in shape:
             count *= s
         need = count * dt.itemsize
-        if data + need < end:
-            self._trailing(buf, data + need, end, loc, "after the array data")
-        elif data + need > end:
+        real_end = start + data_len if data_len is not None else end
+        if data + need < real_end:
+            if data_len is None:
+                self._trailing(buf, data + need, end, loc, "after the array data")
+            else:
+                self.add(loc, data + need - loc.base, None, None, None, "low", "trailing-data",
+                         f"{real_end - data - need} bytes after the array data (not kept: not searched for pickles)")
+        elif data + need > real_end:
             self.add(loc, data - loc.base, None, None, None, "low", "numpy-truncated",
-                     f"array data is {end - data} bytes, header promises {need}")
+                     f"array data is {real_end - data} bytes, header promises {need}")
 
     # ------------------------------------------------------------ safetensors
     def scan_safetensors(self, buf, start: int, end: int, loc: Loc) -> None:  # noqa: C901 - the safetensors header checks, one per field
@@ -1137,6 +1149,21 @@ def _inflate_zlib(data: bytes, cap: int, wbits: int = 15) -> bytes:
     return out
 
 
+def _npy_keep(head: bytes, budget: int) -> int:
+    """Bytes of an inflated .npy member to keep: the header alone for a plain array (its data is never read),
+    everything for an object array (its data is a pickle) or a header that cannot be read here."""
+    try:
+        major = head[6]
+        hlen, hstart = (struct.unpack_from("<H", head, 8)[0], 10) if major == 1 else (
+            struct.unpack_from("<I", head, 8)[0], 12)
+    except (IndexError, struct.error):
+        return budget
+    header = head[hstart:hstart + hlen]
+    if hstart + hlen > len(head) or b"O" in header.split(b"'shape'")[0] or not header.endswith((b"\n", b" ", b"}")):
+        return budget
+    return hstart + hlen
+
+
 _HUNT_KEEP = 8 << 20  # bytes of an opaque deflated member kept for the hidden-pickle search
 _DECLARED_MIN = 1 << 30  # declared sizes from here on, at this ratio to the stored bytes, are reported
 _DECLARED_RATIO = 1000
@@ -1149,8 +1176,17 @@ def _inflate_iter(buf, a: int, b: int, limit: int, wbits: int = -15):
     pending = b""
     while True:
         if not pending:
-            if pos >= b or d.eof:
+            if d.eof:
                 return
+            if pos >= b:  # input used up: what zlib still holds comes out in steps, then the rest
+                out = d.decompress(b"", 4 << 20) or d.flush()
+                if not out:
+                    return
+                total += len(out)
+                if total > limit:
+                    raise _TooBig()
+                yield out
+                continue
             pending = bytes(buf[pos:min(b, pos + (1 << 20))])
             pos += len(pending)
         out = d.decompress(pending, 4 << 20)

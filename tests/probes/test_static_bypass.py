@@ -427,3 +427,30 @@ def test_symlinked_folder_is_reported_not_entered(tmp_path):
     os.symlink(outside, d / "extra")
     r = scan_path(d).to_dict()
     assert "symlink-folder" in _rules(r) and r["verdict"] == "suspicious", r["summary"]
+
+
+def test_compressed_npz_data_is_streamed_not_held(tmp_path):
+    import numpy as np
+
+    p = tmp_path / "big.npz"
+    np.savez_compressed(p, w=np.zeros(16 << 20, dtype=np.float32), b=np.arange(10))  # 64 MiB of zeros, ~70 KB
+    tracemalloc.start()
+    r = scan_path(p).to_dict()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r["verdict"] == "clean", r["summary"]
+    assert peak < 24 << 20, peak
+    evil = tmp_path / "evil.npz"
+    np.savez_compressed(evil, w=np.zeros(1000, dtype=np.float32),
+                        o=np.array([type("R", (), {"__reduce__": lambda self: (os.system, ("echo hi",))})()],
+                                   dtype=object))
+    r = scan_path(evil).to_dict()
+    assert r["verdict"] == "malicious" and "posix.system" in _names(r)
+
+
+def test_the_tail_of_a_big_deflated_member_is_read(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model/data.pkl", pickle.dumps(bytes(64 << 20), protocol=4) + EVIL)  # payload in the last bytes
+    r = _scan(tmp_path, "tail.zip", buf.getvalue())
+    assert r["verdict"] == "malicious" and "posix.system" in _names(r), r["summary"]
