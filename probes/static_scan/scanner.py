@@ -860,13 +860,18 @@ class Scanner:
             elif pos < end:
                 self._trailing(buf, pos, end, loc, "after the object array's pickle")
             return
+        self._npy_sizes(buf, data, end, loc, shape, dt.itemsize, start + data_len if data_len is not None else None)
+
+    def _npy_sizes(self, buf, data: int, end: int, loc: Loc, shape: tuple, itemsize: int, real_end: int | None) -> None:
+        """Array data shorter or longer than its header promises (the bytes after it searched when kept)."""
         count = 1
         for s in shape:
             count *= s
-        need = count * dt.itemsize
-        real_end = start + data_len if data_len is not None else end
+        need = count * itemsize
+        kept = real_end is None  # the bytes after the data are in buf
+        real_end = end if real_end is None else real_end
         if data + need < real_end:
-            if data_len is None:
+            if kept:
                 self._trailing(buf, data + need, end, loc, "after the array data")
             else:
                 self.add(loc, data + need - loc.base, None, None, None, "low", "trailing-data",
