@@ -263,16 +263,17 @@ class Scanner:
         codec = _compression(head)
         if codec:
             return self.scan_compressed(buf, start, end, loc)
+        # a pickle first, whatever its magic: 'GGUF' is also a BINFLOAT opcode, and a loader picks files by name
+        if looks_like_pickle(buf, start, end) or self._headerless_pickle(buf, start, end, loc):
+            if self._rec and self._rec.format == formats.UNKNOWN:
+                self._rec.format = formats.PICKLE
+            return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         inert = _inert_format(Path(loc.file).name, head)
         if inert and in_folder:
             # formats whose parsers run no Python code (the loader decides whether to use them)
             if self._rec:
                 self._rec.format = inert
             return
-        if looks_like_pickle(buf, start, end) or self._headerless_pickle(buf, start, end, loc):
-            if self._rec and self._rec.format == formats.UNKNOWN:
-                self._rec.format = formats.PICKLE
-            return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         if _is_text(head):
             if self._rec:
                 self._rec.format = "text"
@@ -290,7 +291,8 @@ class Scanner:
 
     def _headerless_pickle(self, buf, start: int, end: int, loc: Loc) -> bool:
         """Protocol 0/1 pickles have no PROTO header: recognised by content, when the bytes walk as opcodes to the
-        end of the file, or run a dangerous call before failing (the unpickler executes as it reads)."""
+        end of the file, or run a dangerous call before failing (the unpickler executes as it reads). Real GGUF,
+        PNG or sentencepiece files fail within a few opcodes."""
         if buf[start] not in _OPCODE_BYTES:
             return False
         pos = start

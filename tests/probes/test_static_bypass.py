@@ -454,3 +454,20 @@ def test_the_tail_of_a_big_deflated_member_is_read(tmp_path):
         z.writestr("model/data.pkl", pickle.dumps(bytes(64 << 20), protocol=4) + EVIL)  # payload in the last bytes
     r = _scan(tmp_path, "tail.zip", buf.getvalue())
     assert r["verdict"] == "malicious" and "posix.system" in _names(r), r["summary"]
+
+
+def test_a_pickle_wearing_a_gguf_magic_in_a_model_folder_is_read(tmp_path):
+    d = _hf_folder(tmp_path / "hf")
+    # 'G' is BINFLOAT: 'GGUF' + 5 bytes is a float, then a protocol-0 payload torch.load's legacy path would run
+    (d / "pytorch_model.bin").write_bytes(b"GGUF\x03\x00\x00\x00\x00" + b"0" + b"cposix\nsystem\n(S'echo hi'\ntR.")
+    r = scan_path(d).to_dict()
+    assert r["verdict"] == "malicious" and "posix.system" in _names(r), r["summary"]
+    import gguf  # a real GGUF file beside it stays an inert side file
+
+    w = gguf.GGUFWriter(str(d / "model.gguf"), "llama")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    r = scan_path(d / "model.gguf").to_dict()
+    assert not any(f["severity"] in ("critical", "high") for f in r["findings"]), r["summary"]
