@@ -400,20 +400,22 @@ class Scanner:
         restarts at the frame end. Report each divergence and walk the reading from the frame end too."""
         seen = {(f["offset"], f["module"], f["name"]) for f in self.findings if f["file"] == loc.file
                 and f["member"] == loc.member}
+        budget = 1 << 22  # opcodes over all alternative readings of this pickle
         for opos, resync, why in sim.frame_issues:
             self.add(loc, opos - loc.base, "FRAME", None, None, "medium", "frame-divergence", why)
-            if resync is None or resync >= end:
+            if resync is None or resync >= end or budget <= 0:
                 continue
             sink: list = []
             alt = PickleSim(buf, resync, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
                             context=f"read from the frame end at offset {resync - loc.base} (frame-respecting reader)",
-                            max_ops=1 << 22, cancel=self.cancel, deadline=self.deadline)
+                            max_ops=budget, cancel=self.cancel, deadline=self.deadline)
             self._allow(alt, loc)
             try:
                 alt.run()
             except (PickleParseError, RecursionError):
                 pass
             self.opcodes += alt.n_ops
+            budget -= alt.n_ops
             for f in sink:
                 if f["severity"] in ("critical", "high") and (f["offset"], f["module"], f["name"]) not in seen:
                     self.findings.append(f)
