@@ -334,7 +334,8 @@ class Scanner:
                 return
             sink: list = []
             sim = PickleSim(buf, a, b, emit=self._emitter(loc, sink), base=loc.base, nested=nested, depth=depth,
-                            context=f"pickle nested in a {what} at offset {pos - loc.base}")
+                            context=f"pickle nested in a {what} at offset {pos - loc.base}", cancel=self.cancel,
+                            deadline=self.deadline)
             self._allow(sim, loc)
             try:
                 sim.run()
