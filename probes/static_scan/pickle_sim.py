@@ -993,7 +993,8 @@ class PickleSim:
         buf = self.buf
         if size == -1:  # object array: a nested pickle follows, which joblib loads
             sub = PickleSim(buf, pos, self.end, emit=self.emit, base=self.base, nested=self.nested,
-                            depth=self.depth + 1, context="in a joblib object-array pickle", joblib_arrays=True)
+                            depth=self.depth + 1, context="in a joblib object-array pickle", joblib_arrays=True,
+                            cancel=self.cancel, deadline=self.deadline)
             newpos = sub.run()
             self.n_ops += sub.n_ops
             self.skipped_bytes += sub.skipped_bytes

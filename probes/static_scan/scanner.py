@@ -427,7 +427,7 @@ class Scanner:
         sink: list = []
         sim = PickleSim(buf, start, end, emit=self._emitter(loc, sink), base=loc.base, nested=None,
                         context="read with plain pickle.load instead of joblib" + (f", {context}" if context else ""),
-                        joblib_arrays=False)
+                        joblib_arrays=False, cancel=self.cancel, deadline=self.deadline)
         try:
             sim.run()
         except (PickleParseError, RecursionError):
