@@ -430,7 +430,10 @@ class Scanner:
                         joblib_arrays=False, cancel=self.cancel, deadline=self.deadline)
         try:
             sim.run()
-        except (PickleParseError, RecursionError):
+        except PickleParseError as exc:
+            if "time budget" in exc.msg:
+                self._not_read(loc, "time budget spent in the plain pickle.load reading of a joblib file")
+        except RecursionError:
             pass
         seen = {(f["offset"], f["module"], f["name"]) for f in self.findings if f["file"] == loc.file and f["member"] == loc.member}
         for f in sink:
