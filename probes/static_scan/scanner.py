@@ -503,6 +503,9 @@ class Scanner:
                 self.add(loc, a - loc.base, None, None, None, "low", "hidden-pickle",
                          f"search for hidden pickles in {what} stopped at offset {a - loc.base} (work budget spent)")
                 break
+            if self._budget_spent():
+                self._not_read(loc, f"time budget spent searching {what} for hidden pickles (at offset {a - loc.base})")
+                break
             sink: list = []
             sim = PickleSim(buf, a, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
                             context=f"hidden pickle in {what} at offset {a - loc.base}", max_ops=budget,
