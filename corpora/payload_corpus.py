@@ -458,18 +458,20 @@ def _issue12_18_families(B, M, cmd: str, sd: dict, sd_zip: bytes, data_pkl: byte
         z.writestr("archive/data.pkl", bomb)
         z.writestr("archive/version", "3\n")
         z.writestr("archive/byteorder", "little")
-    M("bytearray_bomb.pt", buf.getvalue(), "memory bomb bytearray(3e9) in a 400-byte torch zip", "builtins.bytearray")
+    # resource bombs run no code (executes=False: nothing for the dynamic probe to observe; loading takes GBs)
+    M("bytearray_bomb.pt", buf.getvalue(), "memory bomb bytearray(3e9) in a 400-byte torch zip", "builtins.bytearray",
+      executes=False)
     M("range_list_bomb.pkl", P4 + _call(_sg("builtins", "list"), _call(_sg("builtins", "range"), b"J"
                                                                          + struct.pack("<i", 10 ** 9))) + STOP,
-      "memory bomb list(range(1e9))", "builtins.list")
+      "memory bomb list(range(1e9))", "builtins.list", executes=False)
     buf = io.BytesIO()
     torch.save({"w": torch.zeros(4)}, buf, _use_new_zipfile_serialization=False)
     raw = buf.getvalue()
     at = raw.find(b"\x06K\x04N")
     M("legacy_storage_bomb.pt", raw[:at + 1] + b"J" + struct.pack("<i", 1_000_000_000) + raw[at + 3:],
-      "legacy torch storage declaring 4 GB in a few hundred bytes", "torch.UntypedStorage")
-    pk = pickle.dumps({"w": list(range(100))}, protocol=2) + pickle.dumps(_Reduce(os.system, cmd), protocol=2)
-    M("joblib_bz2_multistream.joblib", bz2.compress(pk[:40]) + bz2.compress(pk[40:]),
+      "legacy torch storage declaring 4 GB in a few hundred bytes", "torch.UntypedStorage", executes=False)
+    pk = pickle.dumps({"w": list(range(100)), "x": _Reduce(os.system, cmd)}, protocol=2)
+    M("joblib_bz2_multistream.joblib", bz2.compress(pk[:len(pk) // 2]) + bz2.compress(pk[len(pk) // 2:]),
       "joblib bz2 split over two streams, payload in the second", "posix.system")
     evil_data = _inject_after_proto(data_pkl, call)
     flagged = bytearray(_rezip(sd_zip, replace={"archive/data.pkl": evil_data}))
