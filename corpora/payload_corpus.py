@@ -418,7 +418,89 @@ def build_corpus(dest: Path) -> list[CorpusEntry]:
     save_file({k: v.contiguous() for k, v in sd.items()}, str(evil_hf / "model.safetensors"))
     (evil_hf / "training_args.bin").write_bytes(pickle.dumps(_Reduce(os.system, cmd)))
     M("hf_model_evil", None, "HF folder with a booby-trapped side file", "posix.system")
+    _issue12_18_families(B, M, cmd, sd, sd_zip, data_pkl, inner)
     return entries
+
+
+def _issue12_18_families(B, M, cmd: str, sd: dict, sd_zip: bytes, data_pkl: bytes, inner: bytes) -> None:
+    """Frame divergence, expansion and size bombs, headerless pickles, legacy whole models, multi-stream bz2, the
+    encrypted flag over plaintext and symlink loops (issues 12 and 18). Pure builtins (builtins.len) are tested in
+    tests/probes/test_static_bypass.py, not here: the dynamic probe rightly calls an unfamiliar call suspicious."""
+    import bz2
+
+    import torch
+
+    def frame(n: int) -> bytes:
+        return b"\x95" + struct.pack("<Q", n)
+
+    call = _call(_sg("posix", "system"), _u(cmd))
+    hidden = call + b"0"
+    head = b"B" + struct.pack("<I", len(hidden))
+    M("frame_straddle_hidden.pkl", P4 + frame(2 + len(head)) + b"N0" + head + hidden + b"N" + STOP,
+      "FRAME straddling: payload inside a BINBYTES a frame-respecting reader sees as opcodes", "posix.system",
+      executes=False)
+    M("frame_stop_inside.pkl", P4 + frame(6) + b"N" + STOP + b"\x00" * 4 + P2 + call + STOP,
+      "FRAME continues past STOP: the next pickle starts at the frame end for the pure-Python unpickler",
+      "posix.system", executes=False)
+    M("frame_past_end.pkl", P4 + frame(1 << 20) + call + STOP, "FRAME declares more bytes than the file holds",
+      "posix.system")
+    M("headerless_stack_global.pkl", b"S'posix'\nS'system'\n\x93S'" + cmd.encode() + b"'\n\x85R" + STOP,
+      "headerless protocol-0 pickle calling through STACK_GLOBAL", "posix.system")
+    M("headerless_p1.bin", b"X\x05\x00\x00\x00posixX\x06\x00\x00\x00system\x93" + _u(cmd) + b"\x85R" + STOP,
+      "headerless protocol-1 pickle (no PROTO)", "posix.system")
+    laughs = P4 + b"]\x94"
+    for i in range(12):
+        laughs += b"(" + (b"h" + bytes([i])) * 10 + b"l\x94"
+    M("billion_laughs.pkl", laughs + STOP, "memo re-use expansion (billion laughs)", None, executes=False)
+    M("dup_tuple_chain.pkl", P4 + b"N" + b"2\x86" * 48 + STOP, "DUP re-use expansion", None, executes=False)
+    bomb = P2 + _g("__builtin__", "bytearray") + b"\x8a\x05" + (3 * 10 ** 9).to_bytes(5, "little") + b"\x85R" + STOP
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", bomb)
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/byteorder", "little")
+    # resource bombs run no code (executes=False: nothing for the dynamic probe to observe; loading takes GBs)
+    M("bytearray_bomb.pt", buf.getvalue(), "memory bomb bytearray(3e9) in a 400-byte torch zip", "builtins.bytearray",
+      executes=False)
+    M("range_list_bomb.pkl", P4 + _call(_sg("builtins", "list"), _call(_sg("builtins", "range"), b"J"
+                                                                         + struct.pack("<i", 10 ** 9))) + STOP,
+      "memory bomb list(range(1e9))", "builtins.list", executes=False)
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    at = raw.find(b"\x06K\x04N")
+    M("legacy_storage_bomb.pt", raw[:at + 1] + b"J" + struct.pack("<i", 1_000_000_000) + raw[at + 3:],
+      "legacy torch storage declaring 4 GB in a few hundred bytes", "torch.UntypedStorage", executes=False)
+    pk = pickle.dumps({"w": list(range(100)), "x": _Reduce(os.system, cmd)}, protocol=2)
+    M("joblib_bz2_multistream.joblib", bz2.compress(pk[:len(pk) // 2]) + bz2.compress(pk[len(pk) // 2:]),
+      "joblib bz2 split over two streams, payload in the second", "posix.system")
+    evil_data = _inject_after_proto(data_pkl, call)
+    flagged = bytearray(_rezip(sd_zip, replace={"archive/data.pkl": evil_data}))
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        pos = 0
+        while (pos := flagged.find(sig, pos)) >= 0:
+            flagged[pos + off] |= 1
+            pos += 4
+    M("zip_encrypted_flag.pt", bytes(flagged), "torch zip: encrypted flag over plaintext members", "posix.system",
+      executes=False)
+    d = M("hf_symlink_loop", None, "HF folder with a symlink loop and a booby-trapped weights file", "posix.system")
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"architectures": ["X"], "model_type": "tiny"}))
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps(_Reduce(os.system, cmd), protocol=2))
+    for a, b in (("loop_a", "loop_b"), ("loop_b", "loop_a")):
+        if not (d / a).is_symlink():
+            os.symlink(b, d / a)
+    # ---------------------------------------------------------------- benign counterparts
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 10))
+    buf = io.BytesIO()
+    torch.save(net, buf, _use_new_zipfile_serialization=False)
+    B("legacy_whole_module.pt", buf.getvalue(), "torch-legacy whole module (review tier)", "suspicious")
+    shared = list(range(100))
+    B("framed_shared_refs.pkl", pickle.dumps({"a": [shared] * 5000, "s": "x" * 200_000, "w": list(range(30_000))},
+                                             protocol=5), "protocol-5 pickle, many frames and shared references")
+    B("headerless_p0_benign.pkl", b"(dp0\nS'lr'\np1\nF0.001\nsS'layers'\np2\n(lp3\nI64\naI10\nas.",
+      "headerless protocol-0 pickle")
 
 
 def _old_tar(overrides: dict) -> bytes:

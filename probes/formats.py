@@ -50,7 +50,7 @@ _COMPRESSED_MAGICS = {
     b"ZF": "joblib-zlib",  # joblib's own zlib container header "ZF0x..."
     b"\x5d\x00\x00": "lzma",  # joblib compress="lzma" (FORMAT_ALONE); checked before the pickle-opcode guess
 }
-_PICKLE_OPCODE_STARTS = set(b"(]}cX\x8c\x80KJMNFGIRUVabdeghjlopqrsttu")
+_PICKLE_OPCODE_STARTS = set(b"(]}cX\x8c\x80KJMNFGIRSUVabdeghjlopqrsttu")  # S: protocol-0 STRING (py2 str, STACK_GLOBAL names)
 
 
 def _read_head(path: Path, n: int = 4096) -> bytes:

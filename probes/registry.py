@@ -89,6 +89,12 @@ PROBES: dict[str, ProbeSpec] = {p.name: p for p in [
             Param("max_decompressed_mb", 1024, "bomb guard: largest decompressed stream or archive member read",
                   "float", 1e-3, 1 << 20),
             Param("crc_limit_mb", 64, "archive members up to this size get their CRC checked", "float", 0.0, 1 << 20),
+            Param("max_total_decompressed_mb", 2048, "bomb guard: decompressed bytes read over one file's members",
+                  "float", 1e-3, 1 << 24),
+            Param("max_seconds", 120.0, "time budget of one scan; what is not read by then makes it inconclusive",
+                  "float", 0.01, 86_400),
+            Param("max_files", 100_000, "files read in one folder; the rest makes the scan inconclusive", "int", 1,
+                  100_000_000),
         )),
     ProbeSpec(
         "dynamic", "probes.dynamic_load:run", "path", (),

@@ -11,6 +11,9 @@ VERDICTS = ("clean", "suspicious", "backdoored", "malicious", "inconclusive")
 
 def jsonable(value: Any) -> Any:
     """Convert numpy/torch scalars and arrays, tuples and NaNs into plain JSON values."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:  # the common leaves first (results hold thousands)
+        return value
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -70,11 +70,15 @@ def scan_path(path: str | Path, *, progress=None, cancel=None, params: dict | No
     t0 = time.perf_counter()
     p = Path(path)
     sc = Scanner(max_decompressed=int(used["max_decompressed_mb"] * (1 << 20)),
-                 crc_limit=int(used["crc_limit_mb"] * (1 << 20)), progress=progress, cancel=cancel)
+                 crc_limit=int(used["crc_limit_mb"] * (1 << 20)), progress=progress, cancel=cancel,
+                 max_total_decompressed=int(used["max_total_decompressed_mb"] * (1 << 20)),
+                 max_seconds=float(used["max_seconds"]), max_files=int(used["max_files"]))
     try:
         sc.scan_path(p)
     except RecursionError:
         sc.fail(Loc(sc.records[-1].file if sc.records else str(p)), "structure nested too deeply")
+    except MemoryError:
+        sc.fail(Loc(sc.records[-1].file if sc.records else str(p)), "out of memory while reading (not fully read)")
     findings = sorted(sc.findings, key=lambda f: (-SEVERITY_RANK.get(f["severity"], 0), f["file"],
                                                    f.get("member") or "", f["offset"] if f["offset"] is not None else -1))
     verdict, score = verdict_for(findings, sc.inconclusive)
@@ -91,6 +95,7 @@ def scan_path(path: str | Path, *, progress=None, cancel=None, params: dict | No
         "pickle_bytes": sc.pickle_bytes,
         "opcodes": sc.opcodes,
         "bytes_total": sc.bytes_total,
+        "not_read": sc.not_read,
     }
     return ProbeResult(probe="static", verdict=verdict, score=score,
                        summary=_summary(verdict, findings, sc.inconclusive, len(sc.records)),

@@ -24,6 +24,7 @@ large arrays is walked at close to I/O speed.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,7 @@ class SObj:
     """The result of a call / instantiation / persistent id / extension lookup."""
 
     __slots__ = ("kind", "func", "args", "offset", "opcode", "resolved", "partial", "attrgetter",
-                 "methodcaller", "const", "planted", "items", "state")
+                 "methodcaller", "const", "planted", "items", "state", "size_hint")
 
     def __init__(self, kind: str, func: Any = None, args: tuple = (), offset: int = 0, opcode: str = ""):
         self.kind = kind  # call | new | persid | ext | unknown
@@ -92,6 +93,7 @@ class SObj:
         self.planted: dict | None = None  # created on first use (most objects never need them)
         self.items: list | None = None
         self.state: Any = None
+        self.size_hint: int = 0  # elements of a range() result (what a consumer would materialise)
 
 
 @dataclass(eq=False)
@@ -220,7 +222,8 @@ class PickleSim:
 
     def __init__(self, buf, start: int, end: int, *, emit: Callable[[dict], None],
                  base: int = 0, nested: Callable | None = None, depth: int = 0,
-                 context: str = "", joblib_arrays: bool = True, max_ops: int | None = None, cancel=None):
+                 context: str = "", joblib_arrays: bool = True, max_ops: int | None = None, cancel=None,
+                 deadline: float | None = None):
         self.buf = buf
         self.start = start
         self.end = end
@@ -232,6 +235,7 @@ class PickleSim:
         self.joblib_arrays = joblib_arrays
         self.max_ops = max_ops if max_ops is not None else 1 << 62
         self.cancel = cancel
+        self.deadline = deadline  # time.monotonic() after which the walk stops (not fully read)
         self._walked: set = set()  # (id, size) of argument structures already walked
         self.globals: list[SGlobal] = []
         self.persids: list = []
@@ -241,6 +245,8 @@ class PickleSim:
         self.stop_pos: int | None = None
         self.skipped_bytes = 0  # blob / inline-array bytes not copied
         self.arrays_skipped = 0  # joblib inline arrays stepped over
+        self.frames = 0
+        self.frame_issues: list[tuple[int, int | None, str]] = []  # (opcode pos, resync pos or None, why)
 
     # ---------------------------------------------------------------- findings
     def _finding(self, pos: int, opcode: str, module: str | None, name: str | None,
@@ -315,6 +321,24 @@ class PickleSim:
                 continue
             self._use(v, "call" if mode in ("call", "base") else "new", pos, opcode)
 
+    def _check_sizes(self, full: str, args: tuple, pos: int, opcode: str) -> None:
+        """A resource-exhaustion finding when an allowed callable is given a huge size or a huge range."""
+        for a in args:
+            if type(a) is int and a >= policy.HUGE_BYTES and full in policy.SIZED_CONSTRUCTORS:
+                self._finding(pos, opcode, *_split(full), "high", "resource-exhaustion",
+                              f"{full}({a}) allocates {a / (1 << 30):.1f} GiB while loading (memory bomb)")
+            elif type(a) is SObj and a.size_hint >= policy.HUGE_ELEMENTS:
+                self._finding(pos, opcode, *_split(full), "high", "resource-exhaustion",
+                              f"{full} materialises a range of {a.size_hint:,} elements while loading "
+                              "(memory/CPU exhaustion)")
+            elif type(a) is tuple and full in _SHAPED and a and all(type(x) is int for x in a):
+                n = 1
+                for x in a:
+                    n *= max(x, 0)
+                if n >= policy.HUGE_ELEMENTS * 8:
+                    self._finding(pos, opcode, *_split(full), "high", "resource-exhaustion",
+                                  f"{full} with shape {a} allocates {n:,} elements while loading (memory bomb)")
+
     def _virtual(self, target: tuple[str, str], attr: str, pos: int, opcode: str, via: str) -> SGlobal:
         module, name = target
         name = f"{name}.{attr}" if name and attr else (name or attr)
@@ -331,6 +355,10 @@ class PickleSim:
             full = func.full
             if func.tier == policy.ALLOW:
                 self._check_args(full, args, pos, opcode)
+                if args and full not in policy.RANGE_OK or full in policy.SIZED_CONSTRUCTORS:
+                    self._check_sizes(full, args, pos, opcode)
+                if full == "builtins.range" and args and all(type(a) is int for a in args):
+                    res.size_hint = _range_len(args)
                 if full == "torch.storage._load_from_bytes" and not (args and isinstance(args[0], (bytes, SBlob))):
                     self._finding(pos, opcode, "torch.storage", "_load_from_bytes", "high", "computed-call",
                                   "torch.storage._load_from_bytes runs torch.load(weights_only=False) on bytes computed "
@@ -384,7 +412,7 @@ class PickleSim:
             if func.partial is not None:
                 return self._call(func.partial[0], tuple(func.partial[1]) + args, pos, opcode, mode)
             if func.resolved is not None:
-                self._use(func.resolved, "call", pos, opcode)
+                self._use(func.resolved, mode, pos, opcode)
                 return res
             if func.attrgetter is not None and args:
                 t = sym(args[0])
@@ -489,10 +517,21 @@ class PickleSim:
 
         n_ops = 0
         opos = pos
+        lim = end  # min(end, end of the current FRAME): the loop head checks frame boundaries for free
+        fend = -1
+        reused = 0  # containers pushed again by GET/DUP: an expansion needs dozens of them
+        containers = _CONTAINERS
         try:
             while True:
-                if pos >= end:
-                    raise PickleParseError(pos, "pickle ends without STOP (truncated)")
+                if pos >= lim:
+                    if fend >= 0 and pos >= fend and fend < end:
+                        if pos > fend:
+                            self._frame_issue(opos, fend, f"opcode at offset {opos - self.base} runs past the end of "
+                                              f"its FRAME (offset {fend - self.base}): the pure-Python unpickler stops "
+                                              "here ('pickle exhausted before end of frame'), the C unpickler reads on")
+                        fend, lim = -1, end
+                    if pos >= end:
+                        raise PickleParseError(pos, "pickle ends without STOP (truncated)")
                 code = buf[pos]
                 opos = pos
                 n_ops += 1
@@ -503,6 +542,8 @@ class PickleSim:
                         from probes.errors import Cancelled
 
                         raise Cancelled("cancelled")
+                    if self.deadline is not None and time.monotonic() > self.deadline:
+                        raise PickleParseError(opos, f"time budget spent after {n_ops} opcodes (not fully read)")
                 # ---- fast paths for the opcodes that make up most of a state_dict pickle
                 if code == 0x71 or code == 0x68 or code == 0x4B:  # BINPUT / BINGET / BININT1
                     if pos + 2 > end:
@@ -514,7 +555,10 @@ class PickleSim:
                     elif code == 0x68:
                         if a1 not in memo:
                             raise PickleParseError(opos, f"BINGET of memo key {a1} that was never stored")
-                        stack.append(memo[a1])
+                        v = memo[a1]
+                        stack.append(v)
+                        if type(v) in containers:
+                            reused += 1
                     else:
                         stack.append(a1)
                     continue
@@ -528,7 +572,10 @@ class PickleSim:
                     else:
                         if a1 not in memo:
                             raise PickleParseError(opos, f"LONG_BINGET of memo key {a1} that was never stored")
-                        stack.append(memo[a1])
+                        v = memo[a1]
+                        stack.append(v)
+                        if type(v) in containers:
+                            reused += 1
                     continue
                 if code == 0x86:  # TUPLE2
                     b2 = stack.pop()
@@ -576,10 +623,75 @@ class PickleSim:
                     stack.append(())
                     pos += 1
                     continue
+                if code == 0x47:  # BINFLOAT
+                    if pos + 9 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    stack.append(unpack(">d", buf, pos + 1)[0])
+                    pos += 9
+                    continue
+                if code == 0x4A:  # BININT
+                    if pos + 5 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    stack.append(unpack("<i", buf, pos + 1)[0])
+                    pos += 5
+                    continue
+                if code == 0x5D or code == 0x7D:  # EMPTY_LIST / EMPTY_DICT
+                    stack.append(SList() if code == 0x5D else SDict())
+                    pos += 1
+                    continue
+                if code == 0x65 or code == 0x75:  # APPENDS / SETITEMS
+                    items = stack
+                    stack = metastack.pop()
+                    target = stack[-1]
+                    if code == 0x65:
+                        if type(target) is SList:
+                            target.items.extend(items)
+                        else:
+                            self._add_items(target, items, opos, "APPENDS")
+                    elif type(target) is SDict:
+                        target.pairs.extend(zip(items[::2], items[1::2]))
+                    else:
+                        self._set_items(target, list(zip(items[::2], items[1::2])), opos, "SETITEMS")
+                    pos += 1
+                    continue
+                if code == 0x4E:  # NONE
+                    stack.append(None)
+                    pos += 1
+                    continue
+                if code == 0x30:  # POP
+                    if stack:
+                        stack.pop()
+                    else:
+                        pop_mark()
+                    pos += 1
+                    continue
+                if code == 0x87:  # TUPLE3
+                    c3 = stack.pop()
+                    b3 = stack.pop()
+                    stack[-1] = (stack[-1], b3, c3)
+                    pos += 1
+                    continue
+                if code == 0x93:  # STACK_GLOBAL
+                    nm = stack.pop()
+                    mod = stack.pop()
+                    if type(mod) is str and type(nm) is str:
+                        stack.append(self._global(mod, nm, opos, "STACK_GLOBAL"))
+                        pos += 1
+                        continue
+                    stack.append(mod)
+                    stack.append(nm)  # computed names: the general path below reports them
+                if code == 0x58:  # BINUNICODE
+                    if pos + 5 > end:
+                        raise PickleParseError(opos, "truncated opcode argument")
+                    n = unpack("<I", buf, pos + 1)[0]
+                    a = pos + 5
+                    if n <= 4096 and a + n <= end:
+                        pos = a + n
+                        stack.append(bytes(buf[a:pos]).decode("utf-8", "surrogatepass"))
+                        continue
                 if code == 0x51:  # BINPERSID
                     pid = stack.pop()
-                    self.persids.append(pid)
-                    stack.append(SObj("persid", args=(pid,), offset=opos, opcode="BINPERSID"))
+                    stack.append(self._persid(pid, opos, "BINPERSID"))
                     pos += 1
                     continue
                 op = ops.get(code)
@@ -627,6 +739,10 @@ class PickleSim:
                         else:
                             n = unpack("<Q", buf, pos)[0]; pos += 8
                         if pos + n > end:
+                            if n >= policy.HUGE_BYTES:
+                                self._finding(opos, name, None, None, "medium", "resource-exhaustion",
+                                              f"{name} declares {n:,} bytes ({n / (1 << 30):.1f} GiB) with {end - pos:,} "
+                                              "left: an unpickler reading a file allocates the declared size first")
                             raise PickleParseError(opos, f"{name} of {n} bytes runs past the end")
                         blob = (pos, pos + n)
                         if n > BLOB_KEEP:
@@ -701,6 +817,7 @@ class PickleSim:
                         if arg not in memo:
                             raise PickleParseError(opos, f"{name} of memo key {arg} that was never stored")
                         stack.append(memo[arg])
+                        reused += 1
                     # ---- containers
                     elif name == "MARK":
                         metastack.append(stack)
@@ -746,6 +863,7 @@ class PickleSim:
                         pop_mark()
                     elif name == "DUP":
                         stack.append(stack[-1])
+                        reused += 1
                     # ---- imports and calls
                     elif name == "GLOBAL":
                         stack.append(self._global(arg[0], arg[1], opos, name))
@@ -786,12 +904,12 @@ class PickleSim:
                         state = stack.pop()
                         size = self._build(stack[-1], state, opos)
                         if size is not None:
+                            if pos == fend:  # joblib commits the frame, then writes the array bytes unframed
+                                fend, lim = -1, end
                             pos = self._skip_joblib_array(pos, size, opos)
                     elif name in ("PERSID", "BINPERSID"):
                         pid = arg if name == "PERSID" else stack.pop()
-                        obj = SObj("persid", args=(pid,), offset=opos, opcode=name)
-                        self.persids.append(pid)
-                        stack.append(obj)
+                        stack.append(self._persid(pid, opos, name))
                     elif name in ("EXT1", "EXT2", "EXT4"):
                         self._finding(opos, name, "copyreg", f"extension code {arg}", "high", "ext-opcode",
                                       f"{name} {arg} imports whatever the loading process registered under this "
@@ -805,26 +923,78 @@ class PickleSim:
                             raise PickleParseError(opos, f"unsupported pickle protocol {arg}")
                         self.proto = arg
                     elif name == "FRAME":
-                        pass
+                        if fend >= 0 and opos < fend:
+                            self._frame_issue(opos, fend, f"FRAME at offset {opos - self.base} starts before the "
+                                              f"previous frame ends (offset {fend - self.base}): the pure-Python "
+                                              "unpickler refuses it, the C unpickler reads on")
+                        fend = pos + arg
+                        self.frames += 1
+                        if fend > end:
+                            self._frame_issue(opos, None, f"FRAME at offset {opos - self.base} declares {arg} bytes "
+                                              f"but {end - pos} remain: the C unpickler stops here, the pure-Python "
+                                              "one executes what follows")
+                            lim = end
+                        else:
+                            lim = fend
                     elif name == "STOP":
                         self.value = stack.pop() if stack else None
                         self.stop_pos = pos
+                        if 0 <= fend and pos < fend <= end:
+                            self._frame_issue(opos, fend, f"STOP at offset {opos - self.base} inside a FRAME that "
+                                              f"ends at offset {fend - self.base}: the pure-Python unpickler continues "
+                                              "a stream at the frame end, the C unpickler right after STOP")
+                        if reused >= EXPANSION_REUSES:
+                            self._expansion(stack, memo, opos)
                         return pos
                     else:  # pragma: no cover - every opcode is handled above
                         raise PickleParseError(opos, f"unhandled opcode {name}")
                 except IndexError:
                     raise PickleParseError(opos, f"{name} on an empty stack or mark (the unpickler would fail here)") from None
+        except UnicodeDecodeError:
+            raise PickleParseError(opos, "text argument is not valid UTF-8 (the unpickler would fail here)") from None
         except (IndexError, KeyError, struct.error):
+            if reused >= EXPANSION_REUSES:
+                self._expansion(stack, memo, opos)
             raise PickleParseError(opos, "opcode on an empty stack/mark or with a truncated argument "
                                          "(the unpickler would fail here)") from None
+        except PickleParseError:
+            if reused >= EXPANSION_REUSES:
+                self._expansion(stack, memo, opos)
+            raise
         finally:
             self.n_ops += n_ops
+
+    def _persid(self, pid: Any, pos: int, opcode: str) -> SObj:
+        """A persistent-load record. Legacy torch files save a whole module's classes as
+        ``('module', <class GLOBAL>, source_file, source)``, for which torch's persistent_load returns the class
+        itself: the record then *is* that class (tiered as the class is), not an unknown computed value."""
+        self.persids.append(pid)
+        obj = SObj("persid", args=(pid,), offset=pos, opcode=opcode)
+        if type(pid) is tuple and len(pid) >= 2 and const_str(pid[0]) == "module" and type(pid[1]) is SGlobal:
+            obj.resolved = pid[1]
+        return obj
+
+    def _frame_issue(self, opos: int, resync: int | None, why: str) -> None:
+        if len(self.frame_issues) < 16:
+            self.frame_issues.append((opos, resync, why))
+
+    def _expansion(self, stack: list, memo: dict, pos: int) -> None:
+        """A resource-exhaustion finding when memo/DUP re-use makes the object graph expand far beyond its size."""
+        roots = [self.value, *stack, *memo.values()]
+        if not roots:
+            return
+        logical, nodes = _fanout(roots)
+        if logical >= EXPANSION_MIN and logical >= 1000 * max(nodes, 1):
+            self._finding(pos, "STOP" if self.stop_pos is not None else "?", None, None, "high", "resource-exhaustion",
+                          f"{nodes:,} containers re-used through the memo/DUP expand to ~{_approx(logical)} elements "
+                          "when the loaded object is traversed, hashed, printed or copied (billion-laughs expansion)")
 
     def _skip_joblib_array(self, pos: int, size: int, opos: int) -> int:
         buf = self.buf
         if size == -1:  # object array: a nested pickle follows, which joblib loads
             sub = PickleSim(buf, pos, self.end, emit=self.emit, base=self.base, nested=self.nested,
-                            depth=self.depth + 1, context="in a joblib object-array pickle", joblib_arrays=True)
+                            depth=self.depth + 1, context="in a joblib object-array pickle", joblib_arrays=True,
+                            cancel=self.cancel, deadline=self.deadline)
             newpos = sub.run()
             self.n_ops += sub.n_ops
             self.skipped_bytes += sub.skipped_bytes
@@ -865,6 +1035,29 @@ class PickleSim:
                       "monkey-patch", f"{opcode} mutates imported object {target.full} (e.g. os.environ, a registry)")
         for v in values:
             self._use(v, "call", pos, opcode)
+
+
+_SHAPED = {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+           "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"}
+
+
+def _split(full: str) -> tuple[str, str]:
+    m, _, n = full.rpartition(".")
+    return m, n
+
+
+def _range_len(args: tuple) -> int:
+    """len(range(*args)) without building it (arbitrary ints; 0 for what range() would refuse)."""
+    if len(args) == 1:
+        start, stop, step = 0, args[0], 1
+    elif len(args) in (2, 3):
+        start, stop, step = args[0], args[1], args[2] if len(args) == 3 else 1
+    else:
+        return 0
+    if step == 0:
+        return 0
+    n = (stop - start + (step - (1 if step > 0 else -1))) // step
+    return max(n, 0)
 
 
 _DECODERS = {
@@ -962,6 +1155,69 @@ def _callables_in(root: Any, walked: set | None = None, limit: int = 1_000_000) 
                 todo.append(k)
                 todo.append(x)
     return out
+
+
+EXPANSION_MIN = 10 ** 8
+EXPANSION_REUSES = 16  # 10^8 elements at 1000x the distinct containers need at least ~27 re-uses
+_CONTAINERS = frozenset({tuple, SList, SDict, SSet, SObj})
+
+
+def _approx(n: int) -> str:
+    return f"{n:,}" if n < 10 ** 12 else f"10^{len(str(n)) - 1}"
+
+
+def _kids(v: Any, t: type) -> Any:
+    if t is tuple:
+        return v
+    if t is SList or t is SSet:
+        return v.items
+    if t is SDict:
+        return [x for p in v.pairs for x in p]
+    return (*v.args, *(v.items or ()))  # SObj
+
+
+def _fanout(roots: list, limit: int = 2_000_000) -> tuple[int, int]:
+    """(elements of the largest root when shared nodes are counted once per reference, distinct nodes).
+
+    Shared containers (memo / DUP re-use) make the first number grow exponentially while the second stays
+    small: that is an expansion bomb. Iterative post-order, each distinct node sized once (at most ``limit``)."""
+    size: dict[int, int] = {}
+    visiting: set[int] = set()
+    cont = _CONTAINERS
+    best = 0
+    for r in roots:
+        if type(r) not in cont:
+            continue
+        todo = [r]
+        while todo and len(size) < limit:
+            v = todo[-1]
+            k = id(v)
+            if k in size:
+                todo.pop()
+                continue
+            total = 1
+            missing = False
+            for c in _kids(v, type(v)):
+                if type(c) in cont:
+                    ck = id(c)
+                    n = size.get(ck)
+                    if n is not None:
+                        total += n
+                    elif ck in visiting or k in visiting:
+                        total += 1  # a cycle back to a node being sized (or a child cut off by the limit)
+                    else:
+                        missing = True
+                        todo.append(c)
+                else:
+                    total += 1
+            if missing:
+                visiting.add(k)
+                continue
+            size[k] = total
+            visiting.discard(k)
+            todo.pop()
+        best = max(best, size.get(id(r), 1))
+    return best, len(size)
 
 
 def _dtype_info(dtype: Any) -> tuple[int | None, bool]:

@@ -110,6 +110,29 @@ ALLOWED: frozenset[str] = frozenset({
     "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
 })
 
+# Pure builtins: they compute on their arguments and reach no code, file, process or import (what they are
+# given is still checked: a huge range or size makes a resource-exhaustion finding, see pickle_sim).
+SAFE_BUILTINS: frozenset[str] = frozenset({
+    "len", "abs", "min", "max", "sum", "round", "divmod", "ord", "chr", "bin", "hex", "oct", "ascii",
+    "isinstance", "issubclass", "callable", "id", "hash", "all", "any", "reversed", "enumerate", "zip",
+    "property", "staticmethod", "classmethod", "int.from_bytes", "dict.fromkeys", "float.fromhex",
+    "ArithmeticError", "AssertionError", "AttributeError", "BaseException", "EOFError", "Exception",
+    "FileNotFoundError", "IndexError", "KeyError", "KeyboardInterrupt", "LookupError", "MemoryError",
+    "NotImplementedError", "OSError", "OverflowError", "RuntimeError", "StopIteration", "TypeError",
+    "UnicodeDecodeError", "UnicodeEncodeError", "ValueError", "ZeroDivisionError", "Warning", "UserWarning",
+    "DeprecationWarning", "RuntimeWarning", "FutureWarning", "TimeoutError", "PermissionError",
+})
+ALLOWED = ALLOWED | {f"{m}.{n}" for m in ("builtins", "__builtin__") for n in SAFE_BUILTINS}
+# Calls with a range/size argument beyond these materialise that much (resource exhaustion, not code).
+HUGE_BYTES = 256 << 20
+HUGE_ELEMENTS = 10_000_000
+SIZED_CONSTRUCTORS: frozenset[str] = frozenset({
+    "builtins.bytearray", "builtins.bytes", "__builtin__.bytearray", "torch.storage.UntypedStorage",
+    "torch.UntypedStorage", "torch.storage.TypedStorage", "torch.TypedStorage",
+})
+RANGE_OK = frozenset({"builtins.len", "builtins.range", "builtins.reversed", "builtins.bool", "builtins.enumerate",
+                      "builtins.zip", "builtins.iter", "builtins.slice"})
+
 # torch dtype / storage names are referenced as values ('torch', 'float32').
 _TORCH_VALUE_NAMES = {
     "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int8",

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ast
 import bz2
+import errno
 import json
 import lzma
 import mmap
 import os
+import pickletools
 import re
+import stat
 import struct
 import tarfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ _SAFETENSORS_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I3
                      "I8": 8, "U64": 64, "U32": 32, "U16": 16, "U8": 8, "BOOL": 8, "F8_E4M3": 8,
                      "F8_E5M2": 8, "F8_E8M0": 8, "C64": 64, "C128": 128, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 _HUNT_RE = re.compile(rb"\x80[\x02-\x05]|c[A-Za-z_][\w.]{0,80}\n[A-Za-z_][\w.]{0,80}\n|\x8c[\x01-\x40][A-Za-z_]")
+_OPCODE_BYTES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes) - {0x2E}
 _TEXT_EXT_HINT = re.compile(rb"[\x00-\x08\x0e-\x1f]")
 
 
@@ -73,7 +78,13 @@ class Scanner:
     pickle_bytes: int = 0
     opcodes: int = 0
     bytes_total: int = 0
+    max_total_decompressed: int = 2 * DEFAULT_MAX_DECOMPRESSED  # over all members/streams of one file
+    max_seconds: float | None = None
+    max_files: int = 100_000
+    deadline: float | None = None
+    not_read: list = field(default_factory=list)
     _rec: FileRecord | None = None
+    _inflated: int = 0  # decompressed bytes read for the current file
 
     # ------------------------------------------------------------ bookkeeping
     def add(self, loc: Loc, offset: int | None, opcode: str | None, module: str | None, name: str | None,
@@ -94,29 +105,67 @@ class Scanner:
             self._rec.status = "inconclusive"
 
     # ------------------------------------------------------------ entry points
-    def scan_path(self, path: Path) -> None:
-        if not path.exists():
+    def _budget_spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def _not_read(self, loc: Loc, reason: str, *, inconclusive: bool = True) -> None:
+        self.not_read.append({"file": loc.file, "member": loc.member, "reason": reason})
+        if inconclusive:
+            self.fail(loc, f"not fully read: {reason}")
+
+    def _walk(self, path: Path) -> tuple[list[Path], int]:
+        """Files under ``path`` (sorted, ``.git`` skipped, symlinked folders not entered), at most ``max_files``;
+        and how many more there were."""
+        files: list[Path] = []
+        more = 0
+        for root, dirs, names in os.walk(path, followlinks=False):
+            for d in dirs:
+                if os.path.islink(os.path.join(root, d)):
+                    link = os.path.join(root, d)
+                    self.add(Loc(link), None, None, None, None, "low", "symlink-folder",
+                             f"symlinked folder to {os.path.realpath(link)} not entered (a loader may follow it)")
+            dirs[:] = sorted(d for d in dirs if d != ".git" and not os.path.islink(os.path.join(root, d)))
+            for n in sorted(names):
+                if len(files) < self.max_files:
+                    files.append(Path(root) / n)
+                else:
+                    more += 1
+        return files, more
+
+    def scan_path(self, path: Path) -> None:  # noqa: C901 - one branch per kind of folder entry that is not read
+        if self.max_seconds is not None and self.deadline is None:
+            self.deadline = time.monotonic() + self.max_seconds
+        if not os.path.lexists(path):
             raise ProbeError(f"no such file or folder: {path}")
         if path.is_dir():
-            files = []
-            for root, dirs, names in os.walk(path, followlinks=False):
-                dirs[:] = sorted(d for d in dirs if d != ".git")
-                for n in sorted(names):
-                    files.append(Path(root) / n)
-            root_real = path.resolve()
+            files, more = self._walk(path)
+            root_real = os.path.realpath(path)
             for i, f in enumerate(files):
                 check_cancel(self.cancel)
-                if self.progress:
+                if self._budget_spent():
+                    self._not_read(Loc(str(path)), f"time budget of {self.max_seconds:g} s spent; {len(files) - i} "
+                                                   f"file(s) from {f.relative_to(path)} on not scanned")
+                    break
+                if self.progress and (i < 1000 or not i % 1000):
                     self.progress(i, len(files), f"scanning {f.relative_to(path)}")
                 if f.is_symlink():
-                    target = f.resolve()
-                    if not str(target).startswith(str(root_real) + os.sep):
+                    target = os.path.realpath(f)
+                    try:
+                        st = os.stat(f)
+                    except OSError as exc:
+                        what = "a symlink loop" if exc.errno == errno.ELOOP else f"a dangling symlink ({exc.strerror})"
+                        self.add(Loc(str(f)), None, None, None, None, "low", "symlink-unresolved",
+                                 f"{what} to {os.readlink(f)!r}; not followed")
+                        continue
+                    if not target.startswith(root_real + os.sep):
                         self.add(Loc(str(f)), None, None, None, None, "medium", "symlink-outside",
                                  f"symlink points outside the model folder to {target}; not followed")
                         continue
-                    if not target.is_file():
+                    if not stat.S_ISREG(st.st_mode):
                         continue
                 self.scan_file(f, in_folder=True)
+            if more:
+                self._not_read(Loc(str(path)), f"folder holds more than {self.max_files} files; {more} not scanned")
             if self.progress:
                 self.progress(len(files), len(files), "done")
         else:
@@ -129,28 +178,63 @@ class Scanner:
     def scan_file(self, path: Path, *, in_folder: bool) -> None:
         loc = Loc(str(path))
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                head4 = fh.read(4)
-            # zips are classified from the central directory scan_zip reads anyway (one parse, not two)
-            fmt = formats.ZIP if head4 in (b"PK\x03\x04", b"PK\x05\x06") else formats.detect_file(path)
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                rec = FileRecord(str(path), "special", 0, status="skipped", note="not a regular file")
+                self.records.append(rec)
+                self._rec = rec
+                kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
+                    stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "a socket" if stat.S_ISSOCK(
+                    st.st_mode) else "not a regular file"
+                self.add(loc, None, None, None, None, "low", "not-regular-file",
+                         f"{kind}, not a regular file: not read (a loader reading it could block or get any data)")
+                self._not_read(loc, f"{kind}, not a regular file", inconclusive=not in_folder)
+                return
+            size = st.st_size
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fh = os.fdopen(fd, "rb")
         except OSError as exc:
             rec = FileRecord(str(path), formats.UNKNOWN)
             self.records.append(rec)
             self._rec = rec
             self.fail(loc, f"unreadable: {exc.strerror or exc}")
             return
+        with fh:
+            try:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped for something else after the stat
+                    raise OSError("not a regular file")
+                small = size <= _SMALL_FILE
+                data = fh.read() if small else fh.read(4)
+                fmt = _quick_format(data[:16], size)
+                if fmt is None:
+                    fmt = formats.detect_file(path)
+            except OSError as exc:
+                rec = FileRecord(str(path), formats.UNKNOWN)
+                self.records.append(rec)
+                self._rec = rec
+                self.fail(loc, f"unreadable: {getattr(exc, 'strerror', None) or exc}")
+                return
+            self._scan_open(fh, path, loc, size, fmt, in_folder, data if small else None)
+
+    def _scan_open(self, fh, path: Path, loc: Loc, size: int, fmt: str, in_folder: bool, data: bytes | None) -> None:
         rec = FileRecord(str(path), fmt, size)
         self.records.append(rec)
         self._rec = rec
         self.bytes_total += size
+        self._inflated = 0
         if fmt == formats.EMPTY:
             if not in_folder:
                 self.fail(loc, "empty file")
             rec.status = "skipped" if in_folder else rec.status
             return
+        if self._budget_spent():
+            self._not_read(loc, f"time budget of {self.max_seconds:g} s spent before this file")
+            return
         try:
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if data is not None and len(data) == size:  # small files: one read, no mapping
+                self._dispatch(data, 0, size, loc, fmt, in_folder=in_folder, path=path)
+                return
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 self._dispatch(mm, 0, size, loc, fmt, in_folder=in_folder, path=path)
         except (OSError, ValueError) as exc:
             self.fail(loc, f"could not read: {exc}")
@@ -171,6 +255,11 @@ class Scanner:
             self.scan_torch_tar(path, buf, loc)
         elif fmt == formats.PICKLE:
             self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
+        elif fmt == formats.GGUF and self._headerless_pickle(buf, start, end, loc):
+            # 'GGUF' is also a BINFLOAT opcode: bytes that walk as a pickle are read as the pickle a loader would run
+            if self._rec:
+                self._rec.format = formats.PICKLE
+            self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         elif fmt in formats.OTHER_MODEL_FORMATS:
             other_formats.scan_format(self, buf, start, end, loc, fmt, path)
         else:  # UNKNOWN, or a tar that is not torch's
@@ -181,7 +270,10 @@ class Scanner:
         codec = _compression(head)
         if codec:
             return self.scan_compressed(buf, start, end, loc)
-        if looks_like_pickle(buf, start, end):
+        # a pickle first, whatever its magic: 'GGUF' is also a BINFLOAT opcode, and a loader picks files by name
+        if looks_like_pickle(buf, start, end) or self._headerless_pickle(buf, start, end, loc):
+            if self._rec and self._rec.format == formats.UNKNOWN:
+                self._rec.format = formats.PICKLE
             return self.scan_pickle_file(buf, start, end, loc, in_folder=in_folder)
         inert = _inert_format(Path(loc.file).name, head)
         if inert and in_folder:
@@ -211,6 +303,27 @@ class Scanner:
             return
         self.fail(loc, "unknown binary format (not pickle, zip, safetensors, numpy, joblib or torch)")
 
+    def _headerless_pickle(self, buf, start: int, end: int, loc: Loc) -> bool:
+        """Protocol 0/1 pickles have no PROTO header: recognised by content, when the bytes walk as opcodes to the
+        end of the file, or run a dangerous call before failing (the unpickler executes as it reads). Real GGUF,
+        PNG or sentencepiece files fail within a few opcodes."""
+        if buf[start] not in _OPCODE_BYTES:
+            return False
+        pos = start
+        for _ in range(64):
+            sink: list = []
+            sim = PickleSim(buf, pos, end, emit=self._emitter(loc, sink), base=loc.base, max_ops=1 << 16,
+                            deadline=self.deadline)
+            try:
+                pos = sim.run()
+            except PickleParseError as exc:  # 65k valid opcodes in a row are a pickle too
+                return exc.msg == "opcode budget exhausted" or any(f["severity"] in ("critical", "high") for f in sink)
+            except RecursionError:
+                return False
+            if pos >= end:
+                return True
+        return False
+
     def _check_hf_config(self, buf, start: int, end: int, loc: Loc) -> None:
         try:
             cfg = json.loads(bytes(buf[start:end]).decode("utf-8"))
@@ -235,7 +348,8 @@ class Scanner:
                 return
             sink: list = []
             sim = PickleSim(buf, a, b, emit=self._emitter(loc, sink), base=loc.base, nested=nested, depth=depth,
-                            context=f"pickle nested in a {what} at offset {pos - loc.base}")
+                            context=f"pickle nested in a {what} at offset {pos - loc.base}", cancel=self.cancel,
+                            deadline=self.deadline)
             self._allow(sim, loc)
             try:
                 sim.run()
@@ -256,15 +370,19 @@ class Scanner:
     def run_pickle(self, buf, start: int, end: int, loc: Loc, *, context: str = "") -> tuple[PickleSim, int | None, str | None]:
         """Walk one pickle; (sim, end position or None, error)."""
         sim = PickleSim(buf, start, end, emit=self._emitter(loc), base=loc.base, nested=self._nested_cb(loc),
-                        context=context, cancel=self.cancel)
+                        context=context, cancel=self.cancel, deadline=self.deadline)
         self._allow(sim, loc)
         try:
             newpos = sim.run()
         except PickleParseError as exc:
             self.opcodes += sim.n_ops
+            self._frame_readings(buf, end, loc, sim)
             return sim, None, f"{exc.msg} at offset {exc.pos - loc.base}"
         except RecursionError:
             return sim, None, "nesting too deep"
+        self._frame_readings(buf, end, loc, sim)
+        if sim.persids:
+            self._check_storages(sim, loc)
         if sim.arrays_skipped:
             self._plain_reading(buf, start, end, loc, context)
         self.pickles += 1
@@ -276,16 +394,60 @@ class Scanner:
             self._rec.pickle_bytes += n
         return sim, newpos, None
 
+    def _check_storages(self, sim: PickleSim, loc: Loc) -> None:
+        """torch allocates each storage from its declared element count before reading it (legacy format):
+        a count far beyond the file's size is a memory bomb."""
+        size = self._rec.size if self._rec is not None else 0
+        for pid in sim.persids[:100_000]:
+            if not (type(pid) is tuple and len(pid) >= 5 and pid[0] == "storage" and type(pid[4]) is int):
+                continue
+            st = pid[1]
+            esize = policy.STORAGE_ELEMENT_SIZES.get(st.name, 1) if isinstance(st, SGlobal) else 1
+            nbytes = pid[4] * esize
+            if nbytes >= policy.HUGE_BYTES and nbytes > 4 * size:
+                self.add(loc, None, "BINPERSID", "torch", "UntypedStorage", "high", "resource-exhaustion",
+                         f"storage {pid[2]!r} declares {pid[4]:,} elements ({nbytes / (1 << 30):.1f} GiB) in a "
+                         f"{size:,}-byte file: torch allocates it before reading (memory bomb)")
+
+    def _frame_readings(self, buf, end: int, loc: Loc, sim: PickleSim) -> None:
+        """Where FRAME lengths disagree with the opcodes, readers differ: the C unpickler reads opcodes straight
+        on (the reading already walked), the pure-Python one stops at the inconsistency, a frame-respecting reader
+        restarts at the frame end. Report each divergence and walk the reading from the frame end too."""
+        seen = {(f["offset"], f["module"], f["name"]) for f in self.findings if f["file"] == loc.file
+                and f["member"] == loc.member}
+        budget = 1 << 22  # opcodes over all alternative readings of this pickle
+        for opos, resync, why in sim.frame_issues:
+            self.add(loc, opos - loc.base, "FRAME", None, None, "medium", "frame-divergence", why)
+            if resync is None or resync >= end or budget <= 0:
+                continue
+            sink: list = []
+            alt = PickleSim(buf, resync, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
+                            context=f"read from the frame end at offset {resync - loc.base} (frame-respecting reader)",
+                            max_ops=budget, cancel=self.cancel, deadline=self.deadline)
+            self._allow(alt, loc)
+            try:
+                alt.run()
+            except (PickleParseError, RecursionError):
+                pass
+            self.opcodes += alt.n_ops
+            budget -= alt.n_ops
+            for f in sink:
+                if f["severity"] in ("critical", "high") and (f["offset"], f["module"], f["name"]) not in seen:
+                    self.findings.append(f)
+
     def _plain_reading(self, buf, start: int, end: int, loc: Loc, context: str) -> None:
         """The bytes joblib reads as inline arrays are opcodes to a plain ``pickle.load``: walk them that way
         too and keep what is dangerous there (only critical names: raw array data is noise otherwise)."""
         sink: list = []
         sim = PickleSim(buf, start, end, emit=self._emitter(loc, sink), base=loc.base, nested=None,
                         context="read with plain pickle.load instead of joblib" + (f", {context}" if context else ""),
-                        joblib_arrays=False)
+                        joblib_arrays=False, cancel=self.cancel, deadline=self.deadline)
         try:
             sim.run()
-        except (PickleParseError, RecursionError):
+        except PickleParseError as exc:
+            if "time budget" in exc.msg:
+                self._not_read(loc, "time budget spent in the plain pickle.load reading of a joblib file")
+        except RecursionError:
             pass
         seen = {(f["offset"], f["module"], f["name"]) for f in self.findings if f["file"] == loc.file and f["member"] == loc.member}
         for f in sink:
@@ -356,10 +518,13 @@ class Scanner:
                 self.add(loc, a - loc.base, None, None, None, "low", "hidden-pickle",
                          f"search for hidden pickles in {what} stopped at offset {a - loc.base} (work budget spent)")
                 break
+            if self._budget_spent():
+                self._not_read(loc, f"time budget spent searching {what} for hidden pickles (at offset {a - loc.base})")
+                break
             sink: list = []
             sim = PickleSim(buf, a, end, emit=self._emitter(loc, sink), base=loc.base, nested=self._nested_cb(loc),
                             context=f"hidden pickle in {what} at offset {a - loc.base}", max_ops=budget,
-                            cancel=self.cancel)
+                            cancel=self.cancel, deadline=self.deadline)
             try:
                 newpos = sim.run()
             except (PickleParseError, RecursionError):
@@ -409,12 +574,6 @@ class Scanner:
             if _traversal(name):
                 self.add(mloc, info.header_offset, None, None, None, "high", "archive-path-traversal",
                          f"member name {name!r} escapes the extraction directory (absolute path or '..')")
-            if info.flag_bits & 0x1:
-                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted",
-                         "member has the encrypted flag set; its content cannot be checked")
-                if name.endswith(".pkl") or is_torch:
-                    self.fail(mloc, "encrypted archive member")
-                continue
             rel = name[len(prefix):] if prefix and name.startswith(prefix) else None
             if is_torch and rel is None:
                 self.add(mloc, info.header_offset, None, None, None, "low", "archive-prefix",
@@ -433,33 +592,125 @@ class Scanner:
             if is_torch and kind == "extra":
                 self.add(mloc, info.header_offset, None, None, None, "low", "archive-extra-member",
                          f"member {name!r} is not part of torch's format; torch does not read it")
+            if info.file_size >= _DECLARED_MIN and info.file_size > _DECLARED_RATIO * max(info.compress_size, 1):
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-declared-size",
+                         f"member declares {info.file_size:,} bytes over {info.compress_size:,} stored bytes "
+                         f"({info.file_size / max(info.compress_size, 1):,.0f}x): a zip-bomb pattern; read bounded")
             # content
             want_crc = small or kind in ("pickle", "meta", "extra") or not is_torch
+            if info.flag_bits & 0x1:
+                if not self._plaintext_under_flag(buf, a, b, info):
+                    self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted",
+                             "member has the encrypted flag set; its content cannot be checked")
+                    if name.endswith(".pkl") or is_torch:
+                        self.fail(mloc, "encrypted archive member")
+                    continue
+                self.add(mloc, info.header_offset, None, None, None, "medium", "archive-encrypted-flag",
+                         "member has the encrypted flag set over plaintext data (its CRC matches): a lenient "
+                         "reader may still load it; read and scanned as plaintext")
             if info.compress_type == zipfile.ZIP_STORED:
                 mbuf, ma, mb = buf, a, b
                 mloc.base = a
+                if want_crc:
+                    self._check_crc(mloc, info, _crc_mmap(buf, a, b) if isinstance(buf, mmap.mmap) else zlib.crc32(buf[a:b]))
             elif info.compress_type == zipfile.ZIP_DEFLATED:
-                try:
-                    raw = _inflate(bytes(buf[a:b]), min(self.max_decompressed, max(info.file_size, 1) * 2 + 1024),
-                                   self.max_decompressed)
-                except ValueError as exc:
-                    self.add(mloc, info.header_offset, None, None, None, "medium", "decompression-cap", str(exc))
-                    self.fail(mloc, str(exc))
+                if kind == "data" and not want_crc:
+                    continue  # raw tensor bytes torch reads as storage: nothing to inflate
+                got = self._inflate_member(buf, a, b, mloc, info, full=kind != "data")
+                if got is None:
                     continue
+                raw, crc, complete, total = got
+                if want_crc and complete:
+                    self._check_crc(mloc, info, crc)
                 mbuf, ma, mb = raw, 0, len(raw)
                 mloc.base = 0
+                if complete and total > len(raw) and raw[:6] == b"\x93NUMPY":  # plain array: header kept only
+                    self.scan_npy(raw, 0, len(raw), mloc, data_len=total)
+                    continue
             else:
                 self.add(mloc, info.header_offset, None, None, None, "medium", "archive-compression",
                          f"unusual compression method {info.compress_type}; content not checked")
                 self.fail(mloc, f"unsupported compression method {info.compress_type}")
                 continue
-            if want_crc:
-                crc = zlib.crc32(mbuf[ma:mb]) if not isinstance(mbuf, mmap.mmap) else _crc_mmap(mbuf, ma, mb)
-                if crc != info.CRC:
-                    self.add(mloc, info.header_offset, None, None, None, "medium", "archive-crc",
-                             f"CRC-32 mismatch (stored {info.CRC:08x}, actual {crc:08x}); strict readers refuse "
-                             "the archive but lenient ones (torch) may load it")
             self._scan_member(mbuf, ma, mb, mloc, kind, name, fmt)
+        declared = sum(i.file_size for i in infos)
+        if declared >= _DECLARED_MIN and declared > _DECLARED_RATIO * max(end - start, 1):
+            self.add(loc, None, None, None, None, "medium", "archive-declared-size",
+                     f"archive of {end - start:,} bytes declares {declared:,} bytes of content "
+                     f"({declared / max(end - start, 1):,.0f}x): a zip-bomb pattern; read bounded")
+
+    def _check_crc(self, mloc: Loc, info: zipfile.ZipInfo, crc: int) -> None:
+        if crc != info.CRC:
+            self.add(mloc, info.header_offset, None, None, None, "medium", "archive-crc",
+                     f"CRC-32 mismatch (stored {info.CRC:08x}, actual {crc:08x}); strict readers refuse "
+                     "the archive but lenient ones (torch) may load it")
+
+    def _plaintext_under_flag(self, buf, a: int, b: int, info: zipfile.ZipInfo) -> bool:
+        """Is a member whose encrypted flag is set really plaintext (its data matches the stored CRC)?"""
+        if info.compress_type == zipfile.ZIP_STORED:
+            if b - a > self.crc_limit:
+                return False
+            crc = _crc_mmap(buf, a, b) if isinstance(buf, mmap.mmap) else zlib.crc32(buf[a:b])
+            return crc == info.CRC
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            crc, n = 0, 0
+            try:
+                for chunk in _inflate_iter(buf, a, b, min(self.max_decompressed, self.crc_limit)):
+                    crc = zlib.crc32(chunk, crc)
+                    n += len(chunk)
+            except (_TooBig, zlib.error):
+                return False
+            return n == info.file_size and crc == info.CRC
+        return False
+
+    def _inflate_member(self, buf, a: int, b: int, mloc: Loc, info: zipfile.ZipInfo, *, full: bool):
+        """Inflate a deflated member in chunks, within the per-member cap and the file's total budget.
+
+        Returns (bytes kept, crc of everything inflated, inflated to the end?) or None (reported). Only what the
+        scan needs is kept in memory: the whole member when it is (or may be) a pickle, archive or array, else its
+        first 8 MiB (searched for hidden pickles); the rest is streamed for the CRC only."""
+        budget = min(self.max_decompressed, self.max_total_decompressed - self._inflated)
+        if budget <= 0:
+            self._not_read(mloc, f"decompression budget of {self.max_total_decompressed >> 20} MiB for this file "
+                                 "spent before this member")
+            return None
+        keep: list[bytes] = []
+        kept = crc = n = 0
+        need: int | None = None  # bytes to keep: None until the first chunk shows what the member is
+        try:
+            for chunk in _inflate_iter(buf, a, b, budget):
+                if need is None:
+                    head = chunk[:4096]
+                    parseable = (head[:1] == b"\x80" or head.startswith(b"PK\x03\x04")
+                                 or _compression(head) is not None or (head[:1] and head[0] in _OPCODE_BYTES))
+                    need = budget if (full and parseable) or mloc.member and mloc.member.endswith(
+                        (".pkl", ".debug_pkl")) else (_HUNT_KEEP if full else 0)
+                    if full and head.startswith(b"\x93NUMPY"):
+                        need = _npy_keep(head, budget)
+                crc = zlib.crc32(chunk, crc)
+                n += len(chunk)
+                if kept < need:
+                    part = chunk[:need - kept]
+                    keep.append(part)
+                    kept += len(part)
+                if self._budget_spent():
+                    self._not_read(mloc, f"time budget spent while inflating (after {n:,} bytes)")
+                    break
+            else:
+                self._inflated += n
+                return (keep[0] if len(keep) == 1 else b"".join(keep)), crc, True, n
+        except _TooBig:
+            self._inflated += n
+            why = (f"deflated member inflates past the {budget >> 20} MiB "
+                   + ("cap" if budget == self.max_decompressed else "left of this file's decompression budget"))
+            self.add(mloc, info.header_offset, None, None, None, "medium", "decompression-cap", why + " (possible zip bomb)")
+            self._not_read(mloc, why)
+            return None
+        except zlib.error as exc:
+            self.fail(mloc, f"corrupt deflate data: {exc}")
+            return None
+        self._inflated += n
+        return b"".join(keep), crc, False, n
 
     def _scan_member(self, buf, a: int, b: int, loc: Loc, kind: str | None, name: str, fmt: str) -> None:
         if kind == "data":
@@ -595,7 +846,9 @@ class Scanner:
             self._trailing(buf, pos, b, loc, f"after the records of tar member {kind}")
 
     # ------------------------------------------------------------ numpy
-    def scan_npy(self, buf, start: int, end: int, loc: Loc) -> None:
+    def scan_npy(self, buf, start: int, end: int, loc: Loc, *, data_len: int | None = None) -> None:
+        """A .npy array; ``data_len`` is the member's real length when only its header was kept (a plain array
+        inflated from a zip: its data is streamed for the CRC, never held)."""
         try:
             major = buf[start + 6]
             if major == 1:
@@ -635,15 +888,25 @@ class Scanner:
             elif pos < end:
                 self._trailing(buf, pos, end, loc, "after the object array's pickle")
             return
+        self._npy_sizes(buf, data, end, loc, shape, dt.itemsize, start + data_len if data_len is not None else None)
+
+    def _npy_sizes(self, buf, data: int, end: int, loc: Loc, shape: tuple, itemsize: int, real_end: int | None) -> None:
+        """Array data shorter or longer than its header promises (the bytes after it searched when kept)."""
         count = 1
         for s in shape:
             count *= s
-        need = count * dt.itemsize
-        if data + need < end:
-            self._trailing(buf, data + need, end, loc, "after the array data")
-        elif data + need > end:
+        need = count * itemsize
+        kept = real_end is None  # the bytes after the data are in buf
+        real_end = end if real_end is None else real_end
+        if data + need < real_end:
+            if kept:
+                self._trailing(buf, data + need, end, loc, "after the array data")
+            else:
+                self.add(loc, data + need - loc.base, None, None, None, "low", "trailing-data",
+                         f"{real_end - data - need} bytes after the array data (not kept: not searched for pickles)")
+        elif data + need > real_end:
             self.add(loc, data - loc.base, None, None, None, "low", "numpy-truncated",
-                     f"array data is {end - data} bytes, header promises {need}")
+                     f"array data is {real_end - data} bytes, header promises {need}")
 
     # ------------------------------------------------------------ safetensors
     def scan_safetensors(self, buf, start: int, end: int, loc: Loc) -> None:  # noqa: C901 - the safetensors header checks, one per field
@@ -714,28 +977,33 @@ class Scanner:
     def scan_compressed(self, buf, start: int, end: int, loc: Loc) -> None:
         head = bytes(buf[start:start + 64])
         codec = _compression(head)
+        cap = min(self.max_decompressed, self.max_total_decompressed - self._inflated)
+        if cap <= 0:
+            self._not_read(loc, f"decompression budget of {self.max_total_decompressed >> 20} MiB for this file spent")
+            return
         try:
             if codec == "joblib-zf":  # "ZF" + hex length padded to 19 chars, optional space, zlib data
                 skip = start + 21 + (1 if bytes(buf[start + 21:start + 22]) == b" " else 0)
-                data = _inflate_zlib(bytes(buf[skip:end]), self.max_decompressed)
+                data = _inflate_zlib(bytes(buf[skip:end]), cap)
             elif codec == "lz4":
-                data = _lz4_frame(bytes(buf[start:end]), self.max_decompressed)
+                data = _lz4_frame(bytes(buf[start:end]), cap)
             else:
-                data = _decompress(codec, bytes(buf[start:end]), self.max_decompressed)
+                data = _decompress(codec, bytes(buf[start:end]), cap)
         except _TooBig:
             self.add(loc, 0, None, None, None, "medium", "decompression-cap",
-                     f"{codec} stream inflates past the {self.max_decompressed >> 20} MiB cap (possible decompression bomb)")
+                     f"{codec} stream inflates past the {cap >> 20} MiB cap (possible decompression bomb)")
             self.fail(loc, "decompressed size exceeds the cap")
             return
         except (ValueError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
             self.fail(loc, f"corrupt {codec} stream: {exc}")
             return
+        self._inflated += len(data)
         mloc = Loc(loc.file, f"{loc.member + '!' if loc.member else ''}({codec}-decompressed)", 0, loc.allow_prefixes)
         self.bytes_total += len(data)
         if data[:6] == b"\x93NUMPY":  # old joblib (<0.10) keeps arrays as zlib-compressed .npy files
             return self.scan_npy(data, 0, len(data), mloc)
         if data[:4] == b"PK\x03\x04":
-            return self.scan_zip(data, 0, len(data), mloc, formats.ZIP, nested=True)
+            return self.scan_zip(bytes(data), 0, len(data), mloc, formats.ZIP, nested=True)
         if archives.is_tar(data[:512]):
             return archives.scan_tar(self, mloc, data, 0, len(data))
         sims, pos, err = self.scan_pickle_stream(data, 0, len(data), mloc)
@@ -754,6 +1022,20 @@ class Scanner:
 
 
 # ---------------------------------------------------------------- helpers
+_SMALL_FILE = 1 << 20  # files up to this size are read whole instead of memory-mapped
+
+
+def _quick_format(head: bytes, size: int) -> str | None:
+    """The format of the commonest files from their first bytes (as probes.formats decides), else None (ask it)."""
+    if size == 0:
+        return formats.EMPTY
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return formats.ZIP  # classified from the central directory scan_zip reads anyway (one parse, not two)
+    if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5 and head[2] != 0x8A:
+        return formats.PICKLE  # not a legacy torch file (that starts with a LONG1 magic number)
+    return None
+
+
 def _classify_names(names: list[str]) -> str:
     """The zip flavour from member names (same rules as probes.formats)."""
     if names and all(n.endswith(".npy") for n in names):
@@ -904,6 +1186,57 @@ def _inflate_zlib(data: bytes, cap: int, wbits: int = 15) -> bytes:
     return out
 
 
+def _npy_keep(head: bytes, budget: int) -> int:
+    """Bytes of an inflated .npy member to keep: the header alone for a plain array (its data is never read),
+    everything for an object array (its data is a pickle) or a header that cannot be read here."""
+    try:
+        major = head[6]
+        hlen, hstart = (struct.unpack_from("<H", head, 8)[0], 10) if major == 1 else (
+            struct.unpack_from("<I", head, 8)[0], 12)
+    except (IndexError, struct.error):
+        return budget
+    header = head[hstart:hstart + hlen]
+    if hstart + hlen > len(head) or b"O" in header.split(b"'shape'")[0] or not header.endswith((b"\n", b" ", b"}")):
+        return budget
+    return hstart + hlen
+
+
+_HUNT_KEEP = 8 << 20  # bytes of an opaque deflated member kept for the hidden-pickle search
+_DECLARED_MIN = 1 << 30  # declared sizes from here on, at this ratio to the stored bytes, are reported
+_DECLARED_RATIO = 1000
+
+
+def _inflate_iter(buf, a: int, b: int, limit: int, wbits: int = -15):
+    """Decompressed chunks (at most 4 MiB each) of ``buf[a:b]``; raises _TooBig past ``limit`` bytes in all."""
+    d = zlib.decompressobj(wbits)
+    pos, total = a, 0
+    pending = b""
+    while True:
+        if not pending:
+            if d.eof:
+                return
+            if pos >= b:  # input used up: what zlib still holds comes out in steps, then the rest
+                out = d.decompress(b"", 4 << 20) or d.flush()
+                if not out:
+                    return
+                total += len(out)
+                if total > limit:
+                    raise _TooBig()
+                yield out
+                continue
+            pending = bytes(buf[pos:min(b, pos + (1 << 20))])
+            pos += len(pending)
+        out = d.decompress(pending, 4 << 20)
+        pending = d.unconsumed_tail
+        if out:
+            total += len(out)
+            if total > limit:
+                raise _TooBig()
+            yield out
+        if d.eof:
+            return
+
+
 def _inflate(data: bytes, hint: int, cap: int) -> bytes:
     try:
         return _inflate_zlib(data, cap, -15)
@@ -913,20 +1246,38 @@ def _inflate(data: bytes, hint: int, cap: int) -> bytes:
         raise ValueError(f"corrupt deflate data: {exc}") from None
 
 
-def _decompress(codec: str, data: bytes, cap: int) -> bytes:
-    if codec == "zlib":
-        return _inflate_zlib(data, cap)
-    if codec == "gzip":
-        return _inflate_zlib(data, cap, 31)
-    if codec == "bz2":
-        d = bz2.BZ2Decompressor()
-    elif codec in ("xz", "lzma"):
-        d = lzma.LZMADecompressor(lzma.FORMAT_AUTO)
-    else:
-        raise ValueError(f"unknown codec {codec}")
-    out = d.decompress(data, cap + 1)
-    if len(out) > cap:
-        raise _TooBig()
+def _decompress(codec: str, data: bytes, cap: int) -> bytes | bytearray:
+    """Every concatenated stream of ``data`` (bz2/gzip/xz readers - bz2.BZ2File, gzip.GzipFile, lzma.LZMAFile -
+    read them all), decompressed, at most ``cap`` bytes in all. Bytes after the last stream are ignored, as
+    those readers ignore trailing zeros. Decompressed in 16 MiB steps into one buffer: peak memory is the
+    output, not twice it."""
+    out = bytearray()
+    step = 16 << 20
+    while data:
+        if codec in ("zlib", "gzip"):
+            d: Any = zlib.decompressobj(15 if codec == "zlib" else 31)
+            tail = data
+            while True:
+                piece = d.decompress(tail, step)
+                out += piece
+                if len(out) > cap:
+                    raise _TooBig()
+                tail = d.unconsumed_tail
+                if d.eof or (not tail and len(piece) < step):
+                    break
+        elif codec in ("bz2", "xz", "lzma"):
+            d = bz2.BZ2Decompressor() if codec == "bz2" else lzma.LZMADecompressor(lzma.FORMAT_AUTO)
+            out += d.decompress(data, step)
+            while not d.eof and not d.needs_input and len(out) <= cap:
+                out += d.decompress(b"", step)
+            if len(out) > cap:
+                raise _TooBig()
+        else:
+            raise ValueError(f"unknown codec {codec}")
+        rest = d.unused_data if d.eof else b""
+        if codec == "zlib" or not d.eof or not rest.strip(b"\x00"):
+            break  # zlib files hold one stream; a truncated stream ends here
+        data = rest
     return out
 
 

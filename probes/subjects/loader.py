@@ -264,6 +264,11 @@ def _load_torch_checkpoint(p: Path, fmt: str, *, arch, input_shape, device) -> I
 
     if fmt == formats.TORCH_ZIP:
         check_zip(p)
+    # weights_only still runs what its allowlist permits (bytearray(3e9), huge storages): scan before loading
+    verdict, found = static_scan(p)
+    if verdict == "malicious":
+        raise UnsafeModelError(f"{p} refused before loading: {_scan_text(verdict, found)}. Do not load it; "
+                               f"{DYNAMIC_HINT}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -107,7 +107,7 @@ def test_finding_schema_and_offsets_point_at_the_opcode(scanned):
             elif "!" not in f["member"] and "(" not in f["member"] and zipfile.is_zipfile(f["file"]):
                 try:
                     data = zipfile.ZipFile(f["file"]).read(f["member"])
-                except zipfile.BadZipFile:  # the broken-CRC sample: zipfile refuses, the scanner does not
+                except (zipfile.BadZipFile, RuntimeError):  # broken CRC / encrypted flag: zipfile refuses, the scanner reads
                     continue
             else:
                 continue

@@ -94,13 +94,20 @@ def test_zip_encrypted_flag_and_duplicates(tmp_path):
     r = _scan(tmp_path, "dup.pt", bytes(raw))
     assert r["verdict"] == "malicious"
     assert any(f["rule"] == "archive-duplicate" for f in r["findings"])
-    # set the encrypted bit on every record: content is unknowable -> inconclusive (not clean)
+    # set the encrypted bit on every record over plaintext: a lenient reader may still load it -> read and scanned
     for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
         pos = 0
         while (pos := raw.find(sig, pos)) >= 0:
             raw[pos + off] |= 1
             pos += 4
     r = _scan(tmp_path, "enc.pt", bytes(raw))
+    assert r["verdict"] == "malicious" and any(f["rule"] == "archive-encrypted-flag" for f in r["findings"])
+    assert any(f["name"] == "system" for f in r["findings"])
+    # really encrypted (the data no longer matches its CRC): content is unknowable -> inconclusive (not clean)
+    for pkl in (pickle.dumps({"a": 1}), EVIL):
+        at = raw.find(pkl)
+        raw[at:at + len(pkl)] = bytes(c ^ 0x5A for c in pkl)
+    r = _scan(tmp_path, "enc2.pt", bytes(raw))
     assert r["verdict"] == "inconclusive" and any(f["rule"] == "archive-encrypted" for f in r["findings"])
 
 
