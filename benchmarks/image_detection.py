@@ -33,21 +33,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CLEAN = [("resnet", 0, 10), ("resnet", 1, 10), ("resnet", 2, 10), ("vgg", 0, 10), ("vgg", 1, 10), ("vgg", 2, 10),
-         ("vit", 0, 10), ("vit", 1, 10), ("resnet", 5, 20)]
-BAD = [("resnet", "badnets", 2, 0, 10), ("vit", "badnets", 5, 1, 10),
-       ("vgg", "blended", 2, 0, 10), ("resnet", "blended", 7, 1, 10), ("resnet", "blended", 11, 5, 20),
-       ("vit", "sig", 2, 0, 10), ("vgg", "sig", 6, 1, 10),
-       ("resnet", "wanet", 4, 0, 10), ("vgg", "wanet", 1, 1, 10),
-       ("resnet", "input-aware", 4, 0, 10), ("vgg", "input-aware", 8, 1, 10),
-       ("resnet", "clean-label", 4, 0, 10), ("vgg", "clean-label", 3, 1, 10),
-       ("resnet", "all-to-all", 0, 0, 10), ("vgg", "all-to-all", 0, 1, 10)]
+CLEAN = [("resnet", 0, 10), ("resnet", 1, 10), ("vgg", 0, 10), ("vit", 0, 10), ("vgg", 1, 10)]
+BAD = [("resnet", "badnets", 2, 0, 10), ("vgg", "blended", 2, 0, 10), ("vgg", "sig", 6, 1, 10),
+       ("resnet", "wanet", 4, 0, 10), ("resnet", "input-aware", 4, 0, 10), ("resnet", "clean-label", 4, 0, 10),
+       ("resnet", "all-to-all", 0, 0, 10), ("vit", "sig", 2, 0, 10), ("vgg", "wanet", 1, 1, 10),
+       ("vgg", "badnets", 5, 1, 10), ("resnet", "blended", 7, 1, 10)]
+# (the list is ordered so that a run cut short still covers every family once)
+# pair-search (~90 s a model here) runs on the clean and all-to-all models only (CPU is scarce); on the other
+# families it counts as not flagging
+PAIR_FAMILIES = ("clean", "all-to-all")
 PROBES = ("neural-cleanse", "max-margin", "transform-inversion")
+WITH_DATA = (*PROBES, "pair-search")
+NOT_RUN = {"verdict": "clean", "score": 0.0, "target": None, "t": 0.0}
 
 
 def run_zoo(rows_path: Path, quick: bool) -> None:
     """Build (or load) each zoo model, run the three detectors, append one JSON row per model."""
-    from probes import max_margin, neural_cleanse, transform_inversion
+    from probes import max_margin, neural_cleanse, pair_search, transform_inversion
     from probes.context import context_for
     from probes.data import LabelledData
     from probes.zoo.rgb import RGBAttack, build
@@ -59,7 +61,7 @@ def run_zoo(rows_path: Path, quick: bool) -> None:
     if quick:
         specs = [specs[0], specs[3], *BAD[:1], *BAD[2:3], *BAD[5:6]]
     runners = {"neural-cleanse": (neural_cleanse.run, True), "max-margin": (max_margin.run, False),
-               "transform-inversion": (transform_inversion.run, True)}
+               "transform-inversion": (transform_inversion.run, True), "pair-search": (pair_search.run, True)}
     for arch, kind, target, seed, k in specs:
         t = time.perf_counter()
         zm = build(arch, RGBAttack(kind, target=target), seed, n_classes=k)
@@ -70,12 +72,13 @@ def run_zoo(rows_path: Path, quick: bool) -> None:
             continue
         data = LabelledData(*zm.test, source="rgb zoo test split")
         line = f"{zm.name:36s} acc {zm.clean_acc:.3f} asr {zm.asr:.3f}"
-        for probe in PROBES:
+        for probe in PROBES + (("pair-search",) if kind in PAIR_FAMILIES else ()):
             fn, with_data = runners[probe]
             t = time.perf_counter()
             r = fn(zm.subject(), context_for(probe, {}, data=data if with_data else None)).to_dict()
             row[probe] = {"verdict": r["verdict"], "score": r["score"], "target": r.get("suspected_target"),
                           "candidate": r.get("candidate_class"), "stat": r.get("anomaly_index", r.get("p_value")),
+                          "mapping": r.get("mapping"), "shift": r.get("shift"),
                           "t": round(time.perf_counter() - t, 1)}
             line += f" | {probe[:6]} {r['verdict'][:4]} {row[probe]['stat']:.3g} -> {r.get('suspected_target')} " \
                     f"({row[probe]['t']:.0f}s)"
@@ -105,10 +108,27 @@ def _youden(y, s):
     return best_t
 
 
+def _rejudge(rows: list[dict]) -> None:
+    """Verdicts and scores of the p-value probes at their current default ``alpha`` (rows store the p-values)."""
+    from probes.null_models import p_to_score
+    from probes.registry import get
+
+    for r in rows:
+        for probe in ("max-margin", "transform-inversion", "pair-search"):
+            if probe in r and r[probe].get("stat") is not None:
+                alpha = float(get(probe).defaults()["alpha"])
+                pv = float(r[probe]["stat"])
+                r[probe]["score"] = p_to_score(pv, alpha)
+                if pv >= alpha:
+                    r[probe]["verdict"], r[probe]["target"] = "clean", None
+                    r[probe]["shift"] = None
+
+
 def summarise(rows: list[dict]) -> None:
     """Print the figures: per family and overall, with and without data, defaults / all-in / LOFO thresholds."""
     import numpy as np
 
+    _rejudge(rows)
     rows = [r for r in rows if r["working"]]
     clean = [r for r in rows if not r["backdoored"]]
     fams = sorted({r["family"] for r in rows if r["backdoored"]}, key=lambda f: f)
@@ -116,19 +136,24 @@ def summarise(rows: list[dict]) -> None:
     def score(r, which):
         if which == "without data":
             return r["max-margin"]["score"]
-        return max(r[p]["score"] for p in PROBES)
+        return max(r.get(p, NOT_RUN)["score"] for p in WITH_DATA)
 
     def flagged_default(r, which):
         if which == "without data":
             return r["max-margin"]["verdict"] != "clean"
-        return any(r[p]["verdict"] != "clean" for p in PROBES)
+        return any(r.get(p, NOT_RUN)["verdict"] != "clean" for p in WITH_DATA)
 
     def named_target(r, which):
-        probes = ("max-margin",) if which == "without data" else PROBES
-        flagged = [p for p in probes if r[p]["verdict"] != "clean"]
+        probes = ("max-margin",) if which == "without data" else WITH_DATA
+        flagged = [p for p in probes if r.get(p, NOT_RUN)["verdict"] != "clean"]
         if not flagged:
             return None
+        if r["target"] is None:  # all-to-all: right when pair-search names the y -> y + 1 mapping
+            return "y+1" if r.get("pair-search", NOT_RUN).get("shift") == 1 else "other"
         return r[max(flagged, key=lambda p: r[p]["score"])]["target"]
+
+    def right(r, which):
+        return named_target(r, which) == ("y+1" if r["target"] is None else r["target"])
 
     counts = ", ".join(f"{f} {sum(r['family'] == f for r in rows)}" for f in fams)
     print(f"\nworking models: {len(clean)} clean, {len(rows) - len(clean)} backdoored ({counts})")
@@ -150,12 +175,12 @@ def summarise(rows: list[dict]) -> None:
             det_all = sum(score(r, which) >= thr_all for r in fr)
             det_lofo = sum(score(r, which) >= thr_lofo for r in fr)
             fl = [r for r in fr if flagged_default(r, which)]
-            right = sum(named_target(r, which) == r["target"] for r in fl if r["target"] is not None)
-            n_t = sum(r["target"] is not None for r in fl)
+            right_n = sum(right(r, which) for r in fl)
+            n_t = len(fl)
             print(f"{fam:13s} {len(fr):2d} {_auroc(yy, ss):6.3f} {det_def:>5d}/{len(fr):<5d} {det_all:>4d}/{len(fr):<5d} "
-                  f"{det_lofo:>3d}/{len(fr):<4d} {thr_lofo:8.3f} {f'{right}/{n_t}':>12s}")
-        fl_all = [r for r in bd if flagged_default(r, which) and r["target"] is not None]
-        right_all = sum(named_target(r, which) == r["target"] for r in fl_all)
+                  f"{det_lofo:>3d}/{len(fr):<4d} {thr_lofo:8.3f} {f'{right_n}/{n_t}':>12s}")
+        fl_all = [r for r in bd if flagged_default(r, which)]
+        right_all = sum(right(r, which) for r in fl_all)
         # clean models: each judged with a threshold chosen without it (leave-one-out)
         fp_lofo = 0
         for r in clean:
@@ -169,18 +194,24 @@ def summarise(rows: list[dict]) -> None:
         print(f"clean models flagged: default {sum(flagged_default(r, which) for r in clean)}/{len(clean)}, "
               f"all-in {sum(score(r, which) >= thr_all for r in clean)}/{len(clean)}, leave-one-out {fp_lofo}/{len(clean)}"
               f"  ({', '.join(r['name'] for r in clean if flagged_default(r, which)) or 'none at default'})")
-        print(f"right target among flagged single-target backdoors: {right_all}/{len(fl_all)}")
+        print(f"right target (all-to-all: the y -> y + 1 mapping) among flagged backdoors: {right_all}/{len(fl_all)}")
     print("\n== per detector (default thresholds) ==")
-    for p in PROBES:
-        y = [int(r["backdoored"]) for r in rows]
-        s = [r[p]["score"] for r in rows]
-        det = {f: sum(r[p]["verdict"] != "clean" for r in rows if r["family"] == f) for f in fams}
-        fp = sum(r[p]["verdict"] != "clean" for r in clean)
-        t = np.median([r[p]["t"] for r in rows])
+    for p in WITH_DATA:
+        ran = [r for r in rows if p in r]
+        y = [int(r["backdoored"]) for r in ran]
+        s = [r[p]["score"] for r in ran]
+        det = {f: sum(r[p]["verdict"] != "clean" for r in ran if r["family"] == f) for f in fams
+               if any(q["family"] == f for q in ran)}
+        fp = sum(r[p]["verdict"] != "clean" for r in clean if p in r)
+        t = np.median([r[p]["t"] for r in ran]) if ran else float("nan")
         print(f"{p:20s} AUROC {_auroc(y, s):.3f}  clean flagged {fp}/{len(clean)}  median {t:.0f}s/model  "
               + ", ".join(f"{f} {n}" for f, n in det.items()))
-    agree = sum(sum(r[p]["verdict"] != "clean" for p in PROBES) >= 2 for r in rows if r["backdoored"])
-    print(f"backdoors flagged by >= 2 of the 3 detectors: {agree}/{len(rows) - len(clean)}")
+    agree = sum(sum(r.get(p, NOT_RUN)["verdict"] != "clean" for p in WITH_DATA) >= 2 for r in rows if r["backdoored"])
+    print(f"backdoors flagged by >= 2 detectors: {agree}/{len(rows) - len(clean)}")
+    print("\n== agreement per model (flagging detectors) ==")
+    for r in rows:
+        fl = [p for p in WITH_DATA if r.get(p, NOT_RUN)["verdict"] != "clean"]
+        print(f"  {r['name']:36s} asr {r['asr']:.2f}  {', '.join(fl) or '-'}")
 
 
 def rn18_timing() -> None:
