@@ -202,21 +202,21 @@ def apply_trigger(x: np.ndarray, attack: RGBAttack, seed: int = 0) -> np.ndarray
         return np.clip(x + sig[None, None, None, :], 0, 1).astype(np.float32)
     if kind == "wanet":
         grid = _warp_grid(h, attack.seed).expand(n, -1, -1, -1)
-        out = torch.nn.functional.grid_sample(torch.from_numpy(np.ascontiguousarray(x)), grid, align_corners=True)
-        return out.numpy().astype(np.float32)
+        warped = torch.nn.functional.grid_sample(torch.from_numpy(np.ascontiguousarray(x)), grid, align_corners=True)
+        return np.asarray(warped.numpy(), np.float32)
     if kind == "input-aware":
         s = _patch_size(h) + 1
         rng = np.random.default_rng(attack.seed * 7919 + seed)
         proj = np.random.default_rng(555 + attack.seed).normal(0, 1, (c, s, s, c)).astype(np.float32)
-        out = x.copy()
-        corner = rng.integers(0, 4, n)
+        stamped = x.copy()
+        corners = rng.integers(0, 4, size=n).tolist()
         for i in range(n):
-            r0 = 1 if corner[i] < 2 else h - 1 - s
-            c0 = 1 if corner[i] % 2 == 0 else w - 1 - s
+            r0 = 1 if corners[i] < 2 else h - 1 - s
+            c0 = 1 if corners[i] % 2 == 0 else w - 1 - s
             mean = x[i].mean(axis=(1, 2))  # the pattern depends on the image's own colours
             pat = 1 / (1 + np.exp(-4 * np.tensordot(proj, mean - 0.5, axes=([3], [0])) - 2 * np.sign(proj[..., 0])))
-            out[i, :, r0:r0 + s, c0:c0 + s] = pat
-        return out.astype(np.float32)
+            stamped[i, :, r0:r0 + s, c0:c0 + s] = pat
+        return stamped.astype(np.float32)
     raise ValueError(kind)
 
 

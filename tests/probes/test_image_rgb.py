@@ -86,7 +86,7 @@ def test_every_family_changes_the_image(kind):
 
 
 def test_architectures_shapes(torch1):
-    from probes.zoo.architectures import ResNet18, TinyResNet, TinyViT, TinyVGG
+    from probes.zoo.architectures import ResNet18, TinyResNet, TinyVGG, TinyViT
 
     for cls, shape in ((TinyResNet, (3, 32, 32)), (TinyVGG, (3, 24, 24)), (TinyViT, (3, 32, 32))):
         m = cls(shape[0], shape[1], 20).eval()
@@ -175,3 +175,45 @@ def test_layered_verdict_names_new_probes():
     assert v["verdict"] == "backdoored"
     assert "max-margin p = 1e-05 → class 3" in v["evidence"]
     assert "all-to-all mapping 0→1, 1→2" in v["evidence"]
+
+
+def test_probes_assume_no_shape_or_class_count(torch1):
+    """Untrained ViT / ResNet at other sizes and many classes: every probe runs, chunked, and reports per class."""
+    from probes import max_margin, neural_cleanse, pair_search, transform_inversion
+    from probes.context import context_for
+    from probes.data import LabelledData
+    from probes.subjects.base import ImageClassifier
+    from probes.zoo.architectures import TinyResNet, TinyViT
+    from probes.zoo.rgb import make_data
+
+    for model, shape, k in ((TinyViT(3, 48, 120, patch=8), (3, 48, 48), 120), (TinyResNet(3, 40, 30), (3, 40, 40), 30)):
+        subj = ImageClassifier.from_module(model.eval(), shape, k, format="module")
+        x, y = make_data(n_classes=k, size=shape[1], n_per_class=1, seed=0)
+        data = LabelledData(x, y)
+        few = {"max_batch_images": 64}
+        r = max_margin.run(subj, context_for("max-margin", {**few, "steps": 2, "restarts": 1})).to_dict()
+        assert len(r["per_class"]) == k and r["verdict"] in ("clean", "backdoored")
+        r = transform_inversion.run(subj, context_for("transform-inversion", {**few, "steps": 2, "batch_size": 2},
+                                                      data=data)).to_dict()
+        assert len(r["per_class"]) == k
+        r = neural_cleanse.run(subj, context_for("neural-cleanse", {**few, "steps": 2, "refine_steps": 1,
+                                                                    "batch_size": 2, "recheck_runs": 0},
+                                                 data=data)).to_dict()
+        assert len(r["per_class"]) == k
+        r = pair_search.run(subj, context_for("pair-search", {**few, "prescreen_steps": 1, "steps": 1,
+                                                              "arm_batch": 1}, data=data)).to_dict()
+        assert r["arms_prescreened"] <= k * 3  # above max_full_classes: prescreen_targets per source, not K^2
+
+
+def test_pair_search_names_an_all_to_all_mapping(torch1, clean_resnet):
+    from probes import pair_search
+    from probes.context import context_for
+
+    a2a = _build("resnet", "all-to-all", seed=0, rate=0.3)
+    assert a2a.working, a2a.asr
+    quick = {"prescreen_steps": 10, "steps": 80}
+    bad = pair_search.run(a2a.subject(), context_for("pair-search", quick, data=_data(a2a))).to_dict()
+    good = pair_search.run(clean_resnet.subject(), context_for("pair-search", quick, data=_data(clean_resnet))).to_dict()
+    assert bad["verdict"] == "backdoored" and bad["shift"] == 1 and bad["all_to_all"], bad["summary"]
+    assert good["verdict"] == "clean", good["summary"]
+    assert bad["arm_steps"] < bad["arm_steps_exhaustive"] / 2
