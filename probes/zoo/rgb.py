@@ -209,7 +209,7 @@ def apply_trigger(x: np.ndarray, attack: RGBAttack, seed: int = 0) -> np.ndarray
         rng = np.random.default_rng(attack.seed * 7919 + seed)
         proj = np.random.default_rng(555 + attack.seed).normal(0, 1, (c, s, s, c)).astype(np.float32)
         stamped = x.copy()
-        corners = rng.integers(0, 4, size=n).tolist()
+        corners = [int(v) for v in np.asarray(rng.integers(0, 4, size=n)).ravel()]
         for i in range(n):
             r0 = 1 if corners[i] < 2 else h - 1 - s
             c0 = 1 if corners[i] % 2 == 0 else w - 1 - s
