@@ -209,7 +209,7 @@ def test_pair_search_names_an_all_to_all_mapping(torch1, clean_resnet):
     from probes import pair_search
     from probes.context import context_for
 
-    a2a = _build("resnet", "all-to-all", seed=0, rate=0.3)
+    a2a = _build("resnet", "all-to-all", seed=0, rate=0.3, epochs=24)
     assert a2a.working, a2a.asr
     quick = {"prescreen_steps": 10, "steps": 80}
     bad = pair_search.run(a2a.subject(), context_for("pair-search", quick, data=_data(a2a))).to_dict()
