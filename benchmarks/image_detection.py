@@ -292,12 +292,13 @@ def main() -> int:
     rows_path = Path(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else \
         Path("/tmp") / "image_detection_rows.jsonl"
     t0 = time.perf_counter()
+    if "--rn18-only" in sys.argv:
+        rn18_timing()
+        print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f}s")
+        return 0
     if "--summary-only" not in sys.argv:
         run_zoo(rows_path, "--quick" in sys.argv,
                 sys.argv[sys.argv.index("--part") + 1] if "--part" in sys.argv else None)
-    if "--rn18-only" in sys.argv:
-        rn18_timing()
-        return 0
     by_name = {}
     for line in rows_path.read_text().splitlines():
         if line.strip():
