@@ -205,13 +205,18 @@ def test_probes_assume_no_shape_or_class_count(torch1):
         assert r["arms_prescreened"] <= k * 3  # above max_full_classes: prescreen_targets per source, not K^2
 
 
-def test_pair_search_names_an_all_to_all_mapping(torch1, clean_resnet):
+def test_pair_search_names_an_all_to_all_mapping(torch1):
     from probes import pair_search
     from probes.context import context_for
+    from probes.zoo.rgb import RGBAttack, build
 
-    a2a = _build("resnet", "all-to-all", seed=0, rate=0.3, epochs=24)
+    # all-to-all needs larger images than the other tests' models (at 16x16: ASR 0.69, or a mapping on 3 of
+    # 10 sources only)
+    a2a = build("resnet", RGBAttack("all-to-all"), 0, size=24, n_classes=K, n_per_class=150, epochs=20, cache=False)
+    clean_resnet = build("resnet", RGBAttack("clean"), 0, size=24, n_classes=K, n_per_class=150, epochs=20,
+                         cache=False)
     assert a2a.working, a2a.asr
-    quick = {"prescreen_steps": 10, "steps": 80}
+    quick: dict = {}  # the defaults (80 steps did not find the mapping at 16x16)
     bad = pair_search.run(a2a.subject(), context_for("pair-search", quick, data=_data(a2a))).to_dict()
     good = pair_search.run(clean_resnet.subject(), context_for("pair-search", quick, data=_data(clean_resnet))).to_dict()
     assert bad["verdict"] == "backdoored" and bad["shift"] == 1 and bad["all_to_all"], bad["summary"]
