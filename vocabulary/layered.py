@@ -44,8 +44,10 @@ from vocabulary import Band, Verdict
 _VERDICT_RANGE = {Verdict.CLEAN: (0.0, 30.0), Verdict.INCONCLUSIVE: (0.0, 60.0), Verdict.SUSPICIOUS: (31.0, 80.0),
                   Verdict.BACKDOORED: (61.0, 100.0), Verdict.MALICIOUS: (100.0, 100.0)}
 # probes listed in this order in the evidence line; probes not named here follow, by name
-PIPELINE_ORDER = ("static", "dynamic", "neural-cleanse", "strip", "spectral", "activation-clustering", "kl",
-                  "fingerprint")
+PIPELINE_ORDER = ("static", "dynamic", "neural-cleanse", "max-margin", "transform-inversion", "pair-search", "strip", "spectral",
+                  "activation-clustering", "kl", "fingerprint")
+# probes whose evidence is a per-class statistic judged by a p-value under the subject's own null
+_PVALUE_PROBES = {"max-margin": "max-margin", "transform-inversion": "transform inversion", "pair-search": "pair search"}
 
 
 def band(score: float | None) -> str | None:
@@ -88,6 +90,14 @@ def _evidence(r: dict[str, Any]) -> str:
         target = r.get("suspected_target")
         tail = f" → class {target}" if target is not None and verdict != "clean" else ""
         return f"Neural Cleanse anomaly index {_fmt(float(r['anomaly_index']))}{tail}"
+    if probe in _PVALUE_PROBES and _num(r.get("p_value")) is not None:
+        target = r.get("suspected_target")
+        tail = f" → class {target}" if target is not None and verdict != "clean" else ""
+        mapping = r.get("mapping") or []
+        if mapping and verdict != "clean" and target is None:
+            pairs = ", ".join(f"{m['source']}→{m['target']}" for m in mapping[:4]) + (" …" if len(mapping) > 4 else "")
+            tail = f" → {'all-to-all ' if r.get('all_to_all') else ''}mapping {pairs}"
+        return f"{_PVALUE_PROBES[str(probe)]} p = {float(r['p_value']):.2g}{tail}"
     if probe == "static":
         n = len(r.get("findings") or [])
         return f"static: {verdict}" + (f" ({n} finding{'s' if n != 1 else ''})" if n else "")
