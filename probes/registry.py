@@ -193,8 +193,9 @@ PROBES: dict[str, ProbeSpec] = {p.name: p for p in [
         )),
     ProbeSpec(
         "pair-search", "probes.pair_search:run", "model", IMG,
-        "all-to-all / source-specific: prioritised (source, target) patch search, K-Arm style; names the mapping",
-        data="data", data_required=True,
+        "all-to-all / source-specific: prioritised (source, target) patch search, K-Arm style; names the mapping "
+        "(opt-in: minutes a model on a CPU)",
+        data="data", data_required=True, default=False,
         params=(
             Param("prescreen_steps", 20, "fixed-cost steps every candidate arm gets before the cut", "int", 1,
                   1_000_000),

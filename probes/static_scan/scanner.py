@@ -1031,7 +1031,8 @@ def _quick_format(head: bytes, size: int) -> str | None:
         return formats.EMPTY
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return formats.ZIP  # classified from the central directory scan_zip reads anyway (one parse, not two)
-    if head[:1] == b"\x80" and len(head) > 2 and head[1] <= 5 and head[2] != 0x8A:
+    if head[:1] == b"\x80" and len(head) > 8 and head[1] <= 5 and head[2] != 0x8A and head[8:9] != b"{":
+        # (a safetensors file whose header is 128 bytes long also starts with 0x80 0x00; its JSON follows at 8)
         return formats.PICKLE  # not a legacy torch file (that starts with a LONG1 magic number)
     return None
 

@@ -43,7 +43,7 @@ def test_stored_baseline_and_layered_scan(mlps, tmp_path):
         assert r.code == 0, r.err
         out = json.loads(r.out)
         by = {res["probe"]: res for res in out["results"]}
-        assert list(by) == ["static", "neural-cleanse", "max-margin", "transform-inversion", "pair-search", "strip",
+        assert list(by) == ["static", "neural-cleanse", "max-margin", "transform-inversion", "strip",
                             "fingerprint"]
         fp = by["fingerprint"]
         assert fp["baseline_size"] == 10 and fp["trust_score"] is not None and fp["n_detectors"] >= 4

@@ -254,3 +254,20 @@ def test_memo_amplification_and_in_pickle_cancel_are_bounded():
     ev.set()
     with pytest.raises(Cancelled):
         PickleSim(data, 0, len(data), emit=lambda f: None, cancel=ev).run()
+
+
+def test_a_safetensors_file_whose_header_is_128_bytes_is_not_read_as_a_pickle(tmp_path):
+    """Its length prefix starts 0x80 0x00 (PROTO 0 to a pickle reader); the JSON header at byte 8 decides."""
+    import json
+    import struct
+
+    from probes.static_scan import scan_path
+
+    data = b"\0" * 16
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    header += b" " * (128 - len(header))
+    p = tmp_path / "m.safetensors"
+    p.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    assert p.read_bytes()[:2] == b"\x80\x00"
+    r = scan_path(p).to_dict()
+    assert r["verdict"] == "clean", r["summary"]

@@ -221,7 +221,7 @@ def test_plan_layers_dynamic_and_model_probes_only_when_asked():
         build_plan(JobOptions(probes=["spectral"]))
 
 
-def _limited_job(tmp_path, files: dict[str, bytes], **limits) -> tuple[dict[str, dict], object]:
+def _limited_job(tmp_path, files: dict[str, bytes], expect_failed: bool = True, **limits) -> tuple[dict[str, dict], object]:
     root = tmp_path / "r"
     root.mkdir()
     for name, data in files.items():
@@ -232,17 +232,19 @@ def _limited_job(tmp_path, files: dict[str, bytes], **limits) -> tuple[dict[str,
         s = run_job(root, JobOptions(workers=1, json_lines=tmp_path / "o.jsonl", **limits), store=store, case_id=cid)
         assert store.verify(cid).ok
     lines = {Path(x["path"]).name: x for x in map(json.loads, (tmp_path / "o.jsonl").read_text().splitlines())}
-    assert lines["ok.pkl"]["verdict"] == "clean" and s.failed == 1
+    assert lines["ok.pkl"]["verdict"] == "clean" and (s.failed == 1 or not expect_failed)
     return lines, s
 
 
 def test_a_subject_over_the_memory_limit_fails_alone(tmp_path):
-    """A zlib stream that inflates to 600 MB (under the scanner's 1 GB bomb cap) against --memory-mb 256."""
-    import zlib
-
-    lines, _ = _limited_job(tmp_path, {"bomb.joblib": zlib.compress(pickle.dumps(b"\0" * (600 << 20), protocol=4), 9)},
-                            memory_mb=256)
-    assert lines["bomb.joblib"]["status"] == "failed" and "out of memory (limit 256 MB)" in lines["bomb.joblib"]["error"]
+    """6M distinct strings (a 59 MB pickle) whose scan needs more than --memory-mb 256 of heap. (A 600 MB zlib
+    stream no longer does: the scanner inflates it in bounded steps.)"""
+    lines, _ = _limited_job(tmp_path, {"big.pkl": pickle.dumps([str(i) for i in range(6_000_000)], protocol=4)},
+                            expect_failed=False, memory_mb=256)
+    line = lines["big.pkl"]
+    err = line["error"] or line["summary"] or ""
+    # the worker dies (retried once, then failed), or the scanner catches the MemoryError: never clean
+    assert line["verdict"] != "clean" and (line["status"] == "failed" or "memory" in err), line
 
 
 def test_a_subject_over_the_time_limit_fails_alone(tmp_path):
