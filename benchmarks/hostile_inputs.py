@@ -338,17 +338,32 @@ def check_zip_16x1g(d: Path) -> tuple[bool, str]:
     return _scan_held(d / "wide.pt", "16 x 1 GiB members")
 
 
+def _static(out: dict) -> dict:
+    return next((r for r in out.get("results", []) if r["probe"] == "static"), {})
+
+
 def check_many_pickles(d: Path) -> tuple[bool, str]:
-    return _scan_held(d / "many.zip", "tiny pickles")
+    """Held when the scan is bounded (the runner's timeout and RSS cap) and honest: every member read and
+    clean, or what was not read reported and the verdict not clean."""
+    out, err = scan_json(d / "many.zip")
+    if out is None:
+        return False, f"no report: {err}"
+    not_read = _static(out).get("not_read") or []
+    held = (out["verdict"] == "clean") == (not not_read)
+    return held, (f"tiny pickles: verdict {out['verdict']}, {len(not_read)} part(s) reported not read "
+                  f"({out['evidence'][:60]})")
 
 
 def check_bz2(d: Path) -> tuple[bool, str]:
     out, err = scan_json(build_bz2_multistream(d))
     if out is None:
         return False, f"no report: {err}"
-    static = next((r for r in out["results"] if r["probe"] == "static"), {})
+    static = _static(out)
     named = "bz2" in (static.get("summary") or "").lower()  # says why: the multi-stream bz2 container
-    return out["verdict"] != "clean" and named, f"verdict {out['verdict']}: {static.get('summary', '')[:90]}"
+    # held: every stream read (a benign file is then clean), or not read and the reason names bz2
+    read_all = out["verdict"] == "clean" and not static.get("not_read") and static.get("verdict") == "clean"
+    return read_all or (out["verdict"] != "clean" and named), \
+        f"verdict {out['verdict']}{' (every stream read)' if read_all else ''}: {static.get('summary', '')[:80]}"
 
 
 def check_dynamic_51(d: Path) -> tuple[bool, str]:
