@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, Tabb
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from casefiles import CaseFileBusy, CaseFileError, CaseStore
+from vocabulary import file_path
 from workbench.ui import messages as M
 from workbench.ui.commands import WorkbenchCommands
 from workbench.ui.model import data_paths_for, dynamic_called_for
@@ -443,7 +444,7 @@ class WorkbenchApp(App[int]):
                 if not chosen:
                     self.log_event(f"{s['name']}: none of the chosen probes applies to a {s['kind']}", "grey62")
                     continue
-                self.enqueue(Job("scan", case_id, s["id"], path=s["path"], probes=chosen, data=values["data"],
+                self.enqueue(Job("scan", case_id, s["id"], path=file_path(str(s["path"])), probes=chosen, data=values["data"],
                                  audit=values["audit"], params=dict(self.probe_params),
                                  label=f"{s['name']}: {', '.join(chosen)}"))
 
@@ -480,7 +481,7 @@ class WorkbenchApp(App[int]):
             hunt = self.query_one(HuntPane)
             hunt.start(sid, s["name"], params)
             self.action_show_tab("hunt")
-            self.enqueue(Job("hunt", case_id, sid, path=s["path"], params=params, label=f"hunt {s['name']}"))
+            self.enqueue(Job("hunt", case_id, sid, path=file_path(str(s["path"])), params=params, label=f"hunt {s['name']}"))
 
         self.push_screen(PromptScreen(f"Trigger hunt on {s['name']}",
                                       [Field("candidates", "Extra candidate triggers (comma-separated, optional)"),
@@ -529,7 +530,7 @@ class WorkbenchApp(App[int]):
             if not values:
                 return
             params = dict(self.remediation_params)
-            self.enqueue(Job("remediate", case_id, sid, path=s["path"], data=values.get("data") or None,
+            self.enqueue(Job("remediate", case_id, sid, path=file_path(str(s["path"])), data=values.get("data") or None,
                              params={"out": values["out"], "method": values.get("method") or "unlearn",
                                      "trigger": values.get("trigger") or None, "settings": params},
                              label=f"remediate {s['name']}"))

@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, ProgressBar, Static
 
+from vocabulary import file_path
 from workbench.ui.model import latest_done
 from workbench.ui.widgets.pane import Pane, Selection
 
@@ -130,7 +131,7 @@ class HuntPane(Pane, Vertical):
 
         app: Any = self.app
         s = app.store.get_subject(self.subject_id)
-        app.enqueue(Job(kind, s["case_id"], s["id"], path=s["path"], params={**params, "kl_params": dict(self.kl_params)},
+        app.enqueue(Job(kind, s["case_id"], s["id"], path=file_path(str(s["path"])), params={**params, "kl_params": dict(self.kl_params)},
                         label=label))
 
     # -- state --------------------------------------------------------------------------------
