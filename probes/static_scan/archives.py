@@ -24,8 +24,8 @@ TRUSTED_TARGET_PREFIXES = ("nemo.", "torch.", "omegaconf.", "pytorch_lightning."
                            "megatron.", "apex.", "sentencepiece.", "hydra.", "numpy.", "torchaudio.", "torchvision.")
 
 
-class _BufFile:
-    """A read-only seekable file over ``buf[start:end]`` (mmap or bytes), for tarfile's header walk."""
+class SliceFile:
+    """A read-only seekable file over ``buf[start:end]`` (mmap or bytes), for tarfile, zipfile and h5py to parse in place."""
 
     def __init__(self, buf, start: int, end: int):
         self.buf, self.start, self.end, self.pos = buf, start, end, start
@@ -81,7 +81,7 @@ def scan_tar(sc: Any, loc: Any, buf, start: int, end: int) -> None:
         sc.fail(loc, f"archive nesting deeper than {MAX_DEPTH}")
         return
     try:
-        tf = tarfile.open(fileobj=_BufFile(buf, start, end), mode="r:")  # type: ignore[call-overload]
+        tf = tarfile.open(fileobj=SliceFile(buf, start, end), mode="r:")  # type: ignore[call-overload]
         members = []
         for m in tf:
             members.append(m)

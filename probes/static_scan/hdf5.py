@@ -55,9 +55,9 @@ def scan(sc: Any, loc: Any, source: Any, size: int) -> None:
         if isinstance(source, (bytes, bytearray, memoryview)):
             f = h5py.File(io.BytesIO(bytes(source)), "r")
         elif isinstance(source, tuple):  # (buffer, start, end): an archive member read in place, not copied
-            from probes.static_scan.archives import _BufFile
+            from probes.static_scan.archives import SliceFile
 
-            f = h5py.File(_BufFile(*source), "r")
+            f = h5py.File(SliceFile(*source), "r")
         else:
             f = h5py.File(str(source), "r", locking=False)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:

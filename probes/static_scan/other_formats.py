@@ -90,7 +90,7 @@ def _nested_zip(sc: Any, buf, a: int, b: int, loc: Any) -> bool:
     from probes.static_scan.scanner import Loc, _classify_names
 
     try:
-        names = zipfile.ZipFile(archives._BufFile(buf, a, b)).namelist()
+        names = zipfile.ZipFile(archives.SliceFile(buf, a, b)).namelist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         return False  # the pickle scanner reports the malformed zip
     fmt = _classify_names(names)

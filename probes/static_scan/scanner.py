@@ -548,7 +548,7 @@ class Scanner:
     # ------------------------------------------------------------ zip archives
     def scan_zip(self, buf, start: int, end: int, loc: Loc, fmt: str, *, nested: bool = False) -> None:  # noqa: C901 - the zip checks in the order torch reads an archive
         try:
-            zf = zipfile.ZipFile(_MmapFile(buf, start, end))
+            zf = zipfile.ZipFile(archives.SliceFile(buf, start, end))
             infos = zf.infolist()
         except (zipfile.BadZipFile, OSError, ValueError, struct.error, EOFError, NotImplementedError) as exc:
             self.fail(loc, f"malformed zip archive: {exc}")
@@ -1065,30 +1065,6 @@ def sim_allow(sim: PickleSim, prefix: str) -> None:
         return g
 
     sim._global = _global
-
-
-class _MmapFile:
-    """A read-only seekable file over a slice of an mmap (for zipfile's central-directory parser)."""
-
-    def __init__(self, mm, start: int, end: int):
-        self.mm, self.start, self.end, self.pos = mm, start, end, start
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, off: int, whence: int = 0) -> int:
-        base = {0: self.start, 1: self.pos, 2: self.end}[whence]
-        self.pos = min(max(self.start, base + off), self.end)
-        return self.pos - self.start
-
-    def tell(self) -> int:
-        return self.pos - self.start
-
-    def read(self, n: int = -1) -> bytes:
-        stop = self.end if n is None or n < 0 else min(self.end, self.pos + n)
-        data = self.mm[self.pos:stop]
-        self.pos = stop
-        return data
 
 
 def _member_span(buf, start: int, end: int, info: zipfile.ZipInfo) -> tuple[int, int, bytes]:
