@@ -44,7 +44,7 @@ def _npy(a: np.ndarray) -> bytes:
 
 def build_large(db: Path, n: int, seed: int = 0) -> int:
     """A case of ``n`` subjects written by direct inserts (one transaction), with an intact audit chain."""
-    from casefiles import CaseStore
+    from casefiles import CaseStore, attest
     from casefiles import audit as chain
     from casefiles.store import now
 
@@ -56,9 +56,11 @@ def build_large(db: Path, n: int, seed: int = 0) -> int:
     audit_rows, subjects, runs, arts = [], [], [], []
     ts = now()
 
-    def audit(action: str, detail: dict) -> None:
+    def audit(action: str, detail: dict, rows: list) -> None:
+        """One chained audit row attesting ``rows`` (table, row dict), as the store's own writes do."""
         nonlocal prev, seq
         seq += 1
+        detail = {**detail, "rows": {f"{t}/{r['id']}": attest.digest(t, r) for t, r in rows}}
         row = {"case_id": cid, "seq": seq, "ts": ts, "actor": "bench@lab", "action": action,
                "detail": chain.canonical(detail)}
         row["prev_hash"] = prev
@@ -76,7 +78,7 @@ def build_large(db: Path, n: int, seed: int = 0) -> int:
                          "sha256": sha, "size": int(rng.integers(100_000, 1_000_000_000)), "format": "safetensors",
                          "kind": "image-classifier", "files": json.dumps([{"path": "model.safetensors", "sha256": sha}]),
                          "metadata": "{}", "added": ts})
-        audit("subject.added", {"subject_id": i, "sha256": sha})
+        audit("subject.added", {"subject_id": i, "sha256": sha}, [("subjects", subjects[-1])])
         malicious = i % 100 == 7
         run_id += 1
         runs.append({"id": run_id, "case_id": cid, "subject_id": i, "probe": "static", "params": "{}", "status": "done",
@@ -87,7 +89,7 @@ def build_large(db: Path, n: int, seed: int = 0) -> int:
                                            "findings": [{"file": "data.pkl", "offset": 12, "opcode": "STACK_GLOBAL",
                                                          "module": "os", "name": "system", "severity": "critical"}]
                                            if malicious else []})})
-        audit("run.done", {"run_id": run_id, "probe": "static"})
+        audit("run.done", {"run_id": run_id, "probe": "static"}, [("runs", runs[-1])])
         if i % 50 == 3:  # 2% carry a backdoor found by Neural Cleanse
             run_id += 1
             l1 = rng.uniform(25, 40, 10)
@@ -104,10 +106,10 @@ def build_large(db: Path, n: int, seed: int = 0) -> int:
                                                                       "active_pixels": 9, "bbox_fraction": 0.14},
                                                           "attack_type_guess": "patch"}})})
             for name, data in (("mask.npy", _npy(mask)), ("pattern.npy", _npy(pattern))):
-                arts.append({"case_id": cid, "subject_id": i, "run_id": run_id, "name": name,
+                arts.append({"id": len(arts) + 1, "case_id": cid, "subject_id": i, "run_id": run_id, "name": name,
                              "media_type": "application/x-npy", "sha256": hashlib.sha256(data).hexdigest(),
                              "size": len(data), "data": data, "created": ts})
-            audit("run.done", {"run_id": run_id, "probe": "neural-cleanse"})
+            audit("run.done", {"run_id": run_id, "probe": "neural-cleanse"}, [("runs", runs[-1]), *(("artifacts", a) for a in arts[-2:])])
     with store.write():
         store.db.table("subjects").insert_all(subjects, batch_size=2000)
         store.db.table("runs").insert_all(runs, batch_size=2000)
