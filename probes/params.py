@@ -11,8 +11,8 @@ value is a one-line :class:`ProbeError` naming the probe and the parameter.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,9 @@ class Param:
     hi: float | None = None
     choices: tuple[Any, ...] = ()
     nullable: bool = False
+    check: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
+    """A further check of the coerced value (raises ProbeError), so a value the probe would refuse is refused
+    with the other parameters, before anything is written."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -59,8 +62,15 @@ class Param:
                 return None
             raise ProbeError(f"{where} may not be null")
         if self.kind in ("int", "float"):
-            return self._number(value, where)
-        return getattr(self, f"_{self.kind}")(value, where)
+            out = self._number(value, where)
+        else:
+            out = getattr(self, f"_{self.kind}")(value, where)
+        if self.check is not None:
+            try:
+                self.check(out)
+            except ProbeError as exc:
+                raise ProbeError(f"{probe}: {exc}") from None
+        return out
 
     def _bool(self, value: Any, where: str) -> bool:
         if isinstance(value, bool):

@@ -19,6 +19,13 @@ from probes.errors import ProbeError
 from probes.params import SEED, Param, resolve
 
 
+def _check_prompt_template(value: str) -> None:
+    """The examiner's prompt format must hold ``{instruction}`` once (the hunt's own rule, read lazily)."""
+    from probes.lm_prompts import examiner_format
+
+    examiner_format(value)
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """The declaration of one probe (see the module docstring)."""
@@ -290,7 +297,7 @@ PROBES: dict[str, ProbeSpec] = {p.name: p for p in [
             Param("partial_interval", 0.25, "seconds between streamed partial rankings (0: every batch)", "float",
                   0.0, 3600.0),
             Param("prompt_template", None, "the model's prompt format, e.g. \"Q: {instruction}\\nA:\" (wins over "
-                  "everything else)", "str"),
+                  "everything else)", "str", check=_check_prompt_template),
             Param("prompt_format", "auto", "auto: chat template, else inferred; or one named common format", "choice",
                   choices=("auto", "plain", "qa", "user-assistant", "alpaca", "tagged", "raw")),
             Param("chat_template", True, "use the tokenizer's chat template when it has one", "bool"),

@@ -29,6 +29,7 @@ def _nothing_written(db) -> None:
     ("kl", "z_threshold=NaN", "kl: param z_threshold must be finite"),
     ("kl", "top_k=-5", "kl: param top_k=-5 is out of range"),
     ("kl", "gen_tokens=0", "kl: param gen_tokens=0 is out of range"),
+    ("kl", "prompt_template=Q: no slot A:", "kl: prompt_template must contain {instruction} exactly once"),
     ("static", "max_decompressed_mb=NaN", "static: param max_decompressed_mb must be finite"),
     ("static", "max_decompressed_mb=-1", "static: param max_decompressed_mb=-1 is out of range"),
     ("neural-cleanse", "asr_window=0", "neural-cleanse: param asr_window=0 is out of range"),
